@@ -37,3 +37,31 @@ class ContextFullError(DecodeError):
 
 class RegistryError(SvipError):
     """models.toml is invalid, a name is unknown, or a pull failed."""
+
+
+class InvalidRegistryError(RegistryError, ValueError):
+    """A models.toml (shipped or the user's) breaks the schema; the message names the place."""
+
+
+class UnknownModelError(RegistryError, KeyError):
+    """No registry entry has this name; the message lists the known names."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would quote the message; people read it as it is.
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelNotDownloadedError(RegistryError):
+    """The pair is not on disk and pulling was not allowed; the message gives the command to run."""
+
+
+class DownloadError(RegistryError):
+    """Every source of a file failed; the message lists each source and why."""
+
+
+class VerificationError(RegistryError):
+    """A file's sha256 or size does not match the registry; the bad file is not kept."""
+
+
+class DiskSpaceError(RegistryError, OSError):
+    """Not enough free disk space to start a download."""

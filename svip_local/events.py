@@ -1,0 +1,97 @@
+"""What `Engine.generate` yields: small frozen events, then one final `Done` with statistics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One emitted token. `text` is the visible text it completes (may be empty while a UTF-8
+    sequence or a possible stop string is incomplete)."""
+
+    id: int
+    text: str
+    from_draft: bool  # an accepted draft token, or else the target's own choice
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """End of one draft-and-verify round, with both KV caches' lengths after trimming."""
+
+    index: int
+    drafted: int
+    accepted: int
+    emitted: int
+    target_kv: int
+    draft_kv: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something the user should be told mid-stream (e.g. old turns dropped to fit)."""
+
+    message: str
+
+
+@dataclass(slots=True)
+class GenerationStats:
+    """Counters and timings of one generation (seconds, wall clock, prefill included)."""
+
+    policy: str = ""
+    prompt_tokens: int = 0
+    prefill_tokens: int = 0  # prompt tokens actually decoded (the rest came from the KV cache)
+    generated: int = 0
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    wall_s: float = 0.0
+    prefill_s: float = 0.0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    draft_lengths: list[int] = field(default_factory=list)
+    accepted_lengths: list[int] = field(default_factory=list)
+    from_draft: list[bool] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def mean_draft_length(self) -> float:
+        return self.drafted / self.rounds if self.rounds else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Accepted draft tokens per round (each round also emits one target token)."""
+        return self.accepted / self.rounds if self.rounds else 0.0
+
+    @property
+    def overhead_s(self) -> float:
+        return max(0.0, self.wall_s - self.prefill_s - self.draft_s - self.verify_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in ("tokens_per_second", "acceptance_rate", "mean_draft_length",
+                     "mean_accepted_length", "overhead_s"):
+            data[name] = getattr(self, name)
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Last event of every generation, including cancelled and failed-by-length ones."""
+
+    text: str
+    tokens: tuple[int, ...]
+    finish_reason: str  # "eos" | "stop" | "length" | "context" | "cancelled"
+    stats: GenerationStats
+
+
+Event = Token | Round | Notice | Done

@@ -1,0 +1,416 @@
+"""The one module that touches llama.cpp (through llama-cpp-python's low-level ctypes bindings).
+
+Everything else in svip-local sees three small classes: `Model` (weights + vocabulary),
+`Context` (a KV cache with the exact list of tokens it holds, and one reusable batch) and
+`TextStream` (incremental detokenization). Native handles are freed deterministically through
+`ExitStack`s, contexts before their model.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+import llama_cpp.llama_cpp as C  # noqa: I001  (importing the package also installs its logger)
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from svip_local.errors import ContextFullError, DecodeError, ModelFileError
+
+log = logging.getLogger("svip_local.llama_cpp")
+# Quiet by default: llama.cpp's load chatter is INFO, and only its errors reach the user
+# unless they raise the level (the CLI's -vv does).
+log.setLevel(logging.ERROR)
+
+# ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continue previous line).
+# llama-cpp-python 0.3.36 ships a stale table that swallows real errors; this one is ggml.h's.
+_GGML_TO_LOGGING = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING,
+                    4: logging.ERROR}
+_recent_errors: deque[str] = deque(maxlen=8)
+_log_state = {"level": logging.INFO, "line": ""}
+_log_lock = threading.Lock()
+
+
+@C.llama_log_callback
+def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    # llama.cpp sends fragments (CONT) and lines with their own '\n': assemble whole lines.
+    with _log_lock:
+        if level != 5:
+            _log_state["level"] = _GGML_TO_LOGGING.get(level, logging.INFO)
+        _log_state["line"] += text.decode("utf-8", errors="replace")
+        if not _log_state["line"].endswith("\n"):
+            return
+        line, _log_state["line"] = _log_state["line"].rstrip(), ""
+        lvl = _log_state["level"]
+    if lvl >= logging.WARNING:
+        _recent_errors.append(line)
+    log.log(lvl, "%s", line)
+
+
+C.llama_log_set(_log_callback, ctypes.c_void_p(0))
+C.llama_backend_init()
+
+
+def _consume_recent_errors() -> str:
+    text = "; ".join(_recent_errors)
+    _recent_errors.clear()
+    return text
+
+
+def supports_gpu_offload() -> bool:
+    return bool(C.llama_supports_gpu_offload())
+
+
+def system_info() -> str:
+    return C.llama_print_system_info().decode("utf-8", errors="replace").strip()
+
+
+def default_threads() -> int:
+    """All CPUs this process may use, capped: past ~8 threads decode stops scaling."""
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+def _use_extra_bufts() -> bool:
+    return os.environ.get("SVIP_LOCAL_EXTRA_BUFTS", "0") == "1"
+
+
+def _check_gguf_file(path: Path) -> None:
+    """Fail with a specific message before llama.cpp sees a file it would reject vaguely."""
+    if not path.exists():
+        raise ModelFileError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelFileError(f"model path is not a file: {path}")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model file {path}: {exc.strerror}") from exc
+    if magic != b"GGUF":
+        raise ModelFileError(f"not a GGUF file (bad magic {magic!r}): {path}")
+
+
+class VocabType(Enum):
+    NONE = 0
+    SPM = 1
+    BPE = 2
+    WPM = 3
+    UGM = 4
+    RWKV = 5
+    PLAMO2 = 6
+    TEST = 7
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    bos: int
+    eos: int
+    eot: int
+    add_bos: bool
+    add_eos: bool
+
+
+class Model:
+    """A loaded GGUF: weights (possibly offloaded) and its vocabulary."""
+
+    def __init__(self, path: str | os.PathLike[str], *, n_gpu_layers: int = -1,
+                 vocab_only: bool = False) -> None:
+        self.path = Path(path)
+        _check_gguf_file(self.path)
+        params = C.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.vocab_only = vocab_only
+        # Extra buffer types include ggml's AMX path, which segfaults in llama_decode on our
+        # Sapphire Rapids VMs (ggml_backend_amx_mul_mat); the plain CPU path is safe everywhere.
+        params.use_extra_bufts = _use_extra_bufts()
+        _consume_recent_errors()
+        ptr = C.llama_model_load_from_file(str(self.path).encode(), params)
+        if not ptr:
+            detail = _consume_recent_errors() or "no detail from llama.cpp"
+            raise ModelFileError(f"llama.cpp could not load {self.path}: {detail}")
+        self._stack = ExitStack()
+        self._stack.callback(C.llama_model_free, ptr)
+        self.ptr = ptr
+        self.n_gpu_layers = n_gpu_layers
+        self.vocab = C.llama_model_get_vocab(ptr)
+        self.n_vocab: int = C.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train: int = C.llama_model_n_ctx_train(ptr)
+        self.n_layer: int = C.llama_model_n_layer(ptr)
+        self.vocab_type = VocabType(C.llama_vocab_type(self.vocab))
+        self.special = SpecialTokens(
+            bos=C.llama_vocab_bos(self.vocab), eos=C.llama_vocab_eos(self.vocab),
+            eot=C.llama_vocab_eot(self.vocab), add_bos=bool(C.llama_vocab_get_add_bos(self.vocab)),
+            add_eos=bool(C.llama_vocab_get_add_eos(self.vocab)),
+        )
+        self._pieces: dict[int, bytes] = {}
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def on_close(self, callback: object) -> None:
+        """Run `callback` before the model is freed (contexts must go first)."""
+        self._stack.callback(callback)  # type: ignore[arg-type]
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = C.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            C.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    @property
+    def name(self) -> str:
+        return self.meta("general.name") or self.path.name
+
+    def chat_template(self) -> str | None:
+        raw = C.llama_model_chat_template(self.ptr, None)
+        return raw.decode("utf-8") if raw else None
+
+    def tokenize(self, text: str, *, add_special: bool = True,
+                 parse_special: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        n = C.llama_tokenize(self.vocab, data, len(data), None, 0, add_special, parse_special)
+        size = -n if n < 0 else n
+        buf = (C.llama_token * max(size, 1))()
+        n = C.llama_tokenize(self.vocab, data, len(data), buf, size, add_special, parse_special)
+        if n < 0:
+            raise ValueError(f"tokenization failed ({n}) for text of {len(data)} bytes")
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token adds to the text (empty for control tokens); may be partial UTF-8."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        buf = ctypes.create_string_buffer(64)
+        n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        out = buf.raw[:n]
+        self._pieces[token] = out
+        return out
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> bytes:
+        """The raw vocabulary entry (e.g. with BPE 'Ġ' markers): what pair checks compare."""
+        return C.llama_vocab_get_text(self.vocab, token) or b""
+
+    def is_eog(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self.vocab, token))
+
+
+def render_chat_template(template: str, messages: Sequence[dict[str, str]], *, bos_token: str,
+                         eos_token: str, add_generation_prompt: bool = True) -> str:
+    """Render a GGUF's Jinja chat template exactly as llama-cpp-python does (sandboxed jinja2,
+    Transformers-compatible `tojson`, `{% generation %}` tags ignored)."""
+    formatter = Jinja2ChatFormatter(template, eos_token=eos_token, bos_token=bos_token,
+                                    add_generation_prompt=add_generation_prompt)
+    return formatter(messages=list(messages)).prompt  # type: ignore[arg-type]
+
+
+def apply_builtin_chat_template(name: str, messages: Sequence[dict[str, str]], *,
+                                add_generation_prompt: bool = True) -> str:
+    """llama.cpp's own C++ templates ("chatml", "llama3", ...), for GGUFs without Jinja."""
+    arr = (C.llama_chat_message * len(messages))()
+    keep = []  # the C structs borrow these bytes
+    for i, m in enumerate(messages):
+        role, content = m["role"].encode(), m["content"].encode()
+        keep += [role, content]
+        arr[i].role, arr[i].content = role, content
+    size = 1024 + sum(len(b) for b in keep) * 2
+    for _ in range(2):
+        buf = ctypes.create_string_buffer(size)
+        n = C.llama_chat_apply_template(name.encode(), arr, len(messages),
+                                        add_generation_prompt, buf, size)
+        if n < 0:
+            raise ValueError(f"llama.cpp has no built-in chat template named {name!r}")
+        if n <= size:
+            return buf.raw[:n].decode("utf-8")
+        size = n
+    raise ValueError("chat template output kept growing")
+
+
+class TextStream:
+    """Turns tokens into text as they arrive, holding back incomplete UTF-8 sequences."""
+
+    def __init__(self, model: Model) -> None:
+        self._model = model
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        return self._decoder.decode(self._model.piece(token))
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+class Outputs(Enum):
+    NONE = 0
+    LAST = 1
+    ALL = 2
+
+
+_DECODE_ERRORS = {
+    2: "decoding was aborted",
+    -1: "invalid batch (bad token id or positions out of step with the KV cache)",
+    -2: "could not allocate memory for the batch",
+    -3: "graph computation failed",
+}
+
+
+class Context:
+    """A llama.cpp context on one sequence, which knows exactly which tokens its KV cache holds.
+
+    `tokens[i]` is the token at KV position i. Keeping that list next to the cache is what lets
+    the engine reuse prompt prefixes and trim rejected draft tokens with one `seq_rm`.
+    """
+
+    def __init__(self, model: Model, *, n_ctx: int, n_batch: int = 512, n_ubatch: int = 512,
+                 n_threads: int | None = None, n_threads_batch: int | None = None,
+                 flash_attn: bool | None = None) -> None:
+        self.model = model
+        threads = n_threads or default_threads()
+        params = C.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_ubatch, n_batch)
+        params.n_seq_max = 1
+        params.n_threads = threads
+        params.n_threads_batch = n_threads_batch or threads
+        params.flash_attn_type = {None: C.LLAMA_FLASH_ATTN_TYPE_AUTO,
+                                  True: C.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                                  False: C.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]
+        params.no_perf = True
+        _consume_recent_errors()
+        ptr = C.llama_init_from_model(model.ptr, params)
+        if not ptr:
+            detail = _consume_recent_errors() or "no detail from llama.cpp"
+            raise ModelFileError(f"llama.cpp could not create a context for {model.path}: {detail}")
+        self._stack = ExitStack()
+        # Freed in reverse order of registration: the batch, then the context. The model's own
+        # stack closes this one first, because the native context must go before its model.
+        self._stack.callback(C.llama_free, ptr)
+        self.ptr = ptr
+        self.n_ctx: int = C.llama_n_ctx(ptr)
+        self.n_batch: int = C.llama_n_batch(ptr)
+        self._mem = C.llama_get_memory(ptr)
+        self._batch = C.llama_batch_init(self.n_batch, 0, 1)
+        self._stack.callback(C.llama_batch_free, self._batch)
+        n = self.n_batch
+        self._tok = np.ctypeslib.as_array(self._batch.token, shape=(n,))
+        self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(n,))
+        self._out = np.ctypeslib.as_array(self._batch.logits, shape=(n,))
+        np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n,))[:] = 1
+        for i in range(n):
+            self._batch.seq_id[i][0] = 0
+        self._n_vocab = model.n_vocab
+        self.tokens: list[int] = []
+        self.n_decoded = 0  # tokens decoded over the context's life: prefix reuse shows here
+        self._closed = False
+        model.on_close(self.close)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._stack.close()
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def decode(self, tokens: Sequence[int], outputs: Outputs = Outputs.LAST) -> None:
+        """Append `tokens` at the end of the cache, in chunks of n_batch.
+
+        With LAST only the final token gets logits; ALL (one chunk at most) gives every row.
+        """
+        if not tokens:
+            return
+        if outputs is Outputs.ALL and len(tokens) > self.n_batch:
+            raise ValueError(f"{len(tokens)} tokens with all logits exceed n_batch {self.n_batch}")
+        if len(self.tokens) + len(tokens) > self.n_ctx:
+            raise ContextFullError(
+                f"the context holds {self.n_ctx} tokens; {len(self.tokens)} are used and "
+                f"{len(tokens)} more do not fit")
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start:start + self.n_batch]
+            n = len(chunk)
+            p0 = len(self.tokens)
+            self._tok[:n] = chunk
+            self._pos[:n] = np.arange(p0, p0 + n, dtype=np.int32)
+            self._out[:n] = 1 if outputs is Outputs.ALL else 0
+            if outputs is Outputs.LAST and start + n == len(tokens):
+                self._out[n - 1] = 1
+            self._batch.n_tokens = n
+            rc = C.llama_decode(self.ptr, self._batch)
+            if rc != 0:
+                self.ensure_consistent()
+                if rc == 1:
+                    raise ContextFullError("no KV cache slot for the batch (context full)")
+                raise DecodeError(f"llama_decode returned {rc}: "
+                                  f"{_DECODE_ERRORS.get(rc, 'unknown error')}")
+            self.tokens.extend(chunk)
+            self.n_decoded += n
+
+    def logits(self, index: int = -1) -> npt.NDArray[np.float32]:
+        """Row `index` of the last batch (negative: from the end) as a zero-copy view.
+
+        The view is only valid until the next decode: copy what must outlive it.
+        """
+        ptr = C.llama_get_logits_ith(self.ptr, index)
+        if not ptr:
+            raise DecodeError(f"no logits for batch row {index}")
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def truncate(self, n_keep: int) -> None:
+        """Drop every cached token from position n_keep on (rejected drafts, edited turns)."""
+        if n_keep >= len(self.tokens):
+            return
+        if not C.llama_memory_seq_rm(self._mem, 0, n_keep, -1):
+            # Only recurrent models refuse partial removal: start over rather than corrupt.
+            C.llama_memory_clear(self._mem, True)
+            self.tokens.clear()
+            return
+        del self.tokens[n_keep:]
+
+    def clear(self) -> None:
+        C.llama_memory_clear(self._mem, True)
+        self.tokens.clear()
+
+    def pos_max(self) -> int:
+        """Highest position in the KV cache (-1 when empty), straight from llama.cpp."""
+        return int(C.llama_memory_seq_pos_max(self._mem, 0))
+
+    def ensure_consistent(self) -> None:
+        """Make `tokens` and the KV cache agree again after a failed or interrupted decode.
+
+        Some ubatches of a failed batch may have landed; llama.cpp's own position is the truth.
+        """
+        n = self.pos_max() + 1
+        if n < len(self.tokens):
+            del self.tokens[n:]
+        elif n > len(self.tokens):
+            C.llama_memory_seq_rm(self._mem, 0, len(self.tokens), -1)

@@ -1,0 +1,94 @@
+"""Token choice from logits: greedy, truncated sampling, and speculative rejection sampling.
+
+Everything works on numpy views of llama.cpp's logits over the whole vocabulary, so the draft
+and target distributions p and q are processed by the SAME function, which is what makes
+rejection sampling exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from svip_local.errors import InvalidRequestError
+
+Logits = npt.NDArray[np.float32]
+Probs = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Temperature 0 means greedy. Truncation follows llama.cpp's order: top-k, top-p, min-p on
+    the untempered distribution, then temperature over the survivors."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0 and np.isfinite(self.temperature)):
+            raise InvalidRequestError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise InvalidRequestError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise InvalidRequestError(f"min_p must be in [0, 1), got {self.min_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def distribution(logits: Logits, params: SamplingParams) -> Probs:
+    """The probabilities `params` sample from, dense over the vocabulary (zeros outside the
+    kept set). A fresh float64 array: callers may keep it across decodes."""
+    x = logits.astype(np.float64)
+    keep = np.ones(x.shape[0], dtype=bool)
+    if 0 < params.top_k < x.shape[0]:
+        kth = np.argpartition(-x, params.top_k - 1)[: params.top_k]
+        keep[:] = False
+        keep[kth] = True
+    if params.top_p < 1.0 or params.min_p > 0.0:
+        base = np.where(keep, np.exp(x - x[keep].max()), 0.0)
+        base /= base.sum()
+        if params.top_p < 1.0:
+            order = np.argsort(-base, kind="stable")
+            cum = np.cumsum(base[order])
+            # Keep the smallest prefix whose mass reaches top_p (at least one token).
+            n_keep = int(np.searchsorted(cum, params.top_p, side="left")) + 1
+            keep[:] = False
+            keep[order[:n_keep]] = True
+        if params.min_p > 0.0:
+            keep &= base >= params.min_p * base.max()
+    y = np.where(keep, x / params.temperature, -np.inf)
+    y -= y.max()
+    p = np.exp(y)
+    p /= p.sum()
+    return p
+
+
+def sample(probs: Probs, rng: np.random.Generator) -> int:
+    """Inverse-CDF draw: one pass, far cheaper than rng.choice over 150k entries."""
+    cdf = np.cumsum(probs)
+    idx = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    return min(idx, probs.shape[0] - 1)
+
+
+def verify_sampled(p: Probs, q: Probs, token: int, rng: np.random.Generator) -> int | None:
+    """Speculative rejection sampling for one draft token (Leviathan et al. 2023, Chen et al.).
+
+    Accept x ~ q with probability min(1, p(x)/q(x)); return None when accepted. On rejection,
+    return a token drawn from norm(max(0, p - q)); together the two cases give exactly p.
+    """
+    px, qx = p[token], q[token]
+    if qx <= 0 or rng.random() * qx < px:  # u < p/q without dividing
+        return None
+    residual = np.maximum(p - q, 0.0)
+    if residual.sum() <= 0:  # p == q up to rounding: any draw from p is exact
+        return sample(p, rng)
+    return sample(residual, rng)
