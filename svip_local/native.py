@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+import llama_cpp.llama_cpp as C
 import numpy as np
 import numpy.typing as npt
-
-import llama_cpp.llama_cpp as C  # noqa: I001  (importing the package also installs its logger)
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from svip_local.errors import ContextFullError, DecodeError, ModelFileError

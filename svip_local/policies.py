@@ -51,7 +51,7 @@ class DraftPolicy(ABC):
     @abstractmethod
     def judge(self, step: StepStats) -> Verdict: ...
 
-    def observe(self, drafted: int, accepted: int) -> None:
+    def observe(self, drafted: int, accepted: int) -> None:  # noqa: B027 (optional hook)
         """Verification outcome of the round: `accepted` of `drafted` tokens matched."""
 
     def describe(self) -> str:
