@@ -327,6 +327,9 @@ class Engine:
             last = ctx.logits(len(drafts))[: self.n_vocab]
             nxt = int(last.argmax()) if sampling.greedy else sample(
                 distribution(last, sampling), rng)
-        # Keep seq + accepted drafts; the new token is decoded in the next round's batch.
+        # Keep seq + accepted drafts in both caches; the new token is decoded next round. The
+        # draft never decoded its last proposal, so after an all-accepted round it is one short.
         ctx.truncate(len(seq) + accepted)
+        if self.draft_ctx is not None:
+            self.draft_ctx.truncate(len(seq) + accepted)
         return accepted, nxt

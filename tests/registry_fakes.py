@@ -43,8 +43,9 @@ class _Server:
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         handler = type("Handler", (_Handler,), {"fake": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
-                                        kwargs={"poll_interval": 0.05})
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, daemon=True, kwargs={"poll_interval": 0.05}
+        )
 
     @property
     def url(self) -> str:
@@ -75,8 +76,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.fake.requests.append((method, unquote(self.path), self.headers.get("Range")))
         self.fake.handle(self, method)
 
-    def send(self, status: int, headers: dict[str, str], body: bytes = b"",
-             method: str = "GET") -> None:
+    def send(
+        self, status: int, headers: dict[str, str], body: bytes = b"", method: str = "GET"
+    ) -> None:
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
@@ -103,8 +105,15 @@ class FakeHub(_Server):
         super().__init__()
         self.files: dict[tuple[str, str], HubFile] = {}
 
-    def add(self, repo: str, filename: str, content: bytes, *, etag: str | None = None,
-            cut_at: int | None = None) -> str:
+    def add(
+        self,
+        repo: str,
+        filename: str,
+        content: bytes,
+        *,
+        etag: str | None = None,
+        cut_at: int | None = None,
+    ) -> str:
         """Serve `content`; `etag` (the hub's sha256) defaults to the true one. Returns it."""
         hub_sha = etag or sha256(content)
         self.files[(repo, filename)] = HubFile(content, hub_sha, cut_at)
@@ -118,13 +127,18 @@ class FakeHub(_Server):
         match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", unquote(request.path))
         file = self.files.get((match.group(1), match.group(3))) if match else None
         if file is None:
-            request.send(404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT},
-                         method=method)
+            request.send(
+                404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT}, method=method
+            )
             return
         size = len(file.content)
-        headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{file.etag}"',
-                   "X-Linked-Etag": f'"{file.etag}"', "X-Linked-Size": str(size),
-                   "Accept-Ranges": "bytes"}
+        headers = {
+            "X-Repo-Commit": COMMIT,
+            "ETag": f'"{file.etag}"',
+            "X-Linked-Etag": f'"{file.etag}"',
+            "X-Linked-Size": str(size),
+            "Accept-Ranges": "bytes",
+        }
         if method == "HEAD":
             request.send(200, headers, file.content, method="HEAD")
             return
@@ -169,16 +183,26 @@ class FakePyPI(_Server):
     def index_url(self) -> str:
         return f"{self.url}/simple"
 
-    def add_wheel(self, package: str, version: str, files: dict[str, bytes], *,
-                  listed_sha256: str | None = None) -> None:
+    def add_wheel(
+        self,
+        package: str,
+        version: str,
+        files: dict[str, bytes],
+        *,
+        listed_sha256: str | None = None,
+    ) -> None:
         """Serve a wheel of `files`; `listed_sha256` overrides the hash the index advertises."""
         filename, data = build_wheel(package, version, files)
         self.projects.setdefault(_project(package), []).append(
-            (filename, data, listed_sha256 or sha256(data)))
+            (filename, data, listed_sha256 or sha256(data))
+        )
 
     def wheel_downloads(self) -> list[str]:
-        return [path.rsplit("/", 1)[-1] for method, path, _ in self.requests
-                if method == "GET" and path.startswith("/files/")]
+        return [
+            path.rsplit("/", 1)[-1]
+            for method, path, _ in self.requests
+            if method == "GET" and path.startswith("/files/")
+        ]
 
     def handle(self, request: _Handler, method: str) -> None:
         path = unquote(request.path)
@@ -187,16 +211,19 @@ class FakePyPI(_Server):
             if wheels is None:
                 request.send(404, {}, b"not found", method=method)
                 return
-            links = "".join(f'<a href="/files/{html.escape(name)}#sha256={listed}">'
-                            f"{html.escape(name)}</a>\n" for name, _, listed in wheels)
+            links = "".join(
+                f'<a href="/files/{html.escape(name)}#sha256={listed}">{html.escape(name)}</a>\n'
+                for name, _, listed in wheels
+            )
             body = f"<!DOCTYPE html><html><body>\n{links}</body></html>".encode()
             request.send(200, {"Content-Type": "text/html"}, body, method=method)
             return
         for wheels in self.projects.values():
             for name, data, _ in wheels:
                 if path == f"/files/{name}":
-                    request.send(200, {"Content-Type": "application/octet-stream"}, data,
-                                 method=method)
+                    request.send(
+                        200, {"Content-Type": "application/octet-stream"}, data, method=method
+                    )
                     return
         request.send(404, {}, b"not found", method=method)
 
@@ -214,10 +241,11 @@ def build_wheel(package: str, version: str, files: dict[str, bytes]) -> tuple[st
     info = f"{dist}-{version}.dist-info"
     members = dict(files)
     members[f"{info}/METADATA"] = (
-        f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n".encode())
+        f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n".encode()
+    )
     members[f"{info}/WHEEL"] = (
-        b"Wheel-Version: 1.0\nGenerator: registry-tests\nRoot-Is-Purelib: true\n"
-        b"Tag: py3-none-any\n")
+        b"Wheel-Version: 1.0\nGenerator: registry-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
     record = [f"{name},sha256={_record_hash(data)},{len(data)}" for name, data in members.items()]
     members[f"{info}/RECORD"] = ("\n".join([*record, f"{info}/RECORD,,"]) + "\n").encode()
     buffer = io.BytesIO()
@@ -233,19 +261,31 @@ def _record_hash(data: bytes) -> str:
 
 # --- models.toml fragments -------------------------------------------------------------------
 
+
 def hf_source(repo: str, filename: str | list[str], sha: str | list[str] = "hub") -> dict:
     return {"kind": "hf", "repo": repo, "filename": filename, "revision": "main", "sha256": sha}
 
 
 def pypi_source(sha: str, parts: list[tuple[str, str, str, int]]) -> dict:
-    return {"kind": "pypi", "sha256": sha, "parts": [
-        {"package": p, "version": v, "path": path, "size": size} for p, v, path, size in parts]}
+    return {
+        "kind": "pypi",
+        "sha256": sha,
+        "parts": [
+            {"package": p, "version": v, "path": path, "size": size} for p, v, path, size in parts
+        ],
+    }
 
 
 def pair_toml(name: str, target: tuple[str, list[dict]], draft: tuple[str, list[dict]]) -> str:
     """A models.toml entry; target/draft are (filename, sources)."""
-    lines = [f'[pairs."{name}"]', 'description = "test pair"', "verified = true",
-             f'[pairs."{name}".settings]', "n_ctx = 512", 'policy = "auto"']
+    lines = [
+        f'[pairs."{name}"]',
+        'description = "test pair"',
+        "verified = true",
+        f'[pairs."{name}".settings]',
+        "n_ctx = 512",
+        'policy = "auto"',
+    ]
     for role, (filename, sources) in (("target", target), ("draft", draft)):
         lines += [f'[pairs."{name}".{role}]', f'filename = "{filename}"']
         for source in sources:
@@ -265,6 +305,7 @@ def _toml_value(value: object) -> str:
 
 
 # --- environment -----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RegistryDirs:

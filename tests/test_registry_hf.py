@@ -30,11 +30,13 @@ def hub(dirs, monkeypatch):
 def write_pair(dirs, hub, *, target_sha="hub", cut_at=None, served=TARGET, etag=None):
     hub.add("org/target-GGUF", "t.gguf", served, cut_at=cut_at, etag=etag)
     hub.add("org/draft-GGUF", "d.gguf", DRAFT)
-    dirs.user_file.write_text(pair_toml(
-        "fake",
-        ("t.gguf", [hf_source("org/target-GGUF", "t.gguf", target_sha)]),
-        ("d.gguf", [hf_source("org/draft-GGUF", "d.gguf", sha256(DRAFT))]),
-    ))
+    dirs.user_file.write_text(
+        pair_toml(
+            "fake",
+            ("t.gguf", [hf_source("org/target-GGUF", "t.gguf", target_sha)]),
+            ("d.gguf", [hf_source("org/draft-GGUF", "d.gguf", sha256(DRAFT))]),
+        )
+    )
 
 
 def resolve_requests(hub):
@@ -149,11 +151,13 @@ def test_split_gguf_shards_land_side_by_side(dirs, hub):
     for name, content in zip(shards, contents, strict=True):
         hub.add("org/split-GGUF", name, content)
     hub.add("org/draft-GGUF", "d.gguf", DRAFT)
-    dirs.user_file.write_text(pair_toml(
-        "split",
-        ("t.gguf", [hf_source("org/split-GGUF", shards, [sha256(c) for c in contents])]),
-        ("d.gguf", [hf_source("org/draft-GGUF", "d.gguf")]),
-    ))
+    dirs.user_file.write_text(
+        pair_toml(
+            "split",
+            ("t.gguf", [hf_source("org/split-GGUF", shards, [sha256(c) for c in contents])]),
+            ("d.gguf", [hf_source("org/draft-GGUF", "d.gguf")]),
+        )
+    )
     pair = pull("split", registry=load_registry())
     assert pair.target.name == shards[0]  # llama.cpp opens the first and finds the rest
     assert (pair.target.parent / shards[1]).read_bytes() == contents[1]

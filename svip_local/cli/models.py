@@ -34,8 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     cmd = subparsers.add_parser("pull", help="download and verify a pair (resumes if stopped)")
     cmd.add_argument("name", help="a pair name from `svip-local list`")
-    cmd.add_argument("--source", choices=_SOURCES,
-                     help="use only this kind of source (default: each in models.toml's order)")
+    cmd.add_argument(
+        "--source",
+        choices=_SOURCES,
+        help="use only this kind of source (default: each in models.toml's order)",
+    )
     cmd.add_argument("--json", action="store_true", help="print the result as JSON")
     cmd.set_defaults(func=_pull)
 
@@ -54,26 +57,42 @@ def _list(args: argparse.Namespace) -> int:
     registry = load_registry()
     rows = [(registry.get(name), status(name, registry=registry)) for name in registry.names()]
     if args.json:
-        _print_json([
-            {"name": spec.name, "description": spec.description, "entry_verified": spec.verified,
-             "downloaded": st.downloaded, "verified": st.verified,
-             "settings": _settings(spec.settings),
-             "target": _file_json(st.target), "draft": _file_json(st.draft)}
-            for spec, st in rows
-        ])
+        _print_json(
+            [
+                {
+                    "name": spec.name,
+                    "description": spec.description,
+                    "entry_verified": spec.verified,
+                    "downloaded": st.downloaded,
+                    "verified": st.verified,
+                    "settings": _settings(spec.settings),
+                    "target": _file_json(st.target),
+                    "draft": _file_json(st.draft),
+                }
+                for spec, st in rows
+            ]
+        )
         return 0
     table = [("NAME", "TARGET", "DRAFT", "DOWNLOADED", "VERIFIED", "DESCRIPTION")]
     for spec, st in rows:
-        table.append((spec.name + ("" if spec.verified else " *"), human_size(st.target.size),
-                      human_size(st.draft.size), _downloaded(st),
-                      ("yes" if st.verified else "no") if st.downloaded else "-",
-                      spec.description))
+        table.append(
+            (
+                spec.name + ("" if spec.verified else " *"),
+                human_size(st.target.size),
+                human_size(st.draft.size),
+                _downloaded(st),
+                ("yes" if st.verified else "no") if st.downloaded else "-",
+                spec.description,
+            )
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     for row in table:
         print("  ".join([cell.ljust(w) for cell, w in zip(row, widths, strict=False)] + [row[-1]]))
     if any(not spec.verified for spec, _ in rows):
-        print("\n* entry not checked by svip-local's maintainers; its files are checked\n"
-              "  against the hub's own sha256 when pulled")
+        print(
+            "\n* entry not checked by svip-local's maintainers; its files are checked\n"
+            "  against the hub's own sha256 when pulled"
+        )
     return 0
 
 
@@ -82,23 +101,35 @@ def _pull(args: argparse.Namespace) -> int:
         with closing(_TerminalBars()) as bars:
             pair = pull(args.name, source=args.source, progress=bars)
     except KeyboardInterrupt:
-        print(f"\nsvip-local: pull interrupted; run `svip-local pull {args.name}` again to "
-              "resume", file=sys.stderr)
+        again = f"svip-local pull {args.name}" + (f" --source {args.source}" if args.source else "")
+        print(f"\nsvip-local: pull interrupted; run `{again}` again to resume", file=sys.stderr)
         return 130
     if args.json:
-        _print_json({"name": pair.name, "target": str(pair.target), "draft": str(pair.draft),
-                     "settings": _settings(pair.settings)})
+        _print_json(
+            {
+                "name": pair.name,
+                "target": str(pair.target),
+                "draft": str(pair.draft),
+                "settings": _settings(pair.settings),
+            }
+        )
     else:
-        print(f"{pair.name}: downloaded and verified\n  target  {pair.target}\n"
-              f"  draft   {pair.draft}")
+        print(
+            f"{pair.name}: downloaded and verified\n  target  {pair.target}\n  draft   {pair.draft}"
+        )
     return 0
 
 
 def _rm(args: argparse.Namespace) -> int:
     removal = remove(args.name)
     if args.json:
-        _print_json({"name": args.name, "removed": [str(p) for p in removal.removed],
-                     "kept": [{"path": str(p), "reason": why} for p, why in removal.kept]})
+        _print_json(
+            {
+                "name": args.name,
+                "removed": [str(p) for p in removal.removed],
+                "kept": [{"path": str(p), "reason": why} for p, why in removal.kept],
+            }
+        )
         return 0
     if not removal.removed and not removal.kept:
         print(f"{args.name}: nothing to remove")
@@ -127,8 +158,13 @@ def _downloaded(st: PairStatus) -> str:
 
 
 def _file_json(st: FileStatus) -> dict[str, Any]:
-    return {"path": str(st.path) if st.path else None, "size": st.size,
-            "downloaded": st.downloaded, "verified": st.verified, "source": st.source}
+    return {
+        "path": str(st.path) if st.path else None,
+        "size": st.size,
+        "downloaded": st.downloaded,
+        "verified": st.verified,
+        "source": st.source,
+    }
 
 
 def _settings(settings: PairSettings) -> dict[str, Any]:
@@ -153,11 +189,21 @@ class _TerminalBars:
 
             self.close()
             self._label = label
-            self._bar = tqdm(desc=label, total=total or None, unit="B", unit_scale=True,
-                             disable=None, file=sys.stderr)
+            # initial=done: bytes a resumed pull already had do not count towards its speed
+            self._bar = tqdm(
+                desc=label,
+                total=total or None,
+                initial=done,
+                unit="B",
+                unit_scale=True,
+                disable=None,
+                file=sys.stderr,
+            )
         if total and self._bar.total != total:
             self._bar.total = total
         self._bar.update(done - self._bar.n)
+        if total and done >= total:
+            self.close()  # finished: log lines that follow must not land inside the bar
 
     def close(self) -> None:
         if self._bar is not None:

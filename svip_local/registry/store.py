@@ -40,8 +40,12 @@ def pair_dir(name: str) -> Path:
     return models_root() / name
 
 
+def parts_root(name: str) -> Path:
+    return models_root() / ".parts" / name
+
+
 def parts_dir(name: str, role: str) -> Path:
-    return models_root() / ".parts" / name / role
+    return parts_root(name) / role
 
 
 def lock_path(name: str) -> Path:
@@ -102,10 +106,13 @@ def write_marker(name: str, role: str, source: str, files: list[tuple[Path, str]
         st = path.stat()
         verified.append(VerifiedFile(path, st.st_size, st.st_mtime_ns, sha256))
     marker = Marker(source=source, files=tuple(verified))
-    body = {"source": source, "files": [
-        {"path": str(f.path), "size": f.size, "mtime_ns": f.mtime_ns, "sha256": f.sha256}
-        for f in verified
-    ]}
+    body = {
+        "source": source,
+        "files": [
+            {"path": str(f.path), "size": f.size, "mtime_ns": f.mtime_ns, "sha256": f.sha256}
+            for f in verified
+        ],
+    }
     target = _marker_path(name, role)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")

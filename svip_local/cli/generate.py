@@ -1,0 +1,114 @@
+"""`svip-local generate`: one completion from a registry pair or explicit GGUF paths."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from svip_local.engine import Engine, EngineConfig
+from svip_local.errors import InvalidRequestError
+from svip_local.events import Done, Token
+from svip_local.sampling import SamplingParams
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ways to name a pair, shared by every command that loads one."""
+    parser.add_argument("name", nargs="?", help="a pair from the registry (svip-local list)")
+    parser.add_argument("--target", help="target GGUF path (instead of a registry name)")
+    parser.add_argument("--draft", help="draft GGUF path (omit for the target alone)")
+    parser.add_argument("--n-gpu-layers", type=int, default=-1,
+                        help="layers to offload to the GPU, -1 = all (default)")
+    parser.add_argument("--draft-n-gpu-layers", type=int, default=None,
+                        help="the draft's own offload (default: same as --n-gpu-layers)")
+    parser.add_argument("--n-ctx", type=int, default=None, help="context size in tokens")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per model")
+    parser.add_argument("--pull", action="store_true",
+                        help="download the registry pair first if it is missing")
+
+
+def open_engine(args: argparse.Namespace, *, policy: str | None = None) -> Engine:
+    """Build the engine a command asked for: registry name or --target/--draft."""
+    if args.name and args.target:
+        raise InvalidRequestError("give a registry name or --target, not both")
+    n_ctx = args.n_ctx
+    if args.name:
+        from svip_local.registry import resolve
+
+        pair = resolve(args.name, pull=args.pull)
+        target, draft = pair.target, pair.draft
+        n_ctx = n_ctx or pair.settings.n_ctx
+        policy = policy or pair.settings.policy
+    elif args.target:
+        target, draft = args.target, args.draft
+    else:
+        raise InvalidRequestError("name a registry pair or give --target (see --help)")
+    config = EngineConfig(
+        n_ctx=n_ctx or EngineConfig.n_ctx, n_gpu_layers=args.n_gpu_layers,
+        draft_n_gpu_layers=args.draft_n_gpu_layers, n_threads=args.threads,
+        policy=policy or EngineConfig.policy)
+    return Engine(target, draft, config=config)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("generate", help="generate a completion (raw prompt, or --chat)",
+                       description="Generate text with speculative decoding.")
+    add_model_arguments(p)
+    p.add_argument("--prompt", required=True, help="prompt text (raw, no chat template)")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap the prompt as a user message in the model's chat template")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--policy", default=None,
+                   help="draft-length policy: auto (default), none, constant:K, heuristic, "
+                        "svip[:h], pmin[:p], adaedl")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-text")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (ids, text, stats) as the last line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                              min_p=args.min_p, seed=args.seed)
+    with open_engine(args, policy=args.policy) as engine:
+        if args.chat:
+            from svip_local.chat import render_prompt
+
+            prompt_ids = render_prompt(engine, [{"role": "user", "content": args.prompt}])
+        else:
+            prompt_ids = engine.tokenize(args.prompt)
+        events = engine.generate(prompt_ids, max_tokens=args.max_tokens, sampling=sampling,
+                                 stop=args.stop, ignore_eos=args.ignore_eos)
+        done: Done | None = None
+        try:
+            for event in events:
+                if isinstance(event, Token) and not args.json:
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+                elif isinstance(event, Done):
+                    done = event
+        except KeyboardInterrupt:
+            events.close()  # both KV caches are trimmed back in the generator's finally
+            raise
+        assert done is not None
+        if args.json:
+            print(json.dumps(_result_json(prompt_ids, done)))
+        else:
+            s = done.stats
+            print(f"\n\n[{s.generated} tokens, {s.tokens_per_second:.1f} tok/s, "
+                  f"{s.policy}, acceptance {s.acceptance_rate:.0%}, "
+                  f"{done.finish_reason}]", file=sys.stderr)
+    return 0
+
+
+def _result_json(prompt_ids: list[int], done: Done) -> dict[str, Any]:
+    stats = done.stats.to_dict()
+    return {"prompt_tokens": prompt_ids, "tokens": list(done.tokens), "text": done.text,
+            "finish_reason": done.finish_reason, "stats": stats}
