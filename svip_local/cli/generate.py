@@ -79,9 +79,12 @@ def run(args: argparse.Namespace) -> int:
                               min_p=args.min_p, seed=args.seed)
     with open_engine(args, policy=args.policy) as engine:
         if args.chat:
-            from svip_local.chat import render_prompt
+            from svip_local.chat import ChatTemplate
+            from svip_local.chat import prompt_ids as chat_prompt_ids
 
-            prompt_ids = render_prompt(engine, [{"role": "user", "content": args.prompt}])
+            template = ChatTemplate.for_model(engine.target_model)
+            text = template.render([{"role": "user", "content": args.prompt}])
+            prompt_ids = chat_prompt_ids(engine, text)
         else:
             prompt_ids = engine.tokenize(args.prompt)
         events = engine.generate(prompt_ids, max_tokens=args.max_tokens, sampling=sampling,

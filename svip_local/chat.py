@@ -1,0 +1,276 @@
+"""Chat on the engine: messages -> the model's own chat template -> token ids -> `generate`.
+
+    for event in stream_chat(engine, [{"role": "user", "content": "Hi"}], max_tokens=256):
+        ...  # the same Token / Round / Done events as Engine.generate, maybe a Notice first
+
+Nothing here keeps state between turns: the engine's target context knows exactly which tokens
+its KV cache holds, and `prompt_ids` reuses them wherever their text still matches the new
+prompt. So the next turn decodes only its new tokens, and a regenerated or edited turn trims
+both caches back to the common prefix (the engine does the sequence removal).
+"""
+
+from __future__ import annotations
+
+import bisect
+import codecs
+import functools
+import itertools
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import jinja2
+
+from svip_local.engine import Engine
+from svip_local.errors import InvalidRequestError, PromptTooLongError
+from svip_local.events import Event, GenerationStats, Notice
+from svip_local.native import (
+    Model,
+    apply_builtin_chat_template,
+    render_chat_template,
+    supports_gpu_offload,
+)
+from svip_local.policies import DraftPolicy
+from svip_local.sampling import SamplingParams
+
+Messages = Sequence[Mapping[str, str]]
+ROLES = ("system", "user", "assistant")
+FALLBACK_TEMPLATE = "chatml"  # what llama.cpp itself uses for a GGUF without a template
+_PROBE = "svip-probe-reply"  # assistant content no template alters (no spaces to trim)
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """How one model wants a conversation written out.
+
+    `jinja` is the GGUF's own `tokenizer.chat_template`, rendered as llama-cpp-python does;
+    `builtin` names (or, given a template text, lets llama.cpp detect) one of llama.cpp's C++
+    templates, used when the GGUF has no template or its Jinja does not compile.
+    """
+
+    source: str  # for people: "gguf", or "builtin..." with the name or the reason
+    jinja: str | None = None
+    builtin: str | None = None
+    bos_token: str = ""
+    eos_token: str = ""
+
+    @classmethod
+    def for_model(cls, model: Model, preference: str = "gguf") -> ChatTemplate:
+        """The model's own template ("gguf") or a llama.cpp built-in by name ("chatml", ...)."""
+        if preference != "gguf":
+            try:
+                return cls._builtin(preference, f"builtin:{preference}")
+            except InvalidRequestError as exc:
+                raise InvalidRequestError(f"unknown chat template {preference!r}") from exc
+        text = model.chat_template()
+        if text is None:
+            return cls._builtin(FALLBACK_TEMPLATE, f"builtin:{FALLBACK_TEMPLATE} (GGUF has none)")
+        tmpl = cls("gguf", jinja=text, bos_token=_special_text(model, model.special.bos),
+                   eos_token=_special_text(model, model.special.eos))
+        try:
+            tmpl.render([{"role": "user", "content": "hello"}])
+            return tmpl
+        except InvalidRequestError:
+            pass
+        # Jinja this sandbox cannot run: llama.cpp recognises most templates by their text.
+        try:
+            return cls._builtin(text, "builtin (detected from the GGUF's template)")
+        except InvalidRequestError:
+            return cls._builtin(FALLBACK_TEMPLATE,
+                                f"builtin:{FALLBACK_TEMPLATE} (GGUF's template unusable)")
+
+    @classmethod
+    def _builtin(cls, name: str, source: str) -> ChatTemplate:
+        tmpl = cls(source, builtin=name)
+        tmpl.render([{"role": "user", "content": "hello"}])  # unknown names fail here
+        return tmpl
+
+    def render(self, messages: Messages, *, add_generation_prompt: bool = True) -> str:
+        """The prompt text; a template that rejects the conversation raises InvalidRequestError."""
+        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+        try:
+            if self.jinja is not None:
+                return render_chat_template(self.jinja, plain, bos_token=self.bos_token,
+                                            eos_token=self.eos_token,
+                                            add_generation_prompt=add_generation_prompt)
+            assert self.builtin is not None
+            return apply_builtin_chat_template(self.builtin, plain,
+                                               add_generation_prompt=add_generation_prompt)
+        except (jinja2.TemplateError, ValueError, TypeError) as exc:
+            raise InvalidRequestError(f"the chat template failed: {exc}") from exc
+
+    @functools.cached_property
+    def end_of_turn(self) -> str:
+        """The text the template writes after a reply (e.g. `<|im_end|>`), or "" if none.
+
+        Generation already ends at llama.cpp's end-of-generation tokens (its vocabulary loader
+        counts <|im_end|>, <|eot_id|>, <end_of_turn>... among them); this marker is also used
+        as a stop string for a model that spells it out in plain-text tokens.
+        """
+        probe = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": _PROBE}]
+        try:
+            text = self.render(probe, add_generation_prompt=False)
+        except InvalidRequestError:
+            return ""
+        tail = text.partition(_PROBE)[2].split()
+        return tail[0] if tail else ""
+
+
+def _special_text(model: Model, token: int) -> str:
+    return model.token_text(token).decode("utf-8", errors="replace") if token >= 0 else ""
+
+
+def _token_bytes(model: Model, token: int) -> bytes:
+    # Control tokens have no visible piece; in a rendered prompt they appear as their text.
+    return model.piece(token) or model.token_text(token)
+
+
+def prompt_ids(engine: Engine, text: str) -> list[int]:
+    """Token ids for a rendered prompt, reusing the target cache's tokens where they spell it.
+
+    Re-tokenizing a whole conversation would not reproduce the reply's generated tokens (a
+    model may write "t"+"he" where the tokenizer says "the"), and every token after the first
+    difference would be decoded again. Instead the cached tokens are decoded the way the
+    engine decoded the reply (UTF-8, invalid bytes replaced) while they spell the text, and
+    only the rest is tokenized; the cut falls where no UTF-8 character is left half done.
+    """
+    model = engine.target_model
+    special = model.special
+    head = [special.bos] if special.add_bos and special.bos >= 0 \
+        and not text.startswith(_special_text(model, special.bos)) else []
+    cached = engine.target_ctx.tokens
+    n_keep, pos = 0, 0
+    if cached[:len(head)] == head:
+        n_keep = len(head)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        end = 0
+        for i in range(len(head), len(cached)):
+            piece = decoder.decode(_token_bytes(model, cached[i]))
+            if not text.startswith(piece, end):
+                break
+            end += len(piece)
+            if not decoder.getstate()[0]:
+                n_keep, pos = i + 1, end
+    if n_keep == 0:
+        return head + model.tokenize(text, add_special=False, parse_special=True)
+    rest = text[pos:]
+    return cached[:n_keep] + (model.tokenize(rest, add_special=False, parse_special=True)
+                              if rest else [])
+
+
+def validate_messages(messages: Messages) -> list[dict[str, str]]:
+    """Plain {role, content} dicts; the conversation must end with the user's message."""
+    if not messages:
+        raise InvalidRequestError("the conversation is empty")
+    out = []
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES or not isinstance(content, str):
+            raise InvalidRequestError(
+                f"message {i} needs a role in {ROLES} and text content, got {dict(m)!r}")
+        out.append({"role": role, "content": content})
+    if out[-1]["role"] != "user":
+        raise InvalidRequestError("the last message must be the user's")
+    return out
+
+
+def fit_messages(engine: Engine, template: ChatTemplate, messages: Messages, max_tokens: int
+                 ) -> tuple[list[int], int]:
+    """Prompt ids that leave room for the reply, and how many old turns were dropped for it.
+
+    A turn is a user message and what follows it up to the next one. Leading system messages
+    and the last turn are always kept. The reply gets `max_tokens` of room, but at most half
+    the context, so a huge max_tokens does not throw the whole history away.
+    """
+    msgs = validate_messages(messages)
+    limit = engine.n_ctx - min(max_tokens, engine.n_ctx // 2)
+    n_sys = next(i for i, m in enumerate(msgs) if m["role"] != "system")
+    starts = [i for i, m in enumerate(msgs) if m["role"] == "user" and i >= n_sys]
+    # A reply written before the first user message belongs to the first turn.
+    turns = [msgs[a:b] for a, b in zip([n_sys, *starts[1:]], [*starts[1:], len(msgs)],
+                                       strict=True)]
+
+    @functools.cache
+    def ids_without(dropped: int) -> list[int]:
+        kept = msgs[:n_sys] + [m for turn in turns[dropped:] for m in turn]
+        return prompt_ids(engine, template.render(kept))
+
+    ids = ids_without(0)
+    if len(ids) <= limit:
+        return ids, 0
+    dropped = bisect.bisect_left(range(len(turns)), True, lo=1,
+                                 key=lambda k: len(ids_without(k)) <= limit)
+    if dropped == len(turns):
+        alone = len(ids_without(len(turns) - 1))
+        raise PromptTooLongError(
+            f"the context is full: the last message (with the system prompt) takes {alone} "
+            f"tokens, and only {limit} of the context's {engine.n_ctx} are left once "
+            f"{engine.n_ctx - limit} are kept for the reply; shorten the message, lower "
+            "max tokens or raise n_ctx")
+    return ids_without(dropped), dropped
+
+
+def stream_chat(engine: Engine, messages: Messages, *, max_tokens: int = 512,
+                sampling: SamplingParams | None = None,
+                policy: str | DraftPolicy | None = None,
+                cancel: threading.Event | None = None, stop: Sequence[str] = (),
+                template: ChatTemplate | None = None) -> Iterator[Event]:
+    """Stream a reply to `messages` ({role, content} dicts ending with the user's).
+
+    Yields what `Engine.generate` yields, preceded by a `Notice` when old turns had to be
+    dropped to fit the context. Bad input and a message too long for the context raise here,
+    before any work. `template` defaults to the target model's own (resolved on each call:
+    pass one from `ChatTemplate.for_model` to skip that).
+    """
+    if max_tokens <= 0:
+        raise InvalidRequestError(f"max_tokens must be positive, got {max_tokens}")
+    template = template or ChatTemplate.for_model(engine.target_model)
+    ids, dropped = fit_messages(engine, template, messages, max_tokens)
+    eot = template.end_of_turn
+    events = engine.generate(ids, max_tokens=max_tokens, sampling=sampling, policy=policy,
+                             stop=[*([eot] if eot else []), *stop], cancel=cancel)
+    if not dropped:
+        return events
+    turns = "turn" if dropped == 1 else "turns"
+    notice = Notice(f"The conversation outgrew the context ({engine.n_ctx} tokens): the oldest "
+                    f"{dropped} {turns} are left out of the prompt (the system prompt is kept).")
+    return itertools.chain([notice], events)
+
+
+# -- what a chat UI shows next to the reply ------------------------------------------------------
+
+
+def decode_rate(stats: GenerationStats) -> float:
+    """Generated tokens per second of decoding, prompt prefill excluded (tok/s)."""
+    decode_s = stats.wall_s - stats.prefill_s
+    return stats.generated / decode_s if decode_s > 0 else 0.0
+
+
+def measure_target_alone(engine: Engine, tokens: int = 8,
+                         cancel: threading.Event | None = None) -> float | None:
+    """The target's own decode rate (tok/s) here and now, for an honest "x× vs target alone".
+
+    Runs the real engine with policy `none` for `tokens` tokens right after the cached
+    conversation, so nothing is prefilled and each token is one single-token target decode,
+    at the context length the chat is at. It costs `tokens` target decodes (a fraction of one
+    reply) and leaves the caches as a normal generation would: the next turn's prompt trims
+    the extra tokens. Call it between generations; None when there is no draft to compare
+    with, no conversation yet, or no room left.
+    """
+    ids = list(engine.target_ctx.tokens)
+    if engine.draft_model is None or not ids or len(ids) + tokens >= engine.n_ctx:
+        return None
+    done = engine.complete(ids, max_tokens=tokens, policy="none", ignore_eos=True,
+                           cancel=cancel)
+    if done.finish_reason == "cancelled" or done.stats.generated < 2:
+        return None
+    return decode_rate(done.stats) or None
+
+
+def device_summary(engine: Engine) -> str:
+    """Where the target runs: "CPU", or "GPU n/N layers" when llama.cpp can offload."""
+    model = engine.target_model
+    on_gpu = model.n_layer if model.n_gpu_layers < 0 else min(model.n_gpu_layers, model.n_layer)
+    if not supports_gpu_offload() or on_gpu == 0:
+        return "CPU"
+    return f"GPU {on_gpu}/{model.n_layer} layers"

@@ -1,0 +1,86 @@
+"""`svip-local serve`: the OpenAI-compatible HTTP server for a pair, on localhost by default."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from svip_local.cli.generate import add_model_arguments, open_engine
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "SVIP_LOCAL_API_KEY"
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="serve a pair over an OpenAI-compatible HTTP API",
+                       description="OpenAI-compatible server (/v1/chat/completions, "
+                                   "/v1/completions, /v1/models, /health) with speculative "
+                                   "decoding.")
+    add_model_arguments(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--api-key", default=None,
+                   help=f"require this Bearer key on /v1 (default: ${API_KEY_ENV}, else none)")
+    p.add_argument("--model-name", default=None,
+                   help="the model id clients see (default: the pair name or target file)")
+    p.add_argument("--policy", default=None,
+                   help="draft-length policy (default: the pair's, else auto)")
+    p.add_argument("--max-queue", type=_count(0), default=None,
+                   help="requests that may wait for the running one; more get 503 (default 8)")
+    p.add_argument("--max-request-bytes", type=_count(1), default=None,
+                   help="largest accepted request body (default 1 MiB)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from svip_local.server import create_app
+
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if not _is_loopback(args.host) and api_key is None:
+        log.warning("serving on %s without an API key: anyone who can reach this address "
+                    "can use the model (set --api-key or $%s)", args.host, API_KEY_ENV)
+    with open_engine(args, policy=args.policy) as engine:
+        name = args.model_name or args.name or Path(args.target).stem
+        limits = {k: v for k, v in (("max_queue", args.max_queue),
+                                    ("max_request_bytes", args.max_request_bytes))
+                  if v is not None}
+        app = create_app(engine, model_name=name, api_key=api_key, **limits)
+        print(f"serving {name} on http://{args.host}:{args.port}/v1", flush=True)
+        # A bounded graceful shutdown: Ctrl+C must not wait for a long stream to finish.
+        uvicorn.run(app, host=args.host, port=args.port, log_level=_uvicorn_level(),
+                    timeout_graceful_shutdown=5)
+    return 0
+
+
+def _count(least: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= least (argparse reports the ValueError as usage)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"integer >= {least}"
+    return parse
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _uvicorn_level() -> str:
+    """Follow the CLI's -v: uvicorn's access log only when asked for."""
+    return "info" if logging.getLogger().getEffectiveLevel() <= logging.INFO else "warning"

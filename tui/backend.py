@@ -1,0 +1,135 @@
+"""The engine side of the app, run in worker threads: load a pair, stream one reply.
+
+Nothing here touches widgets: results go out through `post` (the app's `post_message`, which
+is thread-safe and never blocks), so decoding never waits for the screen to redraw.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from time import perf_counter
+
+from textual.message import Message
+
+from svip_local.chat import ChatTemplate, measure_target_alone, stream_chat
+from svip_local.engine import Engine
+from svip_local.events import Done, Notice, Round, Token
+from svip_local.policies import DraftPolicy
+from svip_local.registry import ProgressCallback, resolve
+from tui.config import ChatSettings, ModelSource
+from tui.events import BaselineMeasured, LiveStats, ReplyChunk, ReplyDone, ReplyNotice
+
+Post = Callable[[Message], object]
+DEFAULT_N_CTX = 4096
+
+
+class EngineSlot:
+    """The one engine the app owns, and the lock every user of it holds.
+
+    Closing takes the lock, so it waits for a reply in progress to stop at its next round
+    (the app cancels it first) instead of freeing llama.cpp contexts under a decode.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._engine: Engine | None = None
+        self.closed = False
+
+    @property
+    def engine(self) -> Engine | None:
+        """The loaded engine, or None while loading, after a failure and once closed."""
+        return self._engine
+
+    def replace(self, source: ModelSource, settings: ChatSettings,
+                progress: ProgressCallback) -> tuple[Engine, ChatTemplate]:
+        """Close the current engine, then load `source` (pulling it first if allowed)."""
+        with self.lock:
+            self._close_engine()
+        chat_template, n_ctx = "gguf", settings.n_ctx
+        target, draft = source.target, source.draft
+        if source.pair:
+            pair = resolve(source.pair, pull=source.pull, progress=progress)
+            target, draft = pair.target, pair.draft
+            chat_template, n_ctx = pair.settings.chat_template, n_ctx or pair.settings.n_ctx
+        assert target is not None
+        with self.lock:
+            if self.closed:
+                raise AppClosing
+            engine = Engine(target, draft, n_ctx=n_ctx or DEFAULT_N_CTX,
+                            n_gpu_layers=settings.n_gpu_layers, n_threads=settings.n_threads,
+                            policy=settings.policy)
+            try:
+                template = ChatTemplate.for_model(engine.target_model, chat_template)
+            except BaseException:
+                engine.close()
+                raise
+            self._engine = engine
+        return engine, template
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self._close_engine()
+
+    def _close_engine(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+class AppClosing(Exception):
+    """Raised inside a worker to abandon its work because the app is shutting down."""
+
+
+@dataclass(frozen=True)
+class ReplyJob:
+    """Everything one reply needs, fixed when it starts (later settings apply to the next)."""
+
+    engine: Engine
+    template: ChatTemplate
+    policy: DraftPolicy
+    messages: list[dict[str, str]]
+    settings: ChatSettings
+    cancel: threading.Event
+    measure_baseline: bool
+
+
+def run_reply(job: ReplyJob, post: Post) -> None:
+    """Stream one reply: a chunk per draft-and-verify round, notices, then the `Done`.
+
+    Posting per round rather than per token keeps the UI's queue short at high speed.
+    """
+    start = perf_counter()
+    live = LiveStats()
+    pieces: list[tuple[str, bool]] = []
+    events = stream_chat(job.engine, job.messages, max_tokens=job.settings.max_tokens,
+                         sampling=job.settings.sampling, policy=job.policy, cancel=job.cancel,
+                         template=job.template)
+    for event in events:
+        if isinstance(event, Token):
+            pieces.append((event.text, event.from_draft))
+            live.generated += 1
+        elif isinstance(event, Round):
+            live.rounds += 1
+            live.drafted += event.drafted
+            live.accepted += event.accepted
+            live.elapsed_s = perf_counter() - start
+            post(ReplyChunk(tuple(pieces), replace(live)))
+            pieces.clear()
+        elif isinstance(event, Notice):
+            post(ReplyNotice(event.message))
+        elif isinstance(event, Done):
+            if pieces:
+                post(ReplyChunk(tuple(pieces), replace(live)))
+            post(ReplyDone(event))
+
+
+def time_target_alone(job: ReplyJob, post: Post) -> None:
+    """After the first finished reply: time the target alone once (see measure_target_alone)."""
+    if job.cancel.is_set() or job.policy.round_limit() == 0:
+        return
+    rate = measure_target_alone(job.engine, cancel=job.cancel)
+    if rate:
+        post(BaselineMeasured(job.engine, rate))
