@@ -15,27 +15,48 @@ Command line used (flag names of this llama.cpp snapshot, ``common/arg.cpp``)::
 
     llama-speculative-simple -m TARGET -md DRAFT --spec-type draft-simple
         --spec-draft-n-max N_MAX --spec-draft-p-min P_MIN -n N -t THREADS -c CTX
-        --temp TEMP -s SEED -f PROMPT_FILE [-ngl L -ngld L]
+        --temp TEMP -s SEED -f PROMPT_FILE [--no-repack] [-ngl L -ngld L]
 
-``--spec-type draft-simple`` is required: ``-md`` alone no longer enables speculation.
-``-td`` (draft threads) defaults to ``-t``. The prompt is tokenized with special tokens parsed
-and *no* chat template is applied, so pass an already templated prompt. ``-f`` drops one
-trailing newline from the file; we write ``prompt + "\\n"`` so the model sees exactly ``prompt``.
+``--spec-type draft-simple`` is required: ``-md`` alone no longer enables speculation
+(``--draft-max``/``--draft-min`` were removed; ``--draft-p-min`` is an alias of
+``--spec-draft-p-min``). ``-td`` (draft threads) defaults to ``-t``; ``--no-repack`` (``-nr``)
+is inherited by the draft. The prompt is tokenized with special tokens parsed and *no* chat
+template is applied, so pass an already templated prompt. ``-f`` drops one trailing newline
+from the file; we write ``prompt + "\\n"`` so the model sees exactly ``prompt``.
+There is no ``--no-warmup`` in this example (it warms both models up before timing).
+
+``--no-repack`` is passed by default, matching ``svip_local`` (which loads models with
+``use_extra_bufts = False`` unless ``SVIP_LOCAL_EXTRA_BUFTS=1``): the extra buffer types include
+ggml's AMX path, and on AMX CPUs (Sapphire Rapids) any multi-token batch on a Q4_K model
+segfaults in ``ggml_backend_amx_mul_mat`` -- already in the warm-up, so the binary dies with
+SIGSEGV before generating anything. ``repack=True`` (or ``SVIP_LOCAL_EXTRA_BUFTS=1``) drops it.
 
 What it prints (stdout: ``"\\n\\n"`` + the prompt echo + the generated text + blank lines;
 stderr: logs, then these lines)::
 
-    encoded   14 tokens in    0.654 seconds, speed:   21.399 t/s
-    decoded   65 tokens in    6.502 seconds, speed:    9.997 t/s
+    0.17.634.500 I encoded   10 tokens in    1.338 seconds, speed:    7.476 t/s
+    0.17.634.503 I decoded   68 tokens in   14.504 seconds, speed:    4.688 t/s
+    0.17.634.503 I
+    0.17.634.503 I n_draft   = 3
+    0.17.634.503 I n_predict = 68
+    0.17.634.504 I n_drafted = 60
+    0.17.634.504 I n_accept  = 48
+    0.17.634.505 I accept    = 80.000%
+    0.17.634.505 I
+    0.17.634.505 I draft:
+    0.17.634.554 I target:
+    ... I common_perf_print:    sampling time =      23.68 ms
+    ... I common_perf_print:    samplers time =       7.65 ms /    68 tokens
+    ... I common_perf_print:        load time =     439.07 ms
+    ... I common_perf_print: prompt eval time =   11669.41 ms /    91 tokens (  128.24 ms per ...
+    ... I common_perf_print:        eval time =       0.00 ms /     1 runs   (    0.00 ms per ...
+    ... I common_perf_print:       total time =   16673.63 ms /    92 tokens
+    ... I common_perf_print: unaccounted time =    4980.54 ms /  29.9 %      (total - ...
+    ... I common_perf_print:    graphs reused =         20
 
-    n_draft   = 3
-    n_predict = 65
-    n_drafted = 72
-    n_accept  = 46
-    accept    = 63.889%
-
-followed by ``draft:`` / ``target:`` sections with ``common_perf_print`` timings
-(``llama_perf_context_print``-style "prompt eval time", "eval time", "total time" lines).
+(the "m.ss.mmm.uuu I " prefix is the log timestamp/level; the per-implementation draft
+statistics line only appears at ``-lv 4``; "prompt eval" of the target counts every multi-token
+batch, i.e. also the verification batches, so it is not the prefill.)
 
 How the peer's timing is measured (``examples/speculative-simple/speculative-simple.cpp``):
 
@@ -50,10 +71,11 @@ How the peer's timing is measured (``examples/speculative-simple/speculative-sim
   intervals are back to back, so this is the "prefill included" rate our benchmarks report
   (model load and warm-up are excluded from both). ``wall_s`` is the whole process, load
   included, for reference only.
-* Length: the loop stops once it has produced MORE than ``-n`` tokens, so ``-n N`` yields
-  N + 1 tokens (unless end-of-generation comes first). :func:`run_peer` passes
-  ``-n n_predict - 1`` so the peer generates exactly ``n_predict`` tokens, like our engine
-  (``exact_n=False`` passes ``-n n_predict`` unchanged).
+* Length: the loop stops once it has produced MORE than ``-n`` tokens, and its last rounds
+  may overshoot (a remaining budget of 0 is passed to the drafter as "no limit"), so ``-n N``
+  yields between N + 1 and N + 1 + n_max tokens unless end-of-generation comes first.
+  :func:`run_peer` passes ``-n n_predict - 1`` so the peer generates at least ``n_predict``
+  tokens (``adjust_n=False`` passes ``-n n_predict`` unchanged); compare rates, not counts.
 * ``n_drafted`` counts draft tokens that went to verification, ``n_accept`` the accepted ones;
   ``acceptance = accepted / drafted`` (None when nothing was drafted). Printed times have
   millisecond resolution.
@@ -100,6 +122,8 @@ _RE_ACCEPT = re.compile(r"\baccept\s*=\s*" + _NUM + r"\s*%")
 _RE_STATS = re.compile(
     r"statistics\s+(\S+):.*?#gen drafts\s*=\s*(\d+),\s*#acc drafts\s*=\s*(\d+),"
     r"\s*#gen tokens\s*=\s*(\d+),\s*#acc tokens\s*=\s*(\d+)"
+    r"(?:.*?#mean acc len\s*=\s*" + _NUM + r")?"
+    r"(?:.*?dur\(b,g,a\)\s*=\s*" + _NUM + r",\s*" + _NUM + r",\s*" + _NUM + r"\s*ms)?"
 )
 _RE_PERF = {
     "target_prompt_eval": re.compile(
@@ -158,6 +182,7 @@ def build_command(
     seed: int = 0,
     n_min: int | None = None,
     n_gpu_layers: int | None = None,
+    repack: bool = False,
     extra_args: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
     """The argument vector for one run (``n_predict`` is passed to ``-n`` unchanged)."""
@@ -177,6 +202,8 @@ def build_command(
     ]  # fmt: skip
     if n_min is not None:
         cmd += ["--spec-draft-n-min", str(int(n_min))]
+    if not repack and not {"--no-repack", "-nr", "--repack"} & set(extra_args):
+        cmd += ["--no-repack"]
     if n_gpu_layers is not None:
         cmd += ["-ngl", str(int(n_gpu_layers)), "-ngld", str(int(n_gpu_layers))]
     cmd += list(extra_args)
@@ -238,6 +265,10 @@ def parse_output(stderr: str, stdout: str = "", prompt: str | None = None) -> di
             "acc_drafts": int(stats.group(3)),
             "gen_tokens": int(stats.group(4)),
             "acc_tokens": int(stats.group(5)),
+            "mean_acc_len": _float(stats.group(6)) if stats.group(6) else None,
+            "begin_ms": _float(stats.group(7)) if stats.group(7) else None,
+            "draft_ms": _float(stats.group(8)) if stats.group(8) else None,
+            "accept_ms": _float(stats.group(9)) if stats.group(9) else None,
         }
     for key, rx in _RE_PERF.items():
         m = rx.search(tail)
@@ -269,7 +300,8 @@ def run_peer(
     *,
     n_min: int | None = None,
     n_gpu_layers: int | None = None,
-    exact_n: bool = True,
+    repack: bool | None = None,
+    adjust_n: bool = True,
     extra_args: list[str] | tuple[str, ...] = (),
     timeout: float | None = 1800.0,
     env: dict[str, str] | None = None,
@@ -282,12 +314,14 @@ def run_peer(
     ``acceptance_reported_pct``, ``n_max`` (as printed), ``verify_rounds``,
     ``tokens_per_round``, ``text`` (generated text, None if the echo did not match),
     ``wall_s`` (whole process incl. model load), ``cmd``, ``returncode`` and, when printed,
-    ``target_prompt_eval_ms/_n``, ``target_eval_ms/_n``, ``spec_stats``.
+    ``target_prompt_eval_ms/_n``, ``target_eval_ms/_n``, ``spec_stats`` (only with ``-lv 4`` in
+    ``extra_args``: draft counts, mean acceptance length, ``draft_ms`` = time spent drafting).
 
-    ``binary=None`` uses :func:`default_binary`. With ``exact_n`` the binary gets
-    ``-n n_predict - 1`` so it generates exactly ``n_predict`` tokens (see module docstring).
-    ``n_gpu_layers`` (GPU builds) is applied to both models. Raises :class:`PeerError` on
-    failure.
+    ``binary=None`` uses :func:`default_binary`. With ``adjust_n`` the binary gets
+    ``-n n_predict - 1`` so it generates at least ``n_predict`` tokens (it may overshoot by up
+    to ``n_max``; see module docstring). ``repack=None`` follows ``SVIP_LOCAL_EXTRA_BUFTS``
+    like the engine (default: pass ``--no-repack``). ``n_gpu_layers`` (GPU builds) is applied
+    to both models. Raises :class:`PeerError` on failure.
     """
     exe = Path(binary) if binary is not None else default_binary()
     if not exe.is_file():
@@ -297,7 +331,9 @@ def run_peer(
             raise PeerError(f"model {p} not found")
     if n_predict < 1:
         raise ValueError("n_predict must be >= 1")
-    n_arg = n_predict - 1 if exact_n else n_predict
+    n_arg = max(n_predict - 1, 0) if adjust_n else n_predict
+    if repack is None:
+        repack = os.environ.get("SVIP_LOCAL_EXTRA_BUFTS", "0") == "1"
 
     with tempfile.TemporaryDirectory(prefix="llama_cpp_peer.") as tmp:
         pfile = Path(tmp) / "prompt.txt"
@@ -307,7 +343,7 @@ def run_peer(
             exe, target, draft, pfile,
             n_max=n_max, p_min=p_min, n_predict=n_arg, threads=threads, ctx=ctx,
             temp=temp, seed=seed, n_min=n_min, n_gpu_layers=n_gpu_layers,
-            extra_args=extra_args,
+            repack=repack, extra_args=extra_args,
         )  # fmt: skip
         t0 = time.perf_counter()
         try:
@@ -361,7 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-s", "--seed", type=int, default=0)
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=None)
     ap.add_argument(
-        "--raw-n", action="store_true", help="pass -n unchanged (the peer then makes n+1)"
+        "--raw-n", action="store_true", help="pass -n unchanged (the peer then makes > n)"
+    )
+    ap.add_argument(
+        "--repack", action="store_true", help="allow weight repacking/AMX (may segfault)"
     )
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -375,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
             args.binary, args.target, args.draft, prompt,
             n_max=args.n_max, p_min=args.p_min, n_predict=args.n_predict,
             threads=args.threads, ctx=args.ctx, temp=args.temp, seed=args.seed,
-            n_min=args.n_min, n_gpu_layers=args.n_gpu_layers, exact_n=not args.raw_n,
+            n_min=args.n_min, n_gpu_layers=args.n_gpu_layers, adjust_n=not args.raw_n,
+            repack=True if args.repack else None,
             extra_args=extra, timeout=args.timeout,
         )  # fmt: skip
     except PeerError as e:
