@@ -1,0 +1,222 @@
+"""Choose the draft-length policy for this pair on this machine, by simulation.
+
+Calibration records greedy traces on a prompt set (each is also a timed target-alone run),
+measures the cost model, times a few speculative runs to learn the loop's own overhead, fits
+the entropy-to-acceptance map, then replays every candidate policy on the traces and keeps the
+fastest. Speculation must beat the target alone by `MARGIN` in the simulation to be chosen: a
+tie is not worth the risk of being wrong by the simulator's error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from svip_local.bench.costs import (
+    CostModel,
+    PairIdentity,
+    fingerprint,
+    fit_overhead,
+    measure_costs,
+)
+from svip_local.bench.prompts import Prompt
+from svip_local.bench.simulate import mean_rate, simulate, simulate_set, total_rate
+from svip_local.bench.store import Calibration
+from svip_local.bench.traces import PromptTrace, record_trace
+from svip_local.errors import InvalidRequestError
+from svip_local.policies import Constant, DraftPolicy, NoDraft, parse_policy
+from svip_local.policies_cost import AcceptanceMap, CostAwareSvip
+
+if TYPE_CHECKING:
+    from svip_local.engine import Engine
+
+log = logging.getLogger(__name__)
+
+MARGIN = 0.03
+CANDIDATES: tuple[str, ...] = (
+    "none",
+    *(f"constant:{k}" for k in (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)),
+    "heuristic",
+    *(f"pmin:{p:g}" for p in (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)),
+    "adaedl",
+    *(f"svip:{h:g}" for h in (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6)),
+)
+_RATE_STEPS = (0.7, 0.85, 1.0, 1.15, 1.3)  # multiples of the best other rate tried for R
+_DINKELBACH_ITERATIONS = 6
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One policy's simulated outcome on the calibration traces."""
+
+    policy: str
+    tokens_per_s: float  # total tokens / total time
+    mean_tokens_per_s: float  # mean of per-prompt rates
+    mean_draft: float
+    acceptance: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    policy: str
+    cost_rate: float
+    candidates: tuple[Candidate, ...]  # best first
+
+
+def evaluate(traces: Sequence[PromptTrace], name: str, make: Callable[[], DraftPolicy],
+             costs: CostModel, *, max_draft: int) -> Candidate:
+    results = simulate_set(traces, make, costs, max_draft=max_draft)
+    drafted = sum(r.drafted for r in results)
+    rounds = sum(r.rounds for r in results)
+    return Candidate(name, total_rate(results), mean_rate(results),
+                     drafted / rounds if rounds else 0.0,
+                     sum(r.accepted for r in results) / drafted if drafted else 0.0)
+
+
+def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: AcceptanceMap, *,
+           max_draft: int, candidates: Sequence[str] = CANDIDATES,
+           margin: float = MARGIN) -> Choice:
+    """Simulate every candidate (and svip-cost at the rates Dinkelbach's iteration visits)
+    and choose the fastest by total tokens over total time."""
+    table = {spec: evaluate(traces, spec, lambda s=spec: parse_policy(s, max_draft=max_draft),
+                            costs, max_draft=max_draft) for spec in candidates}
+    if "none" not in table:
+        table["none"] = evaluate(traces, "none", NoDraft, costs, max_draft=max_draft)
+    start = max(c.tokens_per_s for c in table.values())
+
+    def cost_aware(rate: float) -> Candidate:
+        return evaluate(traces, f"svip-cost:{rate:.4g}",
+                        lambda: CostAwareSvip(costs, acceptance, rate, max_draft=max_draft),
+                        costs, max_draft=max_draft)
+
+    tried = [cost_aware(start * m) for m in _RATE_STEPS]
+    rate = start
+    for _ in range(_DINKELBACH_ITERATIONS):
+        got = cost_aware(rate)
+        tried.append(got)
+        if math.isclose(got.tokens_per_s, rate, rel_tol=1e-3) or got.tokens_per_s <= 0:
+            break
+        rate = got.tokens_per_s
+    best_cost = max(tried, key=lambda c: c.tokens_per_s)
+    table[best_cost.policy] = best_cost
+    ranked = tuple(sorted(table.values(), key=lambda c: -c.tokens_per_s))
+    best = ranked[0]
+    if best.policy != "none" and best.tokens_per_s < table["none"].tokens_per_s * (1 + margin):
+        best = table["none"]
+    return Choice(best.policy, float(best_cost.policy.partition(":")[2]), ranked)
+
+
+def record_traces(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int,
+                  ignore_eos: bool = False, on_prompt: Callable[[], None] | None = None
+                  ) -> tuple[list[PromptTrace], list[float]]:
+    """Greedy target-alone run of each prompt (timed: wall seconds returned) and its trace."""
+    traces, walls = [], []
+    for p in prompts:
+        ids = engine.tokenize(p.text)
+        _clear(engine)
+        done = engine.complete(ids, max_tokens=max_tokens, policy=NoDraft(),
+                               ignore_eos=ignore_eos)
+        walls.append(done.stats.wall_s)
+        traces.append(record_trace(engine, ids, done, prompt_id=p.id, category=p.category,
+                                   max_tokens=max_tokens))
+        if on_prompt:
+            on_prompt()
+    return traces, walls
+
+
+def loop_overhead(engine: Engine, traces: Sequence[PromptTrace], walls: Sequence[float],
+                  prompts: Sequence[Prompt], costs: CostModel, *, max_draft: int,
+                  ignore_eos: bool, spec_prompts: int = 2) -> CostModel:
+    """`costs` plus the loop's own time per round, emitted token and draft step: what the
+    component model does not explain in timed runs (the target-alone runs, and constant:1
+    and constant:4 runs on `spec_prompts` prompts, whose rounds differ in shape)."""
+    rows = []
+    for trace, wall in zip(traces, walls, strict=True):
+        sim = simulate(trace, NoDraft(), costs, max_draft=max_draft)
+        rows.append((wall - sim.time_s, sim.rounds, sim.generated, 0))
+    for trace, p in list(zip(traces, prompts, strict=True))[:spec_prompts]:
+        for k in (1, 4):
+            _clear(engine)
+            done = engine.complete(engine.tokenize(p.text), max_tokens=trace.budget,
+                                   policy=Constant(k), ignore_eos=ignore_eos)
+            sim = simulate(trace, Constant(k), costs, max_draft=max_draft)
+            s = done.stats
+            # A constant length never drops a token: one draft step per drafted token.
+            rows.append((s.wall_s - sim.time_s, s.rounds, s.generated, s.drafted))
+    return costs.with_overhead(*fit_overhead(rows))
+
+
+def calibrate(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int = 128,
+              ignore_eos: bool = False, repeats: int = 5,
+              progress: Callable[[str], None] | None = None,
+              on_prompt: Callable[[], None] | None = None) -> tuple[Calibration,
+                                                                   list[PromptTrace]]:
+    """Measure and choose (does not store: see `store.save`)."""
+    assert engine.draft_model is not None, "calibration needs a draft model"
+    say = progress or (lambda _msg: None)
+    max_draft = engine.config.max_draft
+    fitting = [p for p in prompts if len(engine.tokenize(p.text)) + max_tokens <= engine.n_ctx]
+    if len(fitting) < len(prompts):
+        log.warning("calibration skips %d prompts that do not fit n_ctx %d with %d new tokens",
+                    len(prompts) - len(fitting), engine.n_ctx, max_tokens)
+    if not fitting:
+        raise InvalidRequestError(f"no calibration prompt fits the context of {engine.n_ctx}")
+    prompts = fitting
+    _clear(engine)
+    engine.complete(engine.tokenize(prompts[0].text), max_tokens=8, policy=Constant(2))
+    say("traces (greedy target-alone runs)")
+    traces, walls = record_traces(engine, prompts, max_tokens=max_tokens,
+                                  ignore_eos=ignore_eos, on_prompt=on_prompt)
+    say("cost model")
+    tokens = [t for p in prompts for t in engine.tokenize(p.text)]
+    costs = measure_costs(engine, tokens, repeats=repeats, progress=say)
+    say("loop overhead")
+    costs = loop_overhead(engine, traces, walls, prompts, costs, max_draft=max_draft,
+                          ignore_eos=ignore_eos)
+    acceptance = AcceptanceMap.fit([(t.entropy[:t.generated], t.match[:t.generated])
+                                    for t in traces])
+    say("search")
+    choice = search(traces, costs, acceptance, max_draft=max_draft)
+    cal = Calibration(
+        PairIdentity.of(engine.target_model.path, engine.draft_model.path), fingerprint(engine),
+        choice.policy, costs, acceptance, choice.cost_rate,
+        [asdict(c) for c in choice.candidates],
+        {"prompts": [p.id for p in prompts], "max_tokens": max_tokens, "ignore_eos": ignore_eos,
+         "positions": int(sum(t.generated for t in traces)), "max_draft": max_draft,
+         "created": datetime.now(UTC).isoformat(timespec="seconds")})
+    return cal, traces
+
+
+def summary_lines(cal: Calibration, top: int = 8) -> list[str]:
+    """A human-readable account of a calibration (for the CLI)."""
+    c = cal.costs
+    lines = [
+        f"pair: {cal.pair.target} + {cal.pair.draft}",
+        f"machine: {cal.machine.cpu} | {cal.machine.gpu} | layers {cal.machine.n_gpu_layers} "
+        f"| {cal.machine.threads} threads",
+        f"choice: {cal.choice}",
+        "target verify ms (b=1,2,4,8,16): "
+        + " ".join(f"{c.verify(b, c.base_depth) * 1e3:.1f}" for b in (1, 2, 4, 8, 16)),
+        f"draft decode ms: {c.draft_s[0] * 1e3:.1f} (x{c.draft_s[0] / c.verify_s[0]:.2f} of "
+        f"the target)  entropy ms: {c.entropy_s * 1e3:.2f}",
+        f"loop ms per round {c.round_s * 1e3:.3f}, per token {c.token_s * 1e3:.3f}, per draft "
+        f"step {c.step_s * 1e3:.3f}",
+        "simulated (tokens/s, prefill included):",
+    ]
+    none = next((s for s in cal.simulated if s["policy"] == "none"), None)
+    for s in cal.simulated[:top]:
+        rel = f"  x{s['tokens_per_s'] / none['tokens_per_s']:.3f}" if none else ""
+        lines.append(f"  {s['policy']:<22} {s['tokens_per_s']:8.2f}{rel}  draft "
+                     f"{s['mean_draft']:.2f}  acceptance {s['acceptance']:.0%}")
+    return lines
+
+
+def _clear(engine: Engine) -> None:
+    """Empty both caches: every timed run pays its own prefill, as in the paper."""
+    engine.target_ctx.clear()
+    if engine.draft_ctx is not None:
+        engine.draft_ctx.clear()

@@ -1,0 +1,193 @@
+"""Replay a greedy trace under a draft-length policy and a cost model: predicted time per prompt.
+
+`simulate` walks the trace round by round exactly as `Engine._generate` does: the draft first
+catches up on what it has not seen (the last accepted token; two tokens after a round whose
+every draft was accepted, since the last draft token is never decoded; the whole prompt in the
+first round), then drafts one decode per further token while the policy says CONTINUE, then
+the target verifies `[last token] + drafts` in one batch. `oracle` is the best any draft-length
+policy could do with this pair on this machine: knowing which tokens will be accepted, it
+chooses each round's length (none at all included) to minimise the total time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from svip_local.bench.costs import CostModel
+from svip_local.bench.traces import PromptTrace
+from svip_local.policies import DEFAULT_MAX_DRAFT, DraftPolicy, StepStats, Verdict
+
+_MAX_LAG = 64  # the oracle's draft lags beyond this are costed as this (an optimistic bound)
+
+
+@dataclass
+class SimResult:
+    """Predicted outcome of one prompt: times in seconds, prefill included in `time_s`."""
+
+    generated: int
+    time_s: float
+    prefill_s: float
+    draft_lengths: list[int] = field(default_factory=list)
+    accepted_lengths: list[int] = field(default_factory=list)
+
+    @property
+    def rounds(self) -> int:
+        return len(self.draft_lengths)
+
+    @property
+    def drafted(self) -> int:
+        return sum(self.draft_lengths)
+
+    @property
+    def accepted(self) -> int:
+        return sum(self.accepted_lengths)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated / self.time_s if self.time_s > 0 else 0.0
+
+
+def run_length(match: np.ndarray) -> np.ndarray:
+    """runs[i] = how many consecutive positions from i the draft's argmax equals the target."""
+    runs = np.zeros(len(match) + 1, dtype=np.int64)
+    for i in range(len(match) - 1, -1, -1):
+        runs[i] = runs[i + 1] + 1 if match[i] else 0
+    return runs[:-1]
+
+
+def simulate(trace: PromptTrace, policy: DraftPolicy, costs: CostModel, *,
+             max_draft: int = DEFAULT_MAX_DRAFT) -> SimResult:
+    """Replay `trace` under `policy` (which keeps its state afterwards, like the engine's)."""
+    n_pos, n_gen = len(trace.target), trace.generated
+    end = n_pos if trace.finish == "eos" else n_gen
+    match = trace.match
+    wants_stats = policy.wants_entropy or policy.wants_top_prob
+    step_s = costs.step_s + costs.argmax_s + (costs.entropy_s if wants_stats else 0.0)
+    prefill = costs.target_prefill(trace.prompt_tokens - 1)
+    res = SimResult(n_gen, prefill, prefill)
+    j, seq_len, draft_ok = 0, trace.prompt_tokens, 0  # draft_ok: draft cache's valid prefix
+    while j < end:
+        cap = min(policy.round_limit(), max_draft, trace.budget - j - 1)
+        k = decoded = 0
+        if cap > 0:
+            keep = min(draft_ok, seq_len - 1)
+            res.time_s += costs.draft(seq_len - keep, keep)
+            draft_ok = seq_len
+            for n in range(1, cap + 1):
+                pos = min(j + n - 1, n_pos - 1)  # past the end: the last known statistics
+                res.time_s += step_s
+                verdict = policy.judge(StepStats(n, float(trace.entropy[pos]),
+                                                 float(trace.top_prob[pos])))
+                if verdict is Verdict.DROP:
+                    break
+                k = n
+                if verdict is Verdict.STOP or n == cap or trace.draft_eog[pos]:
+                    break
+                res.time_s += costs.draft(1, seq_len + n - 1)
+                decoded += 1
+        accepted = _leading_matches(match, j, k)
+        # Rows read: up to and including the first mismatch, or all plus the bonus row.
+        res.time_s += costs.verify(k + 1, seq_len - 1) + costs.argmax_s * (accepted + 1)
+        policy.observe(k, accepted)
+        emitted = min(j + accepted + 1, n_gen) - j
+        res.time_s += costs.round_s + costs.token_s * emitted
+        res.draft_lengths.append(k)
+        res.accepted_lengths.append(accepted)
+        if cap > 0:
+            draft_ok = seq_len + min(decoded, accepted)
+        j += accepted + 1
+        seq_len += accepted + 1
+    return res
+
+
+def _leading_matches(match: np.ndarray, start: int, k: int) -> int:
+    window = match[start:start + k]
+    misses = np.flatnonzero(~window)
+    return int(misses[0]) if len(misses) else len(window)
+
+
+def oracle(trace: PromptTrace, costs: CostModel, *,
+           max_draft: int = DEFAULT_MAX_DRAFT) -> SimResult:
+    """The fastest replay of `trace` by any choice of draft lengths, knowing the outcome.
+
+    Dynamic programming backwards over positions. A round that drafts k tokens drafts only
+    tokens that will be accepted (k <= the agreeing run ahead) and stops without decoding the
+    last one, so the next round's draft catches up two tokens; k = 0 skips the draft and the
+    lag it must catch up grows by one. States: position j and that lag.
+    """
+    n_pos, n_gen = len(trace.target), trace.generated
+    end = n_pos if trace.finish == "eos" else n_gen
+    runs = run_length(trace.match)
+    p = trace.prompt_tokens
+    lags = np.arange(_MAX_LAG + 1)
+    # A catch-up of `lag` tokens ending at seq_len costs draft(lag, seq_len - lag), linear in
+    # the depth: at0[lag] + per_token[lag] * (seq_len - lag).
+    at0 = np.array([costs.draft(int(n), 0) for n in lags[2:]])
+    per_token = np.array([costs.draft(int(n), 1) for n in lags[2:]]) - at0
+    best = np.zeros((end + max_draft + 2, _MAX_LAG + 1))  # best[j, lag]: time to finish
+    take = np.zeros((end + 1, _MAX_LAG + 1), dtype=np.int64)  # rounds' k (0: target alone)
+    first = np.zeros(end + 2)  # draft cache still empty (lag = p + j)
+    first_take = np.zeros(end + 1, dtype=np.int64)
+    for j in range(end - 1, -1, -1):
+        seq_len = p + j
+        alone = costs.verify(1, seq_len - 1) + costs.argmax_s + costs.round_s \
+            + costs.token_s * (1 if j < n_gen else 0)
+        k_best, d_best = 0, math.inf  # the best drafting round, catch-up excluded
+        draft_steps = 0.0
+        for k in range(1, min(int(runs[j]), max_draft, trace.budget - j - 1) + 1):
+            if k > 1:
+                draft_steps += costs.draft(1, seq_len + k - 2)
+            emitted = min(j + k + 1, n_gen) - j
+            cost = draft_steps + k * (costs.argmax_s + costs.step_s) \
+                + costs.verify(k + 1, seq_len - 1) \
+                + (k + 1) * costs.argmax_s + costs.round_s + costs.token_s * emitted \
+                + best[min(j + k + 1, end), 2]
+            if cost < d_best:
+                k_best, d_best = k, cost
+        stay = alone + best[j + 1, np.minimum(lags + 1, _MAX_LAG)]
+        catch = at0 + per_token * (seq_len - lags[2:])
+        go = np.full(_MAX_LAG + 1, math.inf)
+        go[2:] = catch + d_best
+        best[j] = np.minimum(stay, go)
+        take[j] = np.where(go < stay, k_best, 0)
+        stay0 = alone + first[j + 1]
+        go0 = costs.draft(seq_len, 0) + d_best
+        first[j], first_take[j] = (go0, k_best) if go0 < stay0 else (stay0, 0)
+    prefill = costs.target_prefill(p - 1)
+    res = SimResult(n_gen, prefill + first[0], prefill)
+    j, lag = 0, -1  # -1: the draft has seen nothing yet
+    while j < end:
+        k = int(first_take[j] if lag < 0 else take[j, lag])
+        accepted = k
+        res.draft_lengths.append(k)
+        res.accepted_lengths.append(accepted)
+        if k:
+            lag = 2
+        elif lag >= 0:
+            lag = min(lag + 1, _MAX_LAG)
+        j += k + 1
+    return res
+
+
+def simulate_set(traces: Sequence[PromptTrace], make_policy: Callable[[], DraftPolicy] | None,
+                 costs: CostModel, *, max_draft: int = DEFAULT_MAX_DRAFT) -> list[SimResult]:
+    """One policy instance over the prompts in order, as a benchmark runs them; None: oracle."""
+    if make_policy is None:
+        return [oracle(t, costs, max_draft=max_draft) for t in traces]
+    policy = make_policy()
+    return [simulate(t, policy, costs, max_draft=max_draft) for t in traces]
+
+
+def total_rate(results: Sequence[SimResult]) -> float:
+    """Generated tokens over total time (prefill included)."""
+    time = sum(r.time_s for r in results)
+    return sum(r.generated for r in results) / time if time > 0 else 0.0
+
+
+def mean_rate(results: Sequence[SimResult]) -> float:
+    """Mean of per-prompt tokens/s, as the SVIP paper reports speed."""
+    return float(np.mean([r.tokens_per_second for r in results])) if results else 0.0

@@ -1,0 +1,178 @@
+"""One benchmark session: calibrate if needed, sweep the peer, run every policy side by side on
+SpecBench categories and long-form lengths, predict the greedy runs, compare.
+
+`svip-local bench` and scripts/bench_policies.py are thin layers over `run_bench`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from svip_local.autopolicy import COST_POLICY, calibration_for
+from svip_local.bench import store
+from svip_local.bench.calibrate import calibrate
+from svip_local.bench.costs import fingerprint
+from svip_local.bench.peer import DEFAULT_GRID, Peer, sweep
+from svip_local.bench.prompts import Prompt, select
+from svip_local.bench.report import BenchResult
+from svip_local.bench.runner import (
+    BASELINE,
+    BenchItem,
+    BenchRun,
+    progress_bar,
+    run_items,
+    summarize,
+    warm_up,
+)
+from svip_local.bench.validate import compare, predict
+from svip_local.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from svip_local.engine import Engine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLICIES = ("none", "constant:1", "constant:2", "constant:3", "constant:4", "constant:6",
+                    "constant:8", "heuristic", "pmin:0.75", "adaedl", "svip:0.3", COST_POLICY,
+                    "auto")
+
+
+@dataclass
+class BenchOptions:
+    """What to run. Defaults fit a 2-core CPU (about an hour for an F16 1.5B target); scale
+    up with more prompts per category, tokens and lengths on faster machines."""
+
+    prompts: list[Prompt]
+    prompts_source: str = "built-in"
+    per_category: int = 1
+    categories: tuple[str, ...] = ()
+    max_tokens: int = 128
+    lengths: tuple[int, ...] = (128, 512)
+    long_prompts: int = 1
+    temperatures: tuple[float, ...] = (0.0, 1.0)
+    policies: tuple[str, ...] = DEFAULT_POLICIES
+    repeats: int = 1
+    seed: int = 0
+    calibrate: bool = True
+    calibration_per_category: int = 2
+    calibration_max_tokens: int = 128
+    peer: bool = False
+    peer_binary: str | None = None
+    peer_grid: tuple[tuple[int, float], ...] = DEFAULT_GRID
+    peer_sweep_prompts: int = 2
+    progress: bool = True
+
+
+def bench_items(opts: BenchOptions) -> list[BenchItem]:
+    """SpecBench categories at `max_tokens` (stopping at end of text, like the paper), then
+    MT-Bench first turns at each long-form length (end of text ignored)."""
+    items = [BenchItem("specbench", p.category, p, opts.max_tokens, False)
+             for p in select(opts.prompts, opts.per_category, categories=opts.categories)]
+    if opts.lengths:
+        mt = select(opts.prompts, opts.long_prompts, categories=("mt-bench",))
+        items += [BenchItem("longform", str(n), p, n, True) for n in opts.lengths for p in mt]
+    return items
+
+
+def run_bench(engine: Engine, opts: BenchOptions) -> BenchResult:
+    if engine.draft_model is None:
+        raise InvalidRequestError("a benchmark of draft policies needs a draft model")
+    items = _fitting(engine, bench_items(opts))
+    cal = calibration_for(engine)
+    if cal is None and opts.calibrate:
+        cal = _calibrate(engine, opts, {p.id for p in (i.prompt for i in items)})
+    specs = list(dict.fromkeys([BASELINE, *opts.policies]))
+    if cal is None and COST_POLICY in specs:
+        log.warning("no calibration: leaving out %s (it needs the cost model)", COST_POLICY)
+        specs.remove(COST_POLICY)
+    peer, peer_table = None, []
+    if opts.peer:
+        peer, best, peer_table = _sweep_peer(engine, opts, items)
+        specs.append(best)
+    run = BenchRun()
+    warm_up(engine, items[0].prompt.text)
+    total = len(items) * len(specs) * opts.repeats * len(opts.temperatures)
+    with progress_bar(total, "benchmark", opts.progress) as tick:
+        for temp in opts.temperatures:
+            policies = {s: engine.make_policy(s) for s in specs
+                        if peer is None or not peer.handles(s)}
+            run_items(engine, items, specs, temperature=temp, policies=policies,
+                      repeats=opts.repeats, seed=opts.seed, external=peer, on_run=tick,
+                      out=run)
+    predicted = []
+    if cal is not None:
+        local = [s for s in specs if peer is None or not peer.handles(s)]
+        predicted = predict(items, run.traces, local, engine.make_policy, cal.costs,
+                            max_draft=engine.config.max_draft)
+    measured_sum, predicted_sum = summarize(run.records), summarize(predicted)
+    return BenchResult(_meta(engine, opts), run.records, predicted, measured_sum + predicted_sum,
+                       compare(measured_sum, predicted_sum), specs, peer_table,
+                       cal.to_dict() if cal else None, run.traces)
+
+
+def _sweep_peer(engine: Engine, opts: BenchOptions, items: list[BenchItem]
+                ) -> tuple[Peer, str, list[dict[str, float | str]]]:
+    """llama.cpp's binary on the first few prompts at every grid setting: the peer, its best
+    setting (which joins the benchmark) and the sweep's table."""
+    assert engine.draft_model is not None
+    machine = fingerprint(engine)
+    # Our -1 is "all layers"; the peer's -1 is "auto", so name a number past any model's.
+    layers = engine.config.n_gpu_layers
+    peer = Peer(engine.target_model.path, engine.draft_model.path, threads=machine.threads,
+                n_ctx=engine.n_ctx, binary=opts.peer_binary,
+                n_gpu_layers=None if machine.gpu == "cpu" else 999 if layers < 0 else layers)
+    sweep_items = ([i for i in items if i.suite == "specbench"] or items)[
+        :opts.peer_sweep_prompts]
+    with progress_bar(len(opts.peer_grid) * len(sweep_items), "llama.cpp sweep",
+                      opts.progress) as tick:
+        best, table = sweep(peer, sweep_items, opts.peer_grid, on_run=tick)
+    return peer, best, table
+
+
+def _meta(engine: Engine, opts: BenchOptions) -> dict[str, object]:
+    assert engine.draft_model is not None
+    return {
+        "pair": f"{engine.target_model.path.name} + {engine.draft_model.path.name}",
+        "machine": " | ".join(f"{k}={v}" for k, v in vars(fingerprint(engine)).items()),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "prompts": f"{opts.prompts_source} ({opts.per_category} per category)",
+        "max_tokens": opts.max_tokens, "long-form lengths": list(opts.lengths),
+        "temperatures": list(opts.temperatures), "repeats": opts.repeats,
+        "max_draft": engine.config.max_draft, "n_ctx": engine.n_ctx,
+    }
+
+
+def _fitting(engine: Engine, items: list[BenchItem]) -> list[BenchItem]:
+    """The items whose prompt and generation fit the context (the others would be cut short
+    and measure something else); say which are left out."""
+    keep = []
+    for item in items:
+        need = len(engine.tokenize(item.prompt.text)) + item.max_tokens
+        if need <= engine.n_ctx:
+            keep.append(item)
+        else:
+            log.warning("skipping %s: prompt + %d tokens need %d > n_ctx %d", item.key,
+                        item.max_tokens, need, engine.n_ctx)
+    if not keep:
+        raise InvalidRequestError(f"no prompt fits the context of {engine.n_ctx} tokens")
+    return keep
+
+
+def _calibrate(engine: Engine, opts: BenchOptions, bench_ids: set[str]) -> store.Calibration:
+    """Calibrate on prompts from the end of each category (the benchmark takes the start)."""
+    cal_prompts = select(opts.prompts, opts.calibration_per_category,
+                         categories=opts.categories, from_end=True)
+    if bench_ids & {p.id for p in cal_prompts}:
+        log.warning("calibration and benchmark share prompts: the file is too small for both")
+    with progress_bar(len(cal_prompts), "calibration traces", opts.progress) as tick:
+        cal, _ = calibrate(engine, cal_prompts, max_tokens=opts.calibration_max_tokens,
+                           on_prompt=tick, progress=lambda m: log.info("calibration: %s", m))
+    path = store.save(cal)
+    log.warning("calibrated this pair on this machine: auto = %s (stored in %s)", cal.choice,
+                path)
+    return cal
+
+

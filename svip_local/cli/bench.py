@@ -1,0 +1,110 @@
+"""`svip-local bench`: every draft policy side by side on SpecBench prompts and long-form
+lengths, with llama.cpp's own speculative binary as a peer; writes a markdown report, JSON,
+PNG plots and the greedy traces."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from svip_local.bench.peer import DEFAULT_GRID
+from svip_local.bench.suite import DEFAULT_POLICIES, BenchOptions
+
+
+def csv(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def ints(text: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in csv(text))
+
+
+def floats(text: str) -> tuple[float, ...]:
+    return tuple(float(s) for s in csv(text))
+
+
+def grid(text: str) -> tuple[tuple[int, float], ...]:
+    """`N_MAX:P_MIN,...`, e.g. `2:0,3:0,16:0.75`."""
+    return tuple((int(n), float(p or 0)) for n, _, p in (s.partition(":") for s in csv(text)))
+
+
+def add_prompt_arguments(p: argparse.ArgumentParser, *, per_category: int) -> None:
+    p.add_argument("--prompts", default=None,
+                   help="SpecBench-style jsonl (fields turns or prompt, category), or "
+                        "hf:OWNER/REPO/PATH of a dataset repo (default: a small built-in set)")
+    p.add_argument("--per-category", type=int, default=per_category,
+                   help=f"prompts per category (default {per_category})")
+    p.add_argument("--categories", type=csv, default=(),
+                   help="comma-separated categories (default: all in the file)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from svip_local.cli.generate import add_model_arguments
+
+    p = sub.add_parser("bench", help="benchmark draft policies side by side",
+                       description=__doc__)
+    add_model_arguments(p)
+    add_prompt_arguments(p, per_category=1)
+    p.add_argument("--max-tokens", type=int, default=128,
+                   help="new tokens per SpecBench prompt (default 128; the paper used 512)")
+    p.add_argument("--lengths", type=ints, default=(128, 512),
+                   help="MT-Bench long-form generation lengths, comma-separated, end of text "
+                        "ignored (default 128,512; the paper: 128,...,8192; '' for none)")
+    p.add_argument("--long-prompts", type=int, default=1,
+                   help="MT-Bench prompts per long-form length (default 1)")
+    p.add_argument("--temperatures", type=floats, default=(0.0, 1.0),
+                   help="comma-separated (default 0,1)")
+    p.add_argument("--policies", type=csv, default=DEFAULT_POLICIES,
+                   help="comma-separated specs (default: " + ",".join(DEFAULT_POLICIES) + ")")
+    p.add_argument("--repeats", type=int, default=1, help="runs per prompt and policy")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed base")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="do not calibrate first when this machine has no calibration")
+    p.add_argument("--calibration-per-category", type=int, default=2)
+    p.add_argument("--peer", action="store_true",
+                   help="also run llama.cpp's llama-speculative-simple, swept then at its best "
+                        "(build it with scripts/build_llama_tools.sh)")
+    p.add_argument("--peer-binary", default=None, help="path of llama-speculative-simple")
+    p.add_argument("--peer-grid", type=grid, default=DEFAULT_GRID,
+                   help="N_MAX:P_MIN settings to sweep (default: n_max 1-16 at p_min 0, "
+                        "p_min 0.3-0.9 at n_max 8 and 16)")
+    p.add_argument("--peer-sweep-prompts", type=int, default=2,
+                   help="SpecBench prompts the sweep runs on (default 2)")
+    p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib)")
+    p.set_defaults(func=run)
+
+
+def options(args: argparse.Namespace) -> BenchOptions:
+    from svip_local.bench.prompts import load_prompts
+
+    return BenchOptions(
+        load_prompts(args.prompts), args.prompts or "built-in", per_category=args.per_category,
+        categories=args.categories, max_tokens=args.max_tokens, lengths=args.lengths,
+        long_prompts=args.long_prompts, temperatures=args.temperatures,
+        policies=args.policies, repeats=args.repeats, seed=args.seed,
+        calibrate=not args.no_calibrate,
+        calibration_per_category=args.calibration_per_category, peer=args.peer,
+        peer_binary=args.peer_binary, peer_grid=args.peer_grid,
+        peer_sweep_prompts=args.peer_sweep_prompts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from svip_local.bench.report import console_table, write_report
+    from svip_local.bench.suite import run_bench
+    from svip_local.bench.traces import TraceSet
+    from svip_local.cli.generate import open_engine
+
+    opts = options(args)
+    if args.n_ctx is None:  # room for the longest generation after a long prompt
+        args.n_ctx = max(4096, max((*opts.lengths, opts.max_tokens)) + 2048)
+    with open_engine(args, policy="none") as engine:
+        result = run_bench(engine, opts)
+    out = Path(args.out)
+    paths = write_report(result, out, plots=not args.no_plots)
+    paths.append(TraceSet({**result.meta, "source": "svip-local bench"},
+                          result.traces).save(out / "traces.npz"))
+    for temp in opts.temperatures:
+        print(console_table(result, temperature=temp), end="\n\n")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0

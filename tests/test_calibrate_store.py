@@ -1,0 +1,106 @@
+"""The calibration store, and `auto` / `svip-cost` resolving through it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from svip_local import Engine
+from svip_local.bench import store
+from svip_local.bench.costs import PairIdentity, fingerprint
+from svip_local.errors import InvalidRequestError
+from svip_local.policies import Constant, NoDraft, Svip
+from svip_local.policies_cost import AcceptanceMap, CostAwareSvip
+from tests.test_simulate import make_costs
+
+
+@pytest.fixture(autouse=True)
+def _own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh calibration directory per test (conftest's is shared by the session)."""
+    monkeypatch.setenv("SVIP_LOCAL_CALIBRATION_DIR", str(tmp_path / "calibration"))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_target: Path, tiny_draft_noisy: Path) -> Engine:
+    with Engine(tiny_target, tiny_draft_noisy, n_ctx=256, n_threads=1, policy="none") as eng:
+        yield eng
+
+
+def calibration(engine: Engine, choice: str) -> store.Calibration:
+    return store.Calibration(
+        PairIdentity.of(engine.target_model.path, engine.draft_model.path), fingerprint(engine),
+        choice, make_costs(lambda b: 0.1 + 0.01 * b),
+        AcceptanceMap((0.0, 1.0), (0.9, 0.5), (0.8, 0.4)), 12.5,
+        [{"policy": choice, "tokens_per_s": 12.5}], {"max_tokens": 64})
+
+
+def test_round_trip_under_the_configured_directory(engine: Engine, tmp_path: Path) -> None:
+    cal = calibration(engine, "constant:3")
+    path = store.save(cal)
+    assert path.parent == tmp_path / "calibration" and path.suffix == ".json"
+    loaded = store.load(cal.pair, cal.machine)
+    assert loaded is not None and loaded.to_dict() == cal.to_dict()
+
+
+def test_other_machine_or_threads_has_no_calibration(engine: Engine) -> None:
+    cal = calibration(engine, "constant:3")
+    store.save(cal)
+    other = type(cal.machine)(cal.machine.cpu, cal.machine.gpu, cal.machine.n_gpu_layers,
+                              cal.machine.threads + 1)
+    assert store.load(cal.pair, other) is None
+
+
+def test_a_damaged_file_is_ignored_with_a_warning(engine: Engine,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    cal = calibration(engine, "constant:3")
+    store.calibration_path(cal.pair, cal.machine).parent.mkdir(parents=True, exist_ok=True)
+    store.calibration_path(cal.pair, cal.machine).write_text("{not json")
+    with caplog.at_level(logging.WARNING):
+        assert store.load(cal.pair, cal.machine) is None
+    assert "calibrate" in caplog.text
+
+
+def test_auto_without_calibration_is_the_target_alone_on_a_cpu_and_says_so(
+        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        policy = engine.make_policy("auto")
+    assert isinstance(policy, NoDraft)
+    assert "no calibration" in caplog.text and "svip-local calibrate" in caplog.text
+
+
+@pytest.mark.parametrize(("choice", "kind"), [("none", NoDraft), ("constant:3", Constant),
+                                              ("svip:0.2", Svip),
+                                              ("svip-cost:9.5", CostAwareSvip)])
+def test_auto_uses_the_stored_choice(engine: Engine, choice: str, kind: type,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    store.save(calibration(engine, choice))
+    with caplog.at_level(logging.WARNING):
+        policy = engine.make_policy("auto")
+    assert isinstance(policy, kind) and policy.name == choice
+    assert "no calibration" not in caplog.text
+
+
+def test_svip_cost_uses_the_calibrated_rate_unless_given(engine: Engine) -> None:
+    store.save(calibration(engine, "none"))
+    calibrated = engine.make_policy("svip-cost")
+    assert isinstance(calibrated, CostAwareSvip) and calibrated.rate == 12.5
+    assert engine.make_policy("svip-cost:7").rate == 7.0  # type: ignore[attr-defined]
+
+
+def test_svip_cost_needs_a_calibration(engine: Engine) -> None:
+    with pytest.raises(InvalidRequestError, match="svip-local calibrate"):
+        engine.make_policy("svip-cost")
+
+
+def test_a_new_engine_starts_with_the_calibrated_policy(engine: Engine, tiny_target: Path,
+                                                        tiny_draft_noisy: Path) -> None:
+    store.save(calibration(engine, "constant:2"))
+    with Engine(tiny_target, tiny_draft_noisy, n_ctx=256, n_threads=1) as fresh:
+        assert fresh.policy.name == "constant:2"
+
+
+def test_auto_without_a_draft_is_the_target_alone(tiny_target: Path) -> None:
+    with Engine(tiny_target, n_ctx=256, n_threads=1) as alone:
+        assert isinstance(alone.policy, NoDraft)

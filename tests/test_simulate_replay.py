@@ -1,0 +1,93 @@
+"""Traces recorded on tiny generated models replay live runs exactly, round by round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from svip_local import Engine
+from svip_local.bench.simulate import oracle, simulate
+from svip_local.bench.traces import PromptTrace, TraceSet, record_trace
+from svip_local.policies import NoDraft, parse_policy
+from tests.test_simulate import make_costs
+
+PROMPTS = ["The quick brown fox", "In the morning the village was"]
+COSTS = make_costs(lambda b: 0.1 + 0.01 * b)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_target: Path, tiny_draft_noisy: Path) -> Engine:
+    with Engine(tiny_target, tiny_draft_noisy, n_ctx=512, n_threads=1, policy="none") as eng:
+        yield eng
+
+
+def trace_of(engine: Engine, prompt: str, max_tokens: int = 80,
+             ignore_eos: bool = True) -> PromptTrace:
+    ids = engine.tokenize(prompt)
+    done = engine.complete(ids, max_tokens=max_tokens, policy=NoDraft(), ignore_eos=ignore_eos)
+    return record_trace(engine, ids, done, prompt_id=prompt, category="qa",
+                        max_tokens=max_tokens)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize("spec", ["constant:1", "constant:3", "constant:6", "heuristic",
+                                  "svip:0.3", "svip:0.6", "pmin:0.3", "pmin:0.6", "adaedl"])
+def test_replay_matches_live_round_by_round(engine: Engine, prompt: str, spec: str) -> None:
+    """Accepted lengths replay exactly. Draft lengths do wherever the live round had no
+    mismatch; after one, the live draft went on along its own (wrong) tokens, which the
+    trace does not hold, and only "more drafted than accepted" must agree."""
+    trace = trace_of(engine, prompt)
+    assert 0.2 < trace.match.mean() < 0.9  # the noisy draft agrees only partly
+    live = engine.complete(prompt, max_tokens=80, policy=spec, ignore_eos=True).stats
+    sim = simulate(trace, parse_policy(spec), COSTS)
+    assert sim.accepted_lengths == live.accepted_lengths
+    for d_sim, d_live, acc in zip(sim.draft_lengths, live.draft_lengths,
+                                  live.accepted_lengths, strict=True):
+        assert d_sim == d_live if d_live == acc else d_sim > acc
+    assert sim.generated == live.generated == 80
+
+
+def test_trace_records_the_target_path_and_draft_statistics(engine: Engine) -> None:
+    trace = trace_of(engine, PROMPTS[0], max_tokens=40)
+    assert engine.draft_ctx.tokens == []  # the draft pass leaves its cache empty
+    alone = engine.complete(PROMPTS[0], max_tokens=40, policy="none", ignore_eos=True)
+    assert trace.target.tolist() == list(alone.tokens)
+    assert trace.budget == 40 and trace.generated == 40
+    assert np.all(trace.entropy >= 0) and np.all((trace.top_prob > 0) & (trace.top_prob <= 1))
+
+
+def test_a_twin_draft_matches_everywhere(tiny_target: Path) -> None:
+    with Engine(tiny_target, tiny_target, n_ctx=512, n_threads=1, policy="none") as twin:
+        trace = trace_of(twin, PROMPTS[1], max_tokens=30)
+    assert trace.match.all()
+    flat = make_costs(lambda b: 0.1, draft=(0.0, 0.0, 0.0, 0.0), draft_prefill=(0.0, 0.0, 0.0))
+    res = oracle(trace, flat, max_draft=16)  # 30 tokens: two rounds of at most 17
+    assert res.rounds == 2 and res.drafted == 28 and res.accepted == 28
+
+
+def test_trace_set_round_trip(engine: Engine, tmp_path: Path) -> None:
+    traces = [trace_of(engine, p, max_tokens=20) for p in PROMPTS]
+    path = TraceSet({"pair": "tiny", "max_tokens": 20}, traces).save(tmp_path / "t.npz")
+    loaded = TraceSet.load(path)
+    assert loaded.meta == {"pair": "tiny", "max_tokens": 20}
+    for a, b in zip(traces, loaded.traces, strict=True):
+        assert (a.prompt_id, a.budget, a.finish, a.prompt_tokens) == \
+            (b.prompt_id, b.budget, b.finish, b.prompt_tokens)
+        for name in ("target", "draft", "entropy", "top_prob", "draft_eog"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_eos_finish_keeps_the_end_token_and_replays(engine: Engine) -> None:
+    """A run that stops at end of text keeps the end token as the trace's last position, and
+    the replay stops there like the live run ("the lazy" ends after a few dozen tokens)."""
+    trace = trace_of(engine, "the lazy", max_tokens=300, ignore_eos=False)
+    assert trace.finish == "eos"
+    assert len(trace.target) == trace.generated + 1
+    assert engine.target_model.is_eog(int(trace.target[-1]))
+    for spec in ("constant:4", "svip:0.3"):
+        live = engine.complete("the lazy", max_tokens=300, policy=spec).stats
+        sim = simulate(trace, parse_policy(spec), COSTS)
+        assert sim.accepted_lengths == live.accepted_lengths
+        assert sim.generated == live.generated == trace.generated
