@@ -114,6 +114,12 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def reset(self) -> None:
+        """Empty both KV caches, so the next prompt pays its whole prefill (benchmarks)."""
+        self.target_ctx.clear()
+        if self.draft_ctx is not None:
+            self.draft_ctx.clear()
+
     def cancel(self) -> None:
         """Stop the running generation at its next round (thread-safe)."""
         self._cancel.set()

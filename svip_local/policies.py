@@ -211,7 +211,7 @@ def entropy_and_top_prob(logits: npt.NDArray[np.float32], scratch: npt.NDArray[n
 
 def parse_policy(spec: str, *, max_draft: int = DEFAULT_MAX_DRAFT) -> DraftPolicy:
     """Build a policy from `NAME[:ARG]`: none, constant:K, heuristic, svip[:h], pmin[:p],
-    adaedl. (`auto` and `svip-cost` live in svip_local.calibration.)"""
+    adaedl. (`auto` and `svip-cost` need this machine's calibration: svip_local.autopolicy.)"""
     name, _, arg = spec.strip().partition(":")
     name = name.lower()
     try:
@@ -230,5 +230,5 @@ def parse_policy(spec: str, *, max_draft: int = DEFAULT_MAX_DRAFT) -> DraftPolic
     except ValueError as exc:
         raise InvalidRequestError(f"bad argument in policy {spec!r}: {exc}") from exc
     raise InvalidRequestError(
-        f"unknown policy {spec!r}; known: none, constant:K, heuristic, svip[:h], pmin[:p], "
-        "adaedl, auto")
+        f"unknown policy {spec!r}; known: auto, none, constant:K, heuristic, svip[:h], "
+        "pmin[:p], adaedl, svip-cost[:R]")

@@ -117,7 +117,7 @@ def record_traces(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int,
     traces, walls = [], []
     for p in prompts:
         ids = engine.tokenize(p.text)
-        _clear(engine)
+        engine.reset()
         done = engine.complete(ids, max_tokens=max_tokens, policy=NoDraft(),
                                ignore_eos=ignore_eos)
         walls.append(done.stats.wall_s)
@@ -140,7 +140,7 @@ def loop_overhead(engine: Engine, traces: Sequence[PromptTrace], walls: Sequence
         rows.append((wall - sim.time_s, sim.rounds, sim.generated, 0))
     for trace, p in list(zip(traces, prompts, strict=True))[:spec_prompts]:
         for k in (1, 4):
-            _clear(engine)
+            engine.reset()
             done = engine.complete(engine.tokenize(p.text), max_tokens=trace.budget,
                                    policy=Constant(k), ignore_eos=ignore_eos)
             sim = simulate(trace, Constant(k), costs, max_draft=max_draft)
@@ -166,7 +166,7 @@ def calibrate(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int = 12
     if not fitting:
         raise InvalidRequestError(f"no calibration prompt fits the context of {engine.n_ctx}")
     prompts = fitting
-    _clear(engine)
+    engine.reset()
     engine.complete(engine.tokenize(prompts[0].text), max_tokens=8, policy=Constant(2))
     say("traces (greedy target-alone runs)")
     traces, walls = record_traces(engine, prompts, max_tokens=max_tokens,
@@ -215,8 +215,3 @@ def summary_lines(cal: Calibration, top: int = 8) -> list[str]:
     return lines
 
 
-def _clear(engine: Engine) -> None:
-    """Empty both caches: every timed run pays its own prefill, as in the paper."""
-    engine.target_ctx.clear()
-    if engine.draft_ctx is not None:
-        engine.draft_ctx.clear()

@@ -201,8 +201,7 @@ def measure_costs(engine: Engine, tokens: Sequence[int], *, repeats: int = 5, wa
                              max(1, repeats // 2))
     say("per-step work")
     argmax_s, entropy_s = _step_times(engine, ids)
-    engine.target_ctx.clear()
-    engine.draft_ctx.clear()
+    engine.reset()
     return CostModel(tuple(tgt), tuple(dft), argmax_s, entropy_s, t_curve, d_curve, t_slope,
                      d_slope, depth)
 

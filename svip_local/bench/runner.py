@@ -120,7 +120,7 @@ def run_items(engine: Engine, items: Sequence[BenchItem], specs: Sequence[str], 
                     out.records.append(external.run(item, spec, temperature,
                                                     seed + 1000 * i + r, r))
                 else:
-                    _clear(engine)
+                    engine.reset()
                     done = engine.complete(ids, max_tokens=item.max_tokens, sampling=sampling,
                                            policy=policies[spec], ignore_eos=item.ignore_eos)
                     out.records.append(RunRecord.measured(item, temperature, spec, r,
@@ -147,15 +147,11 @@ def progress_bar(total: int, desc: str, enabled: bool = True) -> Iterator[Callab
 
 def warm_up(engine: Engine, text: str) -> None:
     """Fault the weights in and let caches settle before anything is timed."""
-    _clear(engine)
+    engine.reset()
     engine.complete(engine.tokenize(text), max_tokens=8, policy=Constant(2))
-    _clear(engine)
+    engine.reset()
 
 
-def _clear(engine: Engine) -> None:
-    engine.target_ctx.clear()
-    if engine.draft_ctx is not None:
-        engine.draft_ctx.clear()
 
 
 # -- metrics ------------------------------------------------------------------------------------

@@ -27,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more logging (-vv also shows llama.cpp's own log)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"svip_local.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"svip_local.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"svip_local.cli.{name}").register(sub)
     return parser
 
 
@@ -44,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.verbose >= 2:  # llama.cpp's own log is quiet unless asked for
+        logging.getLogger("svip_local.llama_cpp").setLevel(logging.DEBUG)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
