@@ -10,8 +10,9 @@ cost model. With P_n the probability that the first n draft tokens are all accep
 
 where a_next(H) is the chance the next token is accepted given this one was and had entropy H,
 and R (tokens/s) is the rate the extra work must beat. Maximising tokens - R * time per round
-at R = the best achievable rate maximises the long-run rate (Dinkelbach); calibration finds R
-by iterating R <- simulated rate of svip-cost:R.
+at R = the best achievable decode rate maximises that rate (Dinkelbach); calibration finds R by
+iterating R <- simulated decode rate of svip-cost:R. (Decode, not total: prefill does not
+depend on the policy, and counting it would value time too cheaply and draft too long.)
 """
 
 from __future__ import annotations

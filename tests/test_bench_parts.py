@@ -12,8 +12,11 @@ import pytest
 from svip_local.bench import peer
 from svip_local.bench.prompts import Prompt, load_prompts, parse_prompts, select
 from svip_local.bench.report import label
-from svip_local.bench.runner import BenchItem, RunRecord, summarize
+from svip_local.bench.runner import BenchItem, RunRecord, run_items, summarize
 from svip_local.errors import InvalidRequestError
+from svip_local.events import GenerationStats
+from svip_local.policies import Constant
+from svip_local.sampling import SamplingParams
 from tests.test_simulate import make_costs
 
 
@@ -77,6 +80,36 @@ def test_both_speed_metrics_and_paired_speedups() -> None:
     assert svip.acceptance == pytest.approx(62 / 88)
     assert svip.mean_draft == pytest.approx(88 / 48)
     assert by[("all", "svip")].runs == 2
+
+
+class RecordingEngine:
+    """Stands in for the engine where only the arguments of each run matter."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, bool]] = []
+
+    def tokenize(self, text: str) -> list[int]:
+        return [1, 2, 3]
+
+    def reset(self) -> None:
+        pass
+
+    def complete(self, ids: list[int], *, max_tokens: int, sampling: SamplingParams,
+                 policy: object, ignore_eos: bool) -> SimpleNamespace:
+        self.calls.append((sampling.temperature, ignore_eos))
+        stats = GenerationStats(policy="x", generated=max_tokens, wall_s=1.0)
+        return SimpleNamespace(stats=stats, finish_reason="length")
+
+
+def test_sampled_runs_are_fixed_length_and_greedy_ones_stop_at_end_of_text() -> None:
+    # Sampled runs of different policies would otherwise end at different lengths and their
+    # speeds would compare lengths, not policies.
+    engine = RecordingEngine()
+    item = BenchItem("specbench", "qa", Prompt("1", "qa", "Hi"), 16, False)
+    for temp in (0.0, 1.0):
+        run_items(engine, [item], ["constant:2"], temperature=temp,  # type: ignore[arg-type]
+                  policies={"constant:2": Constant(2)})
+    assert engine.calls == [(0.0, False), (1.0, True)]
 
 
 def test_labels_read_like_the_paper() -> None:

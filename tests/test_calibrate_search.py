@@ -71,6 +71,33 @@ def test_cost_aware_svip_is_searched_and_competitive() -> None:
     assert rates[cost_aware[0]] >= 0.97 * rates["svip:0.3"]
 
 
+def test_cost_aware_rate_is_a_decode_rate_that_prefill_does_not_change() -> None:
+    # Prefill is paid whatever the policy; valuing a token at a rate diluted by it would make
+    # svip-cost draft too long. So a long prefill must leave svip-cost's R where it was.
+    traces = synthetic_traces()
+    decode = make_costs(lambda b: 0.05 + 0.004 * b, draft=(0.006, 0.01, 0.014, 0.018))
+    slow_prefill = make_costs(lambda b: 0.05 + 0.004 * b, draft=(0.006, 0.01, 0.014, 0.018),
+                              target_prefill_s=(30.0, 0.0, 0.0))
+    fast = search(traces, decode, fitted(traces), max_draft=16)
+    slow = search(traces, slow_prefill, fitted(traces), max_draft=16)
+    assert slow.cost_rate == pytest.approx(fast.cost_rate)
+    none = next(c for c in slow.candidates if c.policy == "none")
+    assert none.decode_tokens_per_s > 3 * none.tokens_per_s  # the prefill really dominates
+    assert slow.cost_rate > 2 * max(c.tokens_per_s for c in slow.candidates)
+
+
+def test_the_paper_default_stays_unless_beaten_by_more_than_the_tie_margin() -> None:
+    traces = synthetic_traces()
+    costs = make_costs(lambda b: 0.05 + 0.004 * b, draft=(0.006, 0.01, 0.014, 0.018))
+    free = search(traces, costs, fitted(traces), max_draft=16, tie=0.0)
+    rates = {c.policy: c.tokens_per_s for c in free.candidates}
+    assert "svip:0.3" in rates
+    assert free.policy != "svip:0.3" and rates[free.policy] > rates["svip:0.3"]
+    gain = rates[free.policy] / rates["svip:0.3"] - 1
+    assert search(traces, costs, fitted(traces), max_draft=16,
+                  tie=gain + 0.01).policy == "svip:0.3"
+
+
 def test_acceptance_map_is_fitted_non_increasing() -> None:
     traces = synthetic_traces(n=8)
     amap = fitted(traces)

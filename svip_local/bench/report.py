@@ -91,7 +91,9 @@ def markdown(result: BenchResult, images: Sequence[str] = ()) -> str:
     lines += ["", "Speed is generated tokens per second with prefill included. *Speedup* is the "
               "SVIP paper's: mean over prompts of per-prompt tokens/s, divided by the target "
               "alone's on the same prompts; *total* is total tokens over total time. The "
-              "oracle is simulated (the cost model replaying the greedy traces).", ""]
+              "oracle is simulated (the cost model replaying the greedy traces). Sampled runs "
+              "(temperature > 0) ignore end of text, so every policy generates the same number "
+              "of tokens; greedy runs stop at it (their text is the same for every policy).", ""]
     temps = sorted({s.temperature for s in result.summaries})
     lines += ["## Headline (speedup over the target alone, all prompts)", ""]
     lines += [line for suite in SUITES for t in temps for line in _headline(result, suite, t)]

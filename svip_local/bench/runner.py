@@ -14,7 +14,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from svip_local.bench.prompts import Prompt
@@ -110,6 +110,11 @@ def run_items(engine: Engine, items: Sequence[BenchItem], specs: Sequence[str], 
     Greedy baseline runs also record the item's trace, for the simulator."""
     out = out or BenchRun()
     for i, item in enumerate(items):
+        if temperature > 0:
+            # Each policy consumes the random stream its own way, so one sampled run may end
+            # its text after 20 tokens and the next run to the limit: timed against each other
+            # that compares lengths, not speed. Sampled runs all generate exactly max_tokens.
+            item = replace(item, ignore_eos=True)
         ids = engine.tokenize(item.prompt.text)
         for r in range(repeats):
             sampling = SamplingParams() if temperature == 0 else SamplingParams(

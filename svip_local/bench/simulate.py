@@ -188,6 +188,13 @@ def total_rate(results: Sequence[SimResult]) -> float:
     return sum(r.generated for r in results) / time if time > 0 else 0.0
 
 
+def decode_rate(results: Sequence[SimResult]) -> float:
+    """Generated tokens over the time after prefill: what one more token is worth to a
+    generation of fixed length, whose prefill no draft policy can change."""
+    time = sum(r.time_s - r.prefill_s for r in results)
+    return sum(r.generated for r in results) / time if time > 0 else 0.0
+
+
 def mean_rate(results: Sequence[SimResult]) -> float:
     """Mean of per-prompt tokens/s, as the SVIP paper reports speed."""
     return float(np.mean([r.tokens_per_second for r in results])) if results else 0.0
