@@ -73,7 +73,14 @@ def test_bench_writes_tables_json_and_plots(tiny_target: Path, tiny_draft_noisy:
     # One trace per greedy target-alone run: 3 SpecBench prompts and the MT-Bench one at 2
     # lengths.
     assert len(TraceSet.load(out / "traces.npz").traces) == 5
-    assert "speedup" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "longform, greedy" in printed  # every suite that ran gets its terminal table
+    greedy, sampled = printed.split("specbench, temperature 1")
+    sampled_rows = [line for line in sampled.split("\n\n")[0].splitlines()[3:] if line]
+    # Predictions replay greedy traces: the sampled table has none to show.
+    assert sampled_rows and all(line.split()[-1] == "–" for line in sampled_rows)
+    assert any(line.startswith("target alone") and line.split()[-1] != "–"
+               for line in greedy.splitlines())
 
 
 def test_bench_policies_script_is_greedy_and_plotless(tiny_target: Path, tiny_draft_noisy: Path,

@@ -90,7 +90,7 @@ def options(args: argparse.Namespace) -> BenchOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    from svip_local.bench.report import console_table, write_report
+    from svip_local.bench.report import SUITES, console_table, write_report
     from svip_local.bench.suite import run_bench
     from svip_local.bench.traces import TraceSet
     from svip_local.cli.generate import open_engine
@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     paths = write_report(result, out, plots=not args.no_plots)
     paths.append(TraceSet({**result.meta, "source": "svip-local bench"},
                           result.traces).save(out / "traces.npz"))
-    for temp in opts.temperatures:
-        print(console_table(result, temperature=temp), end="\n\n")
+    for suite in sorted({s.suite for s in result.summaries}, key=list(SUITES).index):
+        for temp in opts.temperatures:
+            print(console_table(result, suite=suite, temperature=temp), end="\n\n")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
