@@ -11,7 +11,7 @@ import pytest
 
 from svip_local.bench import peer
 from svip_local.bench.prompts import Prompt, load_prompts, parse_prompts, select
-from svip_local.bench.report import label
+from svip_local.bench.report import BenchResult, label, markdown
 from svip_local.bench.runner import BenchItem, RunRecord, run_items, summarize
 from svip_local.errors import InvalidRequestError
 from svip_local.events import GenerationStats
@@ -110,6 +110,22 @@ def test_sampled_runs_are_fixed_length_and_greedy_ones_stop_at_end_of_text() -> 
         run_items(engine, [item], ["constant:2"], temperature=temp,  # type: ignore[arg-type]
                   policies={"constant:2": Constant(2)})
     assert engine.calls == [(0.0, False), (1.0, True)]
+
+
+def test_headline_says_when_auto_ran_the_policy_it_is_compared_with() -> None:
+    def runs(auto_as: str) -> list[RunRecord]:
+        auto = record("auto", "a", 100, 4.2)
+        auto.resolved = auto_as
+        return [record("none", "a", 100, 10.0), record("constant:2", "a", 100, 5.0),
+                record("svip:0.3", "a", 100, 4.0), auto]
+
+    def headline(auto_as: str) -> str:
+        recs = runs(auto_as)
+        result = BenchResult({}, recs, [], summarize(recs), [], [r.policy for r in recs])
+        return next(line for line in markdown(result).splitlines() if "auto vs SVIP" in line)
+
+    assert "auto vs SVIP: -4.8% (same policy: run-to-run spread)" in headline("svip:0.3")
+    assert headline("constant:2").endswith("auto vs SVIP: -4.8%")
 
 
 def test_labels_read_like_the_paper() -> None:

@@ -159,7 +159,9 @@ def _headline(result: BenchResult, suite: str, temp: float) -> list[str]:
                  ("SVIP", "llama.cpp best"), ("auto", "llama.cpp best")):
         x, y = found.get(a), found.get(b)
         if x and y and x.speedup and y.speedup:
-            parts.append(f"{a} vs {b}: {x.speedup / y.speedup - 1:+.1%}")
+            # auto that resolved to the very policy it is compared with can only differ by noise
+            same = " (same policy: run-to-run spread)" if x.resolved == y.policy else ""
+            parts.append(f"{a} vs {b}: {x.speedup / y.speedup - 1:+.1%}{same}")
     return [f"- {SUITES[suite]}, {_temp(temp)}: " + "; ".join(parts)]
 
 
