@@ -113,14 +113,11 @@ def test_sampled_runs_are_fixed_length_and_greedy_ones_stop_at_end_of_text() -> 
 
 
 def test_headline_says_when_auto_ran_the_policy_it_is_compared_with() -> None:
-    def runs(auto_as: str) -> list[RunRecord]:
+    def headline(auto_as: str) -> str:
         auto = record("auto", "a", 100, 4.2)
         auto.resolved = auto_as
-        return [record("none", "a", 100, 10.0), record("constant:2", "a", 100, 5.0),
+        recs = [record("none", "a", 100, 10.0), record("constant:2", "a", 100, 5.0),
                 record("svip:0.3", "a", 100, 4.0), auto]
-
-    def headline(auto_as: str) -> str:
-        recs = runs(auto_as)
         result = BenchResult({}, recs, [], summarize(recs), [], [r.policy for r in recs])
         return next(line for line in markdown(result).splitlines() if "auto vs SVIP" in line)
 

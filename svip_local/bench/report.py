@@ -421,9 +421,10 @@ def console_table(result: BenchResult, *, suite: str = "specbench", temperature:
     """A plain-text table of one suite's overall results (for a terminal)."""
     rows = [s for s in result.summaries if s.suite == suite and s.temperature == temperature
             and s.group == OVERALL]
-    # The simulator replays greedy traces: it predicts nothing for sampled runs.
+    # Checks are greedy by construction (the simulator replays greedy traces): sampled runs
+    # have no prediction to show.
     checks = {c.policy: c for c in result.checks if c.suite == suite and c.group == OVERALL
-              and temperature == 0}
+              } if temperature == 0 else {}
     head = (f"{'method':<34} {'tok/s':>7} {'total':>7} {'speedup':>7} {'accept':>7} "
             f"{'draft':>6} {'acc.len':>7} {'pred.':>7}")
     lines = [f"{suite}, {_temp(temperature)} (tokens/s, prefill included)", head,
