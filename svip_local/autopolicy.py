@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from svip_local.bench import store
 from svip_local.bench.costs import PairIdentity, fingerprint, gpu_name
 from svip_local.errors import InvalidRequestError
-from svip_local.policies import DraftPolicy, NoDraft, parse_policy
+from svip_local.lookup import split_lookup
+from svip_local.policies import DraftPolicy, NoDraft, parse_policy, with_lookup
 from svip_local.policies_cost import parse_cost_policy
 
 if TYPE_CHECKING:
@@ -29,7 +30,13 @@ COST_POLICY = "svip-cost"
 
 
 def resolve_policy(spec: str, engine: Engine) -> DraftPolicy:
-    """Turn a policy spec into a policy for `engine` (auto and svip-cost included)."""
+    """Turn a policy spec into a policy for `engine` (auto and svip-cost included, each
+    optionally with `+lookup`: an explicit lookup replaces the one a calibration chose)."""
+    base, lookup = split_lookup(spec)
+    return with_lookup(_resolve_base(base, engine), lookup)
+
+
+def _resolve_base(spec: str, engine: Engine) -> DraftPolicy:
     name = spec.strip().lower().partition(":")[0]
     max_draft = engine.config.max_draft
     if name == "auto":
@@ -56,9 +63,10 @@ def policy_from_calibration(spec: str, cal: store.Calibration, *, max_draft: int
                             ) -> DraftPolicy:
     """A stored choice (or an explicit svip-cost spec) as a policy, using the calibration's
     costs and acceptance map where the policy needs them."""
-    if spec.strip().lower().partition(":")[0] == COST_POLICY:
-        return parse_cost_policy(spec, cal.costs, cal.acceptance, cal.cost_rate,
-                                 max_draft=max_draft)
+    base, lookup = split_lookup(spec)
+    if base.strip().lower().partition(":")[0] == COST_POLICY:
+        return with_lookup(parse_cost_policy(base, cal.costs, cal.acceptance, cal.cost_rate,
+                                             max_draft=max_draft), lookup)
     return parse_policy(spec, max_draft=max_draft)
 
 

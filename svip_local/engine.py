@@ -205,11 +205,15 @@ class Engine:
                 if self._cancel.is_set() or (cancel is not None and cancel.is_set()):
                     finish = "cancelled"
                     break
-                remaining = budget - len(out)
-                cap = min(policy.round_limit(), self.config.max_draft, remaining - 1) \
-                    if use_draft else 0
+                room = min(self.config.max_draft, budget - len(out) - 1)
                 t0 = perf_counter()
-                drafts, qs = self._draft(seq, cap, policy, sampling, rng)
+                drafts = policy.propose(seq, room) if room > 0 else []
+                qs: list[Probs | None] = [None] * len(drafts)  # a copy is no distribution
+                if drafts:
+                    stats.lookup_rounds += 1
+                else:
+                    cap = min(policy.round_limit(), room) if use_draft else 0
+                    drafts, qs = self._draft(seq, cap, policy, sampling, rng)
                 t1 = perf_counter()
                 n_acc, nxt = self._verify(seq, drafts, qs, sampling, rng)
                 stats.draft_s += t1 - t0
@@ -269,7 +273,7 @@ class Engine:
         return len(ctx.tokens) - keep
 
     def _draft(self, seq: list[int], cap: int, policy: DraftPolicy, sampling: SamplingParams,
-               rng: np.random.Generator) -> tuple[list[int], list[Probs]]:
+               rng: np.random.Generator) -> tuple[list[int], list[Probs | None]]:
         """Propose up to `cap` tokens after `seq`, asking the policy after each one."""
         if cap <= 0 or self.draft_ctx is None:
             return [], []
@@ -281,7 +285,7 @@ class Engine:
         # last draft token was never decoded; the whole catch-up after a target-only stretch.
         ctx.decode(seq[keep:], Outputs.LAST)
         drafts: list[int] = []
-        qs: list[Probs] = []
+        qs: list[Probs | None] = []
         nan = math.nan
         for n in range(1, cap + 1):
             logits = ctx.logits()[: self.n_vocab]
@@ -305,7 +309,7 @@ class Engine:
             ctx.decode([tok], Outputs.LAST)
         return drafts, qs
 
-    def _verify(self, seq: list[int], drafts: list[int], qs: list[Probs],
+    def _verify(self, seq: list[int], drafts: list[int], qs: list[Probs | None],
                 sampling: SamplingParams, rng: np.random.Generator) -> tuple[int, int]:
         """Score `[seq[-1]] + drafts` in one target decode; return (accepted, next token).
 
@@ -313,6 +317,7 @@ class Engine:
         target's argmax at the first mismatch (or after the last draft: the bonus token).
         Sampling: row i accepts d_i with probability min(1, p_i(d_i)/q_i(d_i)); the first
         rejection draws from norm(max(0, p_i - q_i)); if all pass, the bonus comes from p_k.
+        A copied token (q_i None) is a certain proposal: q_i is all mass on d_i.
         """
         ctx = self.target_ctx
         ctx.decode([seq[-1], *drafts], Outputs.ALL)

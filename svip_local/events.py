@@ -45,6 +45,7 @@ class GenerationStats:
     prefill_tokens: int = 0  # prompt tokens actually decoded (the rest came from the KV cache)
     generated: int = 0
     rounds: int = 0
+    lookup_rounds: int = 0  # rounds that verified tokens copied from the context
     drafted: int = 0
     accepted: int = 0
     wall_s: float = 0.0

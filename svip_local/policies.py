@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -18,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from svip_local.errors import InvalidRequestError
+from svip_local.lookup import PromptLookup, split_lookup
 
 DEFAULT_MAX_DRAFT = 16
 
@@ -47,6 +49,11 @@ class DraftPolicy(ABC):
     def round_limit(self) -> int:
         """Upper bound on this round's draft length (the engine also caps it by budget)."""
         return DEFAULT_MAX_DRAFT
+
+    def propose(self, context: Sequence[int] | np.ndarray, cap: int) -> list[int]:
+        """Tokens to verify this round without asking the draft model (none: draft as usual).
+        `context` is everything before the round (prompt and generated tokens)."""
+        return []
 
     @abstractmethod
     def judge(self, step: StepStats) -> Verdict: ...
@@ -195,6 +202,51 @@ class AdaEdl(DraftPolicy):
         return f"adaedl(λ={self.lam:.2f})"
 
 
+class WithLookup(DraftPolicy):
+    """`inner` with prompt lookup first: a round whose context ends in an n-gram seen before
+    verifies the tokens that followed it, and the draft model rests; other rounds are the
+    inner policy's, and only those teach it (a copy's outcome says nothing about the draft)."""
+
+    def __init__(self, inner: DraftPolicy, lookup: PromptLookup) -> None:
+        self.inner = inner
+        self.lookup = lookup
+        self.wants_entropy = inner.wants_entropy
+        self.wants_top_prob = inner.wants_top_prob
+        self.name = self._join(inner.name)
+        self._copied = False
+
+    def _join(self, inner: str) -> str:
+        if isinstance(self.inner, NoDraft):
+            return self.lookup.spec
+        return f"{inner}+{self.lookup.spec}"
+
+    def propose(self, context: Sequence[int] | np.ndarray, cap: int) -> list[int]:
+        tokens = self.lookup.propose(context, cap)
+        self._copied = bool(tokens)
+        return tokens
+
+    def round_limit(self) -> int:
+        return self.inner.round_limit()
+
+    def judge(self, step: StepStats) -> Verdict:
+        return self.inner.judge(step)
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        if not self._copied:
+            self.inner.observe(drafted, accepted)
+        self._copied = False
+
+    def describe(self) -> str:
+        return self._join(self.inner.describe())
+
+
+def with_lookup(policy: DraftPolicy, lookup: PromptLookup | None) -> DraftPolicy:
+    """`policy` with `lookup` (replacing any it had); unchanged when lookup is None."""
+    if lookup is None:
+        return policy
+    return WithLookup(policy.inner if isinstance(policy, WithLookup) else policy, lookup)
+
+
 def entropy_and_top_prob(logits: npt.NDArray[np.float32], scratch: npt.NDArray[np.float32]
                          ) -> tuple[float, float]:
     """Entropy (nats) and top-1 probability of softmax(logits) in one exp pass.
@@ -211,7 +263,13 @@ def entropy_and_top_prob(logits: npt.NDArray[np.float32], scratch: npt.NDArray[n
 
 def parse_policy(spec: str, *, max_draft: int = DEFAULT_MAX_DRAFT) -> DraftPolicy:
     """Build a policy from `NAME[:ARG]`: none, constant:K, heuristic, svip[:h], pmin[:p],
-    adaedl. (`auto` and `svip-cost` need this machine's calibration: svip_local.autopolicy.)"""
+    adaedl, each optionally `+lookup[:N[:M]]` (or a lookup alone). (`auto` and `svip-cost`
+    need this machine's calibration: svip_local.autopolicy.)"""
+    base, lookup = split_lookup(spec)
+    return with_lookup(_parse_base(base, max_draft), lookup)
+
+
+def _parse_base(spec: str, max_draft: int) -> DraftPolicy:
     name, _, arg = spec.strip().partition(":")
     name = name.lower()
     try:
@@ -231,4 +289,4 @@ def parse_policy(spec: str, *, max_draft: int = DEFAULT_MAX_DRAFT) -> DraftPolic
         raise InvalidRequestError(f"bad argument in policy {spec!r}: {exc}") from exc
     raise InvalidRequestError(
         f"unknown policy {spec!r}; known: auto, none, constant:K, heuristic, svip[:h], "
-        "pmin[:p], adaedl, svip-cost[:R]")
+        "pmin[:p], adaedl, svip-cost[:R], each optionally +lookup[:N[:M]]")

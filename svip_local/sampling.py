@@ -79,16 +79,24 @@ def sample(probs: Probs, rng: np.random.Generator) -> int:
     return min(idx, probs.shape[0] - 1)
 
 
-def verify_sampled(p: Probs, q: Probs, token: int, rng: np.random.Generator) -> int | None:
+def verify_sampled(p: Probs, q: Probs | None, token: int, rng: np.random.Generator
+                   ) -> int | None:
     """Speculative rejection sampling for one draft token (Leviathan et al. 2023, Chen et al.).
 
     Accept x ~ q with probability min(1, p(x)/q(x)); return None when accepted. On rejection,
     return a token drawn from norm(max(0, p - q)); together the two cases give exactly p.
+    q None is a deterministic proposal (a copied token): accept with probability p(x), else
+    draw from p without x.
     """
-    px, qx = p[token], q[token]
+    px = p[token]
+    qx = 1.0 if q is None else q[token]
     if qx <= 0 or rng.random() * qx < px:  # u < p/q without dividing
         return None
-    residual = np.maximum(p - q, 0.0)
+    if q is None:
+        residual = p.copy()
+        residual[token] = 0.0
+    else:
+        residual = np.maximum(p - q, 0.0)
     if residual.sum() <= 0:  # p == q up to rounding: any draw from p is exact
         return sample(p, rng)
     return sample(residual, rng)

@@ -9,7 +9,8 @@ import pytest
 
 from svip_local import Engine, Round, Token
 
-POLICIES = ["constant:1", "constant:4", "heuristic", "svip", "svip:0.1", "pmin:0.3", "adaedl"]
+POLICIES = ["constant:1", "constant:4", "heuristic", "svip", "svip:0.1", "pmin:0.3", "adaedl",
+            "lookup:1:8", "svip+lookup:2:4"]
 PROMPTS = ["Hello there, how are", "The quick brown fox", "def main():\n    "]
 
 

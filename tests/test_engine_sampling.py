@@ -17,8 +17,9 @@ from scipy.stats import chisquare
 
 import svip_local.engine as engine_module
 from svip_local import Engine, SamplingParams
+from svip_local.lookup import PromptLookup
 from svip_local.native import Context, Outputs
-from svip_local.sampling import distribution, sample
+from svip_local.sampling import distribution, sample, verify_sampled
 
 PARAMS = {"temperature": 1.0, "top_k": 6}
 RUNS = 3000
@@ -41,10 +42,11 @@ def exact_pair_distribution(engine: Engine, prompt: list[int]) -> dict[tuple[int
     return pairs
 
 
-def sampled_pairs(engine: Engine, prompt: list[int]) -> Counter[tuple[int, int]]:
+def sampled_pairs(engine: Engine, prompt: list[int], policy: str = "constant:2"
+                  ) -> Counter[tuple[int, int]]:
     counts: Counter[tuple[int, int]] = Counter()
     for seed in range(RUNS):
-        done = engine.complete(prompt, max_tokens=2, policy="constant:2", ignore_eos=True,
+        done = engine.complete(prompt, max_tokens=2, policy=policy, ignore_eos=True,
                                sampling=SamplingParams(**PARAMS, seed=seed))
         counts[done.tokens[:2]] += 1
     return counts
@@ -78,6 +80,23 @@ def test_speculative_sampling_matches_target_distribution(engine: Engine,
     exact = exact_pair_distribution(engine, prompt)
     counts = sampled_pairs(engine, prompt)
     assert chi_square_p(counts, exact) > P_THRESHOLD
+
+
+def test_copied_tokens_keep_the_target_distribution(engine: Engine) -> None:
+    """A prompt-lookup round proposes a token with certainty (q = one-hot): accepting it with
+    probability p(x) and else drawing from p without x must still sample exactly p."""
+    prompt = engine.tokenize("Once upon a time, once upon a time")
+    assert PromptLookup(1, 2).propose(prompt, 1), "the first round must copy a token"
+    counts = sampled_pairs(engine, prompt, policy="lookup:1:2")
+    assert chi_square_p(counts, exact_pair_distribution(engine, prompt)) > P_THRESHOLD
+
+
+def test_a_certain_proposal_is_rejected_into_p_without_it() -> None:
+    rng = np.random.default_rng(7)
+    p = np.array([0.5, 0.3, 0.15, 0.05])
+    draws = [verify_sampled(p, None, 1, rng) for _ in range(40000)]
+    got = np.bincount([1 if d is None else d for d in draws], minlength=4) / len(draws)
+    np.testing.assert_allclose(got, p, atol=0.01)
 
 
 def test_wrong_residual_is_detected(engine: Engine, prompt: list[int],

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from svip_local.errors import InvalidRequestError
+from svip_local.lookup import PromptLookup, split_lookup
 from svip_local.policies import (
     AdaEdl,
     Constant,
@@ -16,6 +18,7 @@ from svip_local.policies import (
     StepStats,
     Svip,
     Verdict,
+    WithLookup,
     entropy_and_top_prob,
     parse_policy,
 )
@@ -103,3 +106,37 @@ def test_stop_matcher_holds_back_only_possible_stops() -> None:
     tail = StopMatcher(["###"])
     assert tail.push("a#") == "a"
     assert tail.flush() == "#"
+
+
+def test_lookup_copies_what_followed_the_latest_occurrence() -> None:
+    seq = [5, 1, 2, 7, 8, 9, 1, 2, 3, 4, 1, 2]
+    assert PromptLookup(2, 3).propose(seq, 16) == [3, 4, 1]  # the later "1 2" wins
+    assert PromptLookup(2, 8).propose(seq, 2) == [3, 4]  # the round's room caps it
+    assert PromptLookup(3, 8).propose(seq, 16) == []  # "4 1 2" never occurred before
+    assert PromptLookup(2, 8).propose([1, 2], 16) == []  # nothing before the key
+    assert PromptLookup(1, 4).propose([6, 6, 6], 16) == [6]  # overlapping repeats
+    assert PromptLookup(1, 4).propose(seq, 0) == []
+
+
+def test_lookup_specs_parse_and_compose() -> None:
+    assert split_lookup("svip:0.3") == ("svip:0.3", None)
+    assert split_lookup("svip:0.3+lookup:4:8") == ("svip:0.3", PromptLookup(4, 8))
+    assert split_lookup("lookup") == ("none", PromptLookup())
+    pol = parse_policy("svip:0.3+lookup:3")
+    assert isinstance(pol, WithLookup) and pol.name == "svip:0.3+lookup:3:8"
+    assert pol.wants_entropy and pol.round_limit() == 16
+    alone = parse_policy("lookup:2:4")
+    assert alone.name == "lookup:2:4" and alone.round_limit() == 0
+    for bad in ("svip+lookup:x", "lookup:0", "svip+constant:2", "lookup+lookup", "svip+"):
+        with pytest.raises(InvalidRequestError):
+            parse_policy(bad)
+
+
+def test_copied_rounds_do_not_teach_the_inner_policy() -> None:
+    pol = parse_policy("heuristic+lookup:1:4")
+    assert pol.propose([3, 4, 3], 16) == [4, 3]
+    pol.observe(2, 2)  # a copy's outcome: the heuristic's schedule must not move
+    assert pol.round_limit() == 5
+    assert pol.propose([1, 2, 3], 16) == []
+    pol.observe(5, 5)  # the draft's own round
+    assert pol.round_limit() == 7

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +34,20 @@ def trace_of(engine: Engine, prompt: str, max_tokens: int = 80,
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 @pytest.mark.parametrize("spec", ["constant:1", "constant:3", "constant:6", "heuristic",
-                                  "svip:0.3", "svip:0.6", "pmin:0.3", "pmin:0.6", "adaedl"])
+                                  "svip:0.3", "svip:0.6", "pmin:0.3", "pmin:0.6", "adaedl",
+                                  "lookup:1:8", "svip:0.3+lookup:2:4",
+                                  "heuristic+lookup:3:16"])
 def test_replay_matches_live_round_by_round(engine: Engine, prompt: str, spec: str) -> None:
     """Accepted lengths replay exactly. Draft lengths do wherever the live round had no
     mismatch; after one, the live draft went on along its own (wrong) tokens, which the
-    trace does not hold, and only "more drafted than accepted" must agree."""
+    trace does not hold, and only "more drafted than accepted" must agree. Copied rounds
+    replay exactly: a copy depends only on the true prefix."""
     trace = trace_of(engine, prompt)
     assert 0.2 < trace.match.mean() < 0.9  # the noisy draft agrees only partly
     live = engine.complete(prompt, max_tokens=80, policy=spec, ignore_eos=True).stats
     sim = simulate(trace, parse_policy(spec), COSTS)
+    if "lookup" in spec:  # the tiny target repeats itself, so there is something to copy
+        assert live.lookup_rounds > 0
     assert sim.accepted_lengths == live.accepted_lengths
     for d_sim, d_live, acc in zip(sim.draft_lengths, live.draft_lengths,
                                   live.accepted_lengths, strict=True):
@@ -75,8 +81,18 @@ def test_trace_set_round_trip(engine: Engine, tmp_path: Path) -> None:
     for a, b in zip(traces, loaded.traces, strict=True):
         assert (a.prompt_id, a.budget, a.finish, a.prompt_tokens) == \
             (b.prompt_id, b.budget, b.finish, b.prompt_tokens)
-        for name in ("target", "draft", "entropy", "top_prob", "draft_eog"):
+        for name in ("target", "draft", "entropy", "top_prob", "draft_eog", "prompt_ids"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        assert b.context().tolist() == engine.tokenize(a.prompt_id) + a.target.tolist()
+
+
+def test_a_trace_without_its_prompt_replays_no_copies(engine: Engine) -> None:
+    trace = trace_of(engine, PROMPTS[0])
+    blind = replace(trace, prompt_ids=np.empty(0, np.int32))
+    assert blind.context() is None
+    with_copies = simulate(trace, parse_policy("lookup:1:8"), COSTS)
+    assert with_copies.drafted > 0
+    assert simulate(blind, parse_policy("lookup:1:8"), COSTS).drafted == 0
 
 
 def test_eos_finish_keeps_the_end_token_and_replays(engine: Engine) -> None:

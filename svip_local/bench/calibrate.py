@@ -3,9 +3,10 @@
 Calibration records greedy traces on a prompt set (each is also a timed target-alone run),
 measures the cost model, times a few speculative runs to learn the loop's own overhead, fits
 the entropy-to-acceptance map, then replays every candidate policy on the traces and keeps the
-fastest. Speculation must beat the target alone by `MARGIN` in the simulation to be chosen, and
-another policy must beat the paper's SVIP by `TIE`: a tie is not worth the risk of being wrong
-by the simulator's error.
+fastest; prompt lookup is tried on top of the best few policies and of the target alone.
+Speculation must beat the target alone by `MARGIN` in the simulation to be chosen, and another
+policy must beat the paper's SVIP by `TIE`: a tie is not worth the risk of being wrong by the
+simulator's error.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from svip_local.bench.simulate import (
 from svip_local.bench.store import Calibration
 from svip_local.bench.traces import PromptTrace, record_trace
 from svip_local.errors import InvalidRequestError
-from svip_local.policies import Constant, DraftPolicy, NoDraft, parse_policy
+from svip_local.lookup import PromptLookup
+from svip_local.policies import Constant, DraftPolicy, NoDraft, WithLookup, parse_policy
 from svip_local.policies_cost import AcceptanceMap, CostAwareSvip
 
 if TYPE_CHECKING:
@@ -56,6 +58,9 @@ CANDIDATES: tuple[str, ...] = (
     "adaedl",
     *(f"svip:{h:g}" for h in (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6)),
 )
+LOOKUPS: tuple[PromptLookup, ...] = tuple(PromptLookup(n, m) for n in (2, 3, 4, 5, 6)
+                                          for m in (2, 4, 8, 16))
+_LOOKUP_BASES = 3  # the best speculative policies that are also tried with lookup
 _RATE_STEPS = (0.7, 0.85, 1.0, 1.15, 1.3)  # multiples of the best other rate tried for R
 _DINKELBACH_ITERATIONS = 6
 
@@ -91,18 +96,20 @@ def evaluate(traces: Sequence[PromptTrace], name: str, make: Callable[[], DraftP
 
 def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: AcceptanceMap, *,
            max_draft: int, candidates: Sequence[str] = CANDIDATES,
-           margin: float = MARGIN, tie: float = TIE) -> Choice:
-    """Simulate every candidate (and svip-cost at the rates Dinkelbach's iteration visits)
-    and choose the fastest by total tokens over total time.
+           lookups: Sequence[PromptLookup] = LOOKUPS, margin: float = MARGIN,
+           tie: float = TIE) -> Choice:
+    """Simulate every candidate (and svip-cost at the rates Dinkelbach's iteration visits),
+    then the best few and the target alone with each lookup, and choose the fastest by total
+    tokens over total time.
 
     svip-cost's R is a decode rate, not a total one: a generation's length is fixed, so one
     more token saves the time the loop would spend making it; prefill is paid either way.
     """
-    table = {spec: evaluate(traces, spec, lambda s=spec: parse_policy(s, max_draft=max_draft),
-                            costs, max_draft=max_draft) for spec in candidates}
-    for spec, make in (("none", NoDraft), (DEFAULT, lambda: parse_policy(DEFAULT))):
-        if spec not in table:
-            table[spec] = evaluate(traces, spec, make, costs, max_draft=max_draft)
+    makers: dict[str, Callable[[], DraftPolicy]] = {
+        spec: lambda s=spec: parse_policy(s, max_draft=max_draft)
+        for spec in (*candidates, "none", DEFAULT)}
+    table = {spec: evaluate(traces, spec, make, costs, max_draft=max_draft)
+             for spec, make in makers.items()}
     start = max(c.decode_tokens_per_s for c in table.values())
 
     def cost_aware(rate: float) -> Candidate:
@@ -121,13 +128,25 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
         rate = got.decode_tokens_per_s
     best_cost = max(tried, key=lambda c: c.tokens_per_s)
     table[best_cost.policy] = best_cost
+    cost_rate = float(best_cost.policy.partition(":")[2])
+    makers[best_cost.policy] = lambda: CostAwareSvip(costs, acceptance, cost_rate,
+                                                     max_draft=max_draft)
+    drafting = [c.policy for c in sorted(table.values(), key=lambda c: -c.tokens_per_s)
+                if c.policy != "none"][:_LOOKUP_BASES]
+    copyable = any(t.context() is not None for t in traces)  # traces with their prompts
+    for base in ("none", *drafting) if copyable else ():
+        for lookup in lookups:
+            combo = WithLookup(makers[base](), lookup).name
+            table[combo] = evaluate(traces, combo,
+                                    lambda b=base, lk=lookup: WithLookup(makers[b](), lk),
+                                    costs, max_draft=max_draft)
     ranked = tuple(sorted(table.values(), key=lambda c: -c.tokens_per_s))
     best = ranked[0]
     if best.tokens_per_s < table[DEFAULT].tokens_per_s * (1 + tie):
         best = table[DEFAULT]
     if best.policy != "none" and best.tokens_per_s < table["none"].tokens_per_s * (1 + margin):
         best = table["none"]
-    return Choice(best.policy, float(best_cost.policy.partition(":")[2]), ranked)
+    return Choice(best.policy, cost_rate, ranked)
 
 
 def record_traces(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int,

@@ -61,35 +61,48 @@ def run_length(match: np.ndarray) -> np.ndarray:
 
 def simulate(trace: PromptTrace, policy: DraftPolicy, costs: CostModel, *,
              max_draft: int = DEFAULT_MAX_DRAFT) -> SimResult:
-    """Replay `trace` under `policy` (which keeps its state afterwards, like the engine's)."""
+    """Replay `trace` under `policy` (which keeps its state afterwards, like the engine's).
+
+    A round that copies tokens from the context (prompt lookup) is exact too: the copy depends
+    only on the true prefix. Traces without their prompt replay no copies.
+    """
     n_pos, n_gen = len(trace.target), trace.generated
     end = n_pos if trace.finish == "eos" else n_gen
     match = trace.match
+    context = trace.context()
     wants_stats = policy.wants_entropy or policy.wants_top_prob
     step_s = costs.step_s + costs.argmax_s + (costs.entropy_s if wants_stats else 0.0)
     prefill = costs.target_prefill(trace.prompt_tokens - 1)
     res = SimResult(n_gen, prefill, prefill)
     j, seq_len, draft_ok = 0, trace.prompt_tokens, 0  # draft_ok: draft cache's valid prefix
     while j < end:
-        cap = min(policy.round_limit(), max_draft, trace.budget - j - 1)
+        room = min(max_draft, trace.budget - j - 1)
+        copied = policy.propose(context[:seq_len], room) \
+            if context is not None and room > 0 else []
+        cap = 0 if copied else min(policy.round_limit(), room)
         k = decoded = 0
-        if cap > 0:
-            keep = min(draft_ok, seq_len - 1)
-            res.time_s += costs.draft(seq_len - keep, keep)
-            draft_ok = seq_len
-            for n in range(1, cap + 1):
-                pos = min(j + n - 1, n_pos - 1)  # past the end: the last known statistics
-                res.time_s += step_s
-                verdict = policy.judge(StepStats(n, float(trace.entropy[pos]),
-                                                 float(trace.top_prob[pos])))
-                if verdict is Verdict.DROP:
-                    break
-                k = n
-                if verdict is Verdict.STOP or n == cap or trace.draft_eog[pos]:
-                    break
-                res.time_s += costs.draft(1, seq_len + n - 1)
-                decoded += 1
-        accepted = _leading_matches(match, j, k)
+        if copied:
+            k = len(copied)
+            ahead = trace.target[j:j + k]
+            accepted = _leading_matches(np.asarray(copied[:len(ahead)]) == ahead, 0, k)
+        else:
+            if cap > 0:
+                keep = min(draft_ok, seq_len - 1)
+                res.time_s += costs.draft(seq_len - keep, keep)
+                draft_ok = seq_len
+                for n in range(1, cap + 1):
+                    pos = min(j + n - 1, n_pos - 1)  # past the end: the last known statistics
+                    res.time_s += step_s
+                    verdict = policy.judge(StepStats(n, float(trace.entropy[pos]),
+                                                     float(trace.top_prob[pos])))
+                    if verdict is Verdict.DROP:
+                        break
+                    k = n
+                    if verdict is Verdict.STOP or n == cap or trace.draft_eog[pos]:
+                        break
+                    res.time_s += costs.draft(1, seq_len + n - 1)
+                    decoded += 1
+            accepted = _leading_matches(match, j, k)
         # Rows read: up to and including the first mismatch, or all plus the bonus row.
         res.time_s += costs.verify(k + 1, seq_len - 1) + costs.argmax_s * (accepted + 1)
         policy.observe(k, accepted)

@@ -47,6 +47,8 @@ class PromptTrace:
     entropy: npt.NDArray[np.float32]
     top_prob: npt.NDArray[np.float32]
     draft_eog: npt.NDArray[np.bool_]
+    # The prompt's tokens, for replaying prompt lookup (empty in traces recorded before it).
+    prompt_ids: npt.NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
 
     @property
     def generated(self) -> int:
@@ -55,6 +57,13 @@ class PromptTrace:
     @property
     def match(self) -> npt.NDArray[np.bool_]:
         return self.target == self.draft
+
+    def context(self) -> npt.NDArray[np.int32] | None:
+        """Prompt and target path as one sequence (the context before position j is its first
+        prompt_tokens + j entries), or None when the prompt was not recorded."""
+        if len(self.prompt_ids) != self.prompt_tokens:
+            return None
+        return np.concatenate([self.prompt_ids, self.target]).astype(np.int32)
 
 
 @dataclass
@@ -70,9 +79,10 @@ class TraceSet:
         path.parent.mkdir(parents=True, exist_ok=True)
         index = [{"prompt_id": t.prompt_id, "category": t.category,
                   "prompt_tokens": t.prompt_tokens, "budget": t.budget, "finish": t.finish,
-                  "length": len(t.target)} for t in self.traces]
+                  "length": len(t.target), "prompt_length": len(t.prompt_ids)}
+                 for t in self.traces]
         arrays = {name: np.concatenate([getattr(t, name) for t in self.traces])
-                  if self.traces else np.empty(0) for name in _ARRAYS}
+                  if self.traces else np.empty(0) for name in (*_ARRAYS, "prompt_ids")}
         header = json.dumps({"meta": self.meta, "index": index})
         np.savez_compressed(path, header=np.array(header), **arrays)
         return path
@@ -82,11 +92,13 @@ class TraceSet:
         with np.load(path) as data:
             header = json.loads(str(data["header"]))
             arrays = {name: data[name] for name in _ARRAYS}
-        traces, start = [], 0
+            prompts = data["prompt_ids"] if "prompt_ids" in data else np.empty(0, np.int32)
+        traces, start, p_start = [], 0, 0
         for row in header["index"]:
-            end = start + row.pop("length")
-            traces.append(PromptTrace(**row, **{k: v[start:end] for k, v in arrays.items()}))
-            start = end
+            end, p_end = start + row.pop("length"), p_start + row.pop("prompt_length", 0)
+            traces.append(PromptTrace(**row, **{k: v[start:end] for k, v in arrays.items()},
+                                      prompt_ids=prompts[p_start:p_end]))
+            start, p_start = end, p_end
         return cls(header["meta"], traces)
 
 
@@ -125,7 +137,8 @@ def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: s
     ctx.clear()
     budget = min(max_tokens, engine.n_ctx - len(ids))
     return PromptTrace(prompt_id, category, len(ids), budget, done.finish_reason,
-                       np.asarray(target, np.int32), draft, entropy, top, eog)
+                       np.asarray(target, np.int32), draft, entropy, top, eog,
+                       np.asarray(ids, np.int32))
 
 
 def _end_token(engine: Engine, ids: Sequence[int], generated: list[int]) -> int:
