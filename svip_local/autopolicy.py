@@ -16,7 +16,7 @@ from svip_local.bench import store
 from svip_local.bench.costs import PairIdentity, fingerprint, gpu_name
 from svip_local.errors import InvalidRequestError
 from svip_local.lookup import split_lookup
-from svip_local.policies import DraftPolicy, NoDraft, parse_policy, with_lookup
+from svip_local.policies import DraftPolicy, NoDraft, WithLookup, parse_policy, with_lookup
 from svip_local.policies_cost import parse_cost_policy
 
 if TYPE_CHECKING:
@@ -48,7 +48,10 @@ def _resolve_base(spec: str, engine: Engine) -> DraftPolicy:
             log.warning("no calibration for this pair on this machine: auto uses %s (run "
                         "`svip-local calibrate` to choose by measurement)", default)
             return parse_policy(default, max_draft=max_draft)
-        return policy_from_calibration(cal.choice, cal, max_draft=max_draft)
+        chosen = policy_from_calibration(cal.choice, cal, max_draft=max_draft)
+        if isinstance(chosen, WithLookup):  # measured on greedy traces: see WithLookup
+            return WithLookup(chosen.inner, chosen.lookup, greedy_only=True)
+        return chosen
     if name == COST_POLICY:
         cal = calibration_for(engine) if engine.draft_model is not None else None
         if cal is None:

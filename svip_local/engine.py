@@ -207,7 +207,8 @@ class Engine:
                     break
                 room = min(self.config.max_draft, budget - len(out) - 1)
                 t0 = perf_counter()
-                drafts = policy.propose(seq, room) if room > 0 else []
+                drafts = policy.propose(seq, room, greedy=sampling.greedy) \
+                    if room > 0 else []
                 qs: list[Probs | None] = [None] * len(drafts)  # a copy is no distribution
                 if drafts:
                     stats.lookup_rounds += 1

@@ -50,9 +50,11 @@ class DraftPolicy(ABC):
         """Upper bound on this round's draft length (the engine also caps it by budget)."""
         return DEFAULT_MAX_DRAFT
 
-    def propose(self, context: Sequence[int] | np.ndarray, cap: int) -> list[int]:
+    def propose(self, context: Sequence[int] | np.ndarray, cap: int, *,
+                greedy: bool = True) -> list[int]:
         """Tokens to verify this round without asking the draft model (none: draft as usual).
-        `context` is everything before the round (prompt and generated tokens)."""
+        `context` is everything before the round (prompt and generated tokens); `greedy`
+        says whether this generation samples."""
         return []
 
     @abstractmethod
@@ -207,9 +209,13 @@ class WithLookup(DraftPolicy):
     verifies the tokens that followed it, and the draft model rests; other rounds are the
     inner policy's, and only those teach it (a copy's outcome says nothing about the draft)."""
 
-    def __init__(self, inner: DraftPolicy, lookup: PromptLookup) -> None:
+    def __init__(self, inner: DraftPolicy, lookup: PromptLookup, *,
+                 greedy_only: bool = False) -> None:
         self.inner = inner
         self.lookup = lookup
+        # Calibration measures copies on greedy traces; a sampled generation accepts a copy
+        # only with the target's probability of it, so auto's copies are for greedy ones.
+        self.greedy_only = greedy_only
         self.wants_entropy = inner.wants_entropy
         self.wants_top_prob = inner.wants_top_prob
         self.name = self._join(inner.name)
@@ -220,8 +226,9 @@ class WithLookup(DraftPolicy):
             return self.lookup.spec
         return f"{inner}+{self.lookup.spec}"
 
-    def propose(self, context: Sequence[int] | np.ndarray, cap: int) -> list[int]:
-        tokens = self.lookup.propose(context, cap)
+    def propose(self, context: Sequence[int] | np.ndarray, cap: int, *,
+                greedy: bool = True) -> list[int]:
+        tokens = self.lookup.propose(context, cap) if greedy or not self.greedy_only else []
         self._copied = bool(tokens)
         return tokens
 

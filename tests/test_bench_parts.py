@@ -130,6 +130,8 @@ def test_labels_read_like_the_paper() -> None:
     assert label("auto", "constant:2") == "auto (→ constant:2)"
     assert label("llama.cpp:16:0.75") == "llama.cpp n_max=16 p_min=0.75"
     assert label("svip:0.3") == "SVIP h=0.3" and label("constant:4") == "constant k=4"
+    assert label("svip:0.3+lookup:4:8") == "SVIP h=0.3 + prompt lookup 4:8"
+    assert label("lookup:3:4") == "prompt lookup 3:4"
 
 
 def fake_runner(calls: list[dict]) -> SimpleNamespace:

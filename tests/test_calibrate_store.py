@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from svip_local import Engine
+from svip_local import Engine, SamplingParams
 from svip_local.bench import store
 from svip_local.bench.costs import PairIdentity, fingerprint
 from svip_local.errors import InvalidRequestError
-from svip_local.policies import Constant, NoDraft, Svip
+from svip_local.policies import Constant, NoDraft, Svip, WithLookup
 from svip_local.policies_cost import AcceptanceMap, CostAwareSvip
 from tests.test_simulate import make_costs
 
@@ -104,3 +104,20 @@ def test_a_new_engine_starts_with_the_calibrated_policy(engine: Engine, tiny_tar
 def test_auto_without_a_draft_is_the_target_alone(tiny_target: Path) -> None:
     with Engine(tiny_target, n_ctx=256, n_threads=1) as alone:
         assert isinstance(alone.policy, NoDraft)
+
+
+def test_auto_copies_only_in_greedy_generations(engine: Engine) -> None:
+    """Calibration measured copies on greedy traces: a sampled generation under auto drafts
+    with the inner policy alone, while an explicit lookup copies whatever the sampling."""
+    store.save(calibration(engine, "svip-cost:9.5+lookup:1:8"))
+    auto = engine.make_policy("auto")
+    assert isinstance(auto, WithLookup) and isinstance(auto.inner, CostAwareSvip)
+    assert auto.name == "svip-cost:9.5+lookup:1:8"
+    prompt, sampled = "The quick brown fox", SamplingParams(temperature=1.0, seed=3)
+    greedy = engine.complete(prompt, max_tokens=60, policy=auto, ignore_eos=True)
+    assert greedy.stats.lookup_rounds > 0  # the tiny target repeats itself
+    assert engine.complete(prompt, max_tokens=60, policy=auto, ignore_eos=True,
+                           sampling=sampled).stats.lookup_rounds == 0
+    explicit = engine.complete(prompt, max_tokens=60, policy="lookup:1:8", ignore_eos=True,
+                               sampling=sampled)
+    assert explicit.stats.lookup_rounds > 0

@@ -20,6 +20,7 @@ from svip_local.bench.runner import BASELINE, RunRecord, Summary
 from svip_local.bench.traces import PromptTrace
 from svip_local.bench.validate import ORACLE, Check
 from svip_local.errors import InvalidRequestError
+from svip_local.lookup import split_lookup
 
 OVERALL = "all"
 SUITES = {"specbench": "SpecBench", "longform": "MT-Bench long-form"}
@@ -52,6 +53,10 @@ class BenchResult:
 
 def label(policy: str, resolved: str = "") -> str:
     """How a policy spec reads in a table."""
+    base, lookup = split_lookup(policy)
+    if lookup is not None:
+        copies = f"prompt lookup {lookup.ngram}:{lookup.max_tokens}"
+        return copies if base == "none" else f"{label(base)} + {copies}"
     name, _, arg = policy.partition(":")
     if policy == BASELINE:
         return "target alone"
@@ -91,7 +96,9 @@ def markdown(result: BenchResult, images: Sequence[str] = ()) -> str:
     lines += ["", "Speed is generated tokens per second with prefill included. *Speedup* is the "
               "SVIP paper's: mean over prompts of per-prompt tokens/s, divided by the target "
               "alone's on the same prompts; *total* is total tokens over total time. The "
-              "oracle is simulated (the cost model replaying the greedy traces). Sampled runs "
+              "oracle is simulated (the cost model replaying the greedy traces): the best any "
+              "choice of draft lengths could do with this draft model, so a policy that also "
+              "copies tokens from the context (+ lookup) can pass it. Sampled runs "
               "(temperature > 0) ignore end of text, so every policy generates the same number "
               "of tokens; greedy runs stop at it (their text is the same for every policy).", ""]
     temps = sorted({s.temperature for s in result.summaries})
@@ -125,10 +132,11 @@ def markdown(result: BenchResult, images: Sequence[str] = ()) -> str:
         cal = result.calibration
         lines += ["## Calibration (simulated on the calibration prompts)", "",
                   f"Choice: `{cal['choice']}`; svip-cost rate R = {cal['cost_rate']:.3g} "
-                  "tokens/s.", "", "| policy | tokens/s | mean draft | acceptance |",
-                  "|---|---:|---:|---:|"]
-        lines += [f"| {c['policy']} | {c['tokens_per_s']:.2f} | {c['mean_draft']:.2f} | "
-                  f"{c['acceptance']:.0%} |" for c in cal["simulated"][:12]]
+                  "tokens/s.", "", "| policy | mean tokens/s | total tokens/s | mean draft | "
+                  "acceptance |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {c['policy']} | {c.get('mean_tokens_per_s', math.nan):.2f} | "
+                  f"{c['tokens_per_s']:.2f} | {c['mean_draft']:.2f} | {c['acceptance']:.0%} |"
+                  for c in cal["simulated"][:12]]
         lines.append("")
     if images:
         lines += ["## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images] + [""]

@@ -66,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--policy", default=None,
                    help="draft-length policy: auto (default), none, constant:K, heuristic, "
-                        "svip[:h], pmin[:p], adaedl, svip-cost[:R] (after calibrate)")
+                        "svip[:h], pmin[:p], adaedl, svip-cost[:R] (after calibrate); any of "
+                        "them +lookup[:N[:M]], or lookup[:N[:M]] alone")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-text")
     p.add_argument("--json", action="store_true",
