@@ -16,7 +16,7 @@ from svip_local.bench import store
 from svip_local.bench.costs import PairIdentity, fingerprint, gpu_name
 from svip_local.errors import InvalidRequestError
 from svip_local.lookup import split_lookup
-from svip_local.policies import DraftPolicy, NoDraft, WithLookup, parse_policy, with_lookup
+from svip_local.policies import DraftPolicy, NoDraft, parse_policy, with_lookup
 from svip_local.policies_cost import parse_cost_policy
 
 if TYPE_CHECKING:
@@ -48,10 +48,10 @@ def _resolve_base(spec: str, engine: Engine) -> DraftPolicy:
             log.warning("no calibration for this pair on this machine: auto uses %s (run "
                         "`svip-local calibrate` to choose by measurement)", default)
             return parse_policy(default, max_draft=max_draft)
-        chosen = policy_from_calibration(cal.choice, cal, max_draft=max_draft)
-        if isinstance(chosen, WithLookup):  # measured on greedy traces: see WithLookup
-            return WithLookup(chosen.inner, chosen.lookup, greedy_only=True)
-        return chosen
+        base, lookup = split_lookup(cal.choice)
+        # Copies were chosen on greedy traces: see WithLookup.greedy_only.
+        return with_lookup(policy_from_calibration(base, cal, max_draft=max_draft), lookup,
+                           greedy_only=True)
     if name == COST_POLICY:
         cal = calibration_for(engine) if engine.draft_model is not None else None
         if cal is None:
@@ -68,9 +68,11 @@ def policy_from_calibration(spec: str, cal: store.Calibration, *, max_draft: int
     costs and acceptance map where the policy needs them."""
     base, lookup = split_lookup(spec)
     if base.strip().lower().partition(":")[0] == COST_POLICY:
-        return with_lookup(parse_cost_policy(base, cal.costs, cal.acceptance, cal.cost_rate,
-                                             max_draft=max_draft), lookup)
-    return parse_policy(spec, max_draft=max_draft)
+        policy: DraftPolicy = parse_cost_policy(base, cal.costs, cal.acceptance, cal.cost_rate,
+                                                max_draft=max_draft)
+    else:
+        policy = parse_policy(base, max_draft=max_draft)
+    return with_lookup(policy, lookup)
 
 
 def calibration_for(engine: Engine) -> store.Calibration | None:

@@ -209,9 +209,10 @@ class Engine:
                 t0 = perf_counter()
                 drafts = policy.propose(seq, room, greedy=sampling.greedy) \
                     if room > 0 else []
-                qs: list[Probs | None] = [None] * len(drafts)  # a copy is no distribution
+                qs: list[Probs | None]
                 if drafts:
                     stats.lookup_rounds += 1
+                    qs = [None] * len(drafts)  # a copy has no draft distribution
                 else:
                     cap = min(policy.round_limit(), room) if use_draft else 0
                     drafts, qs = self._draft(seq, cap, policy, sampling, rng)

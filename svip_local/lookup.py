@@ -44,7 +44,7 @@ class PromptLookup:
 
     def propose(self, context: Sequence[int] | np.ndarray, cap: int) -> list[int]:
         """At most min(cap, max_tokens) tokens; [] when the last n-gram never occurred before."""
-        a = np.asarray(context, dtype=np.int64)
+        a = np.asarray(context)  # no copy when the caller already holds an array
         n, size = self.ngram, len(a)
         limit = min(cap, self.max_tokens)
         if limit <= 0 or size <= n:

@@ -247,11 +247,13 @@ class WithLookup(DraftPolicy):
         return self._join(self.inner.describe())
 
 
-def with_lookup(policy: DraftPolicy, lookup: PromptLookup | None) -> DraftPolicy:
+def with_lookup(policy: DraftPolicy, lookup: PromptLookup | None, *,
+                greedy_only: bool = False) -> DraftPolicy:
     """`policy` with `lookup` (replacing any it had); unchanged when lookup is None."""
     if lookup is None:
         return policy
-    return WithLookup(policy.inner if isinstance(policy, WithLookup) else policy, lookup)
+    return WithLookup(policy.inner if isinstance(policy, WithLookup) else policy, lookup,
+                      greedy_only=greedy_only)
 
 
 def entropy_and_top_prob(logits: npt.NDArray[np.float32], scratch: npt.NDArray[np.float32]

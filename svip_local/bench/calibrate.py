@@ -106,8 +106,8 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
            lookups: Sequence[PromptLookup] = LOOKUPS, margin: float = MARGIN,
            tie: float = TIE) -> Choice:
     """Simulate every candidate (and svip-cost at the rates Dinkelbach's iteration visits),
-    then the best few and the target alone with each lookup, and choose the fastest by total
-    tokens over total time.
+    then the best few and the target alone with each lookup, and choose the best by
+    `Candidate.score` (the mean of per-prompt rates).
 
     svip-cost's R is a decode rate, not a total one: a generation's length is fixed, so one
     more token saves the time the loop would spend making it; prefill is paid either way.

@@ -134,7 +134,7 @@ def markdown(result: BenchResult, images: Sequence[str] = ()) -> str:
                   f"Choice: `{cal['choice']}`; svip-cost rate R = {cal['cost_rate']:.3g} "
                   "tokens/s.", "", "| policy | mean tokens/s | total tokens/s | mean draft | "
                   "acceptance |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {c['policy']} | {c.get('mean_tokens_per_s', math.nan):.2f} | "
+        lines += [f"| {c['policy']} | {c['mean_tokens_per_s']:.2f} | "
                   f"{c['tokens_per_s']:.2f} | {c['mean_draft']:.2f} | {c['acceptance']:.0%} |"
                   for c in cal["simulated"][:12]]
         lines.append("")

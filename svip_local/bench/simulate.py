@@ -80,28 +80,27 @@ def simulate(trace: PromptTrace, policy: DraftPolicy, costs: CostModel, *,
         copied = policy.propose(context[:seq_len], room) \
             if context is not None and room > 0 else []
         cap = 0 if copied else min(policy.round_limit(), room)
-        k = decoded = 0
+        k, decoded = len(copied), 0
+        if cap > 0:
+            keep = min(draft_ok, seq_len - 1)
+            res.time_s += costs.draft(seq_len - keep, keep)
+            draft_ok = seq_len
+            for n in range(1, cap + 1):
+                pos = min(j + n - 1, n_pos - 1)  # past the end: the last known statistics
+                res.time_s += step_s
+                verdict = policy.judge(StepStats(n, float(trace.entropy[pos]),
+                                                 float(trace.top_prob[pos])))
+                if verdict is Verdict.DROP:
+                    break
+                k = n
+                if verdict is Verdict.STOP or n == cap or trace.draft_eog[pos]:
+                    break
+                res.time_s += costs.draft(1, seq_len + n - 1)
+                decoded += 1
         if copied:
-            k = len(copied)
             ahead = trace.target[j:j + k]
             accepted = _leading_matches(np.asarray(copied[:len(ahead)]) == ahead, 0, k)
         else:
-            if cap > 0:
-                keep = min(draft_ok, seq_len - 1)
-                res.time_s += costs.draft(seq_len - keep, keep)
-                draft_ok = seq_len
-                for n in range(1, cap + 1):
-                    pos = min(j + n - 1, n_pos - 1)  # past the end: the last known statistics
-                    res.time_s += step_s
-                    verdict = policy.judge(StepStats(n, float(trace.entropy[pos]),
-                                                     float(trace.top_prob[pos])))
-                    if verdict is Verdict.DROP:
-                        break
-                    k = n
-                    if verdict is Verdict.STOP or n == cap or trace.draft_eog[pos]:
-                        break
-                    res.time_s += costs.draft(1, seq_len + n - 1)
-                    decoded += 1
             accepted = _leading_matches(match, j, k)
         # Rows read: up to and including the first mismatch, or all plus the bonus row.
         res.time_s += costs.verify(k + 1, seq_len - 1) + costs.argmax_s * (accepted + 1)

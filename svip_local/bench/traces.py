@@ -63,7 +63,7 @@ class PromptTrace:
         prompt_tokens + j entries), or None when the prompt was not recorded."""
         if len(self.prompt_ids) != self.prompt_tokens:
             return None
-        return np.concatenate([self.prompt_ids, self.target]).astype(np.int32)
+        return np.concatenate([self.prompt_ids, self.target])
 
 
 @dataclass
