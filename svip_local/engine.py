@@ -190,6 +190,7 @@ class Engine:
         if not self._busy.acquire(blocking=False):
             raise InvalidRequestError("the engine is already generating; one at a time")
         self._cancel.clear()
+        policy.start(sampling)
         stats = GenerationStats(policy=policy.describe(), prompt_tokens=len(ids))
         rng = np.random.default_rng(sampling.seed)
         stream, stopper = TextStream(self.target_model), StopMatcher(stops)
@@ -207,8 +208,7 @@ class Engine:
                     break
                 room = min(self.config.max_draft, budget - len(out) - 1)
                 t0 = perf_counter()
-                drafts = policy.propose(seq, room, greedy=sampling.greedy) \
-                    if room > 0 else []
+                drafts = policy.propose(seq, room) if room > 0 else []
                 qs: list[Probs | None]
                 if drafts:
                     stats.lookup_rounds += 1

@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from svip_local.errors import InvalidRequestError
 from svip_local.lookup import PromptLookup, split_lookup
+from svip_local.sampling import SamplingParams
 
 DEFAULT_MAX_DRAFT = 16
 
@@ -50,11 +51,12 @@ class DraftPolicy(ABC):
         """Upper bound on this round's draft length (the engine also caps it by budget)."""
         return DEFAULT_MAX_DRAFT
 
-    def propose(self, context: Sequence[int] | np.ndarray, cap: int, *,
-                greedy: bool = True) -> list[int]:
+    def start(self, sampling: SamplingParams) -> None:  # noqa: B027 (optional hook)
+        """A generation begins with these sampling settings."""
+
+    def propose(self, context: Sequence[int] | np.ndarray, cap: int) -> list[int]:
         """Tokens to verify this round without asking the draft model (none: draft as usual).
-        `context` is everything before the round (prompt and generated tokens); `greedy`
-        says whether this generation samples."""
+        `context` is everything before the round (prompt and generated tokens)."""
         return []
 
     @abstractmethod
@@ -209,13 +211,9 @@ class WithLookup(DraftPolicy):
     verifies the tokens that followed it, and the draft model rests; other rounds are the
     inner policy's, and only those teach it (a copy's outcome says nothing about the draft)."""
 
-    def __init__(self, inner: DraftPolicy, lookup: PromptLookup, *,
-                 greedy_only: bool = False) -> None:
+    def __init__(self, inner: DraftPolicy, lookup: PromptLookup) -> None:
         self.inner = inner
         self.lookup = lookup
-        # Calibration measures copies on greedy traces; a sampled generation accepts a copy
-        # only with the target's probability of it, so auto's copies are for greedy ones.
-        self.greedy_only = greedy_only
         self.wants_entropy = inner.wants_entropy
         self.wants_top_prob = inner.wants_top_prob
         self.name = self._join(inner.name)
@@ -226,9 +224,11 @@ class WithLookup(DraftPolicy):
             return self.lookup.spec
         return f"{inner}+{self.lookup.spec}"
 
-    def propose(self, context: Sequence[int] | np.ndarray, cap: int, *,
-                greedy: bool = True) -> list[int]:
-        tokens = self.lookup.propose(context, cap) if greedy or not self.greedy_only else []
+    def start(self, sampling: SamplingParams) -> None:
+        self.inner.start(sampling)
+
+    def propose(self, context: Sequence[int] | np.ndarray, cap: int) -> list[int]:
+        tokens = self.lookup.propose(context, cap)
         self._copied = bool(tokens)
         return tokens
 
@@ -247,13 +247,53 @@ class WithLookup(DraftPolicy):
         return self._join(self.inner.describe())
 
 
-def with_lookup(policy: DraftPolicy, lookup: PromptLookup | None, *,
-                greedy_only: bool = False) -> DraftPolicy:
+def with_lookup(policy: DraftPolicy, lookup: PromptLookup | None) -> DraftPolicy:
     """`policy` with `lookup` (replacing any it had); unchanged when lookup is None."""
     if lookup is None:
         return policy
-    return WithLookup(policy.inner if isinstance(policy, WithLookup) else policy, lookup,
-                      greedy_only=greedy_only)
+    return WithLookup(policy.inner if isinstance(policy, WithLookup) else policy, lookup)
+
+
+class PerTemperature(DraftPolicy):
+    """A policy per sampling temperature, chosen as each generation starts: the one calibrated
+    at the temperature nearest the generation's. How often the target accepts a draft token
+    falls as the temperature rises (a sampled token must survive rejection sampling, not just
+    equal an argmax), so the draft length that pays greedily can lose when sampling."""
+
+    def __init__(self, by_temperature: Sequence[tuple[float, DraftPolicy]]) -> None:
+        if not by_temperature:
+            raise ValueError("PerTemperature needs at least one policy")
+        self.by_temperature = sorted(by_temperature, key=lambda tp: tp[0])
+        self.current = self.by_temperature[0][1]
+        self.name = " | ".join(f"T{t:g}: {p.name}" for t, p in self.by_temperature)
+
+    @property
+    def wants_entropy(self) -> bool:  # type: ignore[override]
+        return self.current.wants_entropy
+
+    @property
+    def wants_top_prob(self) -> bool:  # type: ignore[override]
+        return self.current.wants_top_prob
+
+    def start(self, sampling: SamplingParams) -> None:
+        self.current = min(self.by_temperature,
+                           key=lambda tp: abs(tp[0] - sampling.temperature))[1]
+        self.current.start(sampling)
+
+    def propose(self, context: Sequence[int] | np.ndarray, cap: int) -> list[int]:
+        return self.current.propose(context, cap)
+
+    def round_limit(self) -> int:
+        return self.current.round_limit()
+
+    def judge(self, step: StepStats) -> Verdict:
+        return self.current.judge(step)
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        self.current.observe(drafted, accepted)
+
+    def describe(self) -> str:
+        return self.current.describe()
 
 
 def entropy_and_top_prob(logits: npt.NDArray[np.float32], scratch: npt.NDArray[np.float32]

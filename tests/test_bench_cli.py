@@ -67,20 +67,22 @@ def test_bench_writes_tables_json_and_plots(tiny_target: Path, tiny_draft_noisy:
                if s["suite"] == "specbench" and s["group"] == "all" and not s["simulated"]}
     assert overall[(0.0, "none")]["speedup"] == pytest.approx(1.0)
     assert overall[(0.0, "none")]["runs"] == 3 and overall[(1.0, "svip:0.3")]["runs"] == 3
-    assert {(c["policy"], c["group"]) for c in data["validation"]} >= {("none", "all"),
-                                                                       ("constant:4", "all")}
+    assert {(c["temperature"], c["policy"], c["group"]) for c in data["validation"]} >= {
+        (t, p, "all") for t in (0.0, 1.0) for p in ("none", "constant:4")}
     assert any(s["policy"] == "oracle" for s in data["summaries"])
-    # One trace per greedy target-alone run: 3 SpecBench prompts and the MT-Bench one at 2
-    # lengths.
-    assert len(TraceSet.load(out / "traces.npz").traces) == 5
+    # One trace per target-alone run: 3 SpecBench prompts and the MT-Bench one at 2 lengths,
+    # greedy and sampled (those with their acceptance chances).
+    traces = TraceSet.load(out / "traces.npz").traces
+    assert sorted(t.temperature for t in traces) == [0.0] * 5 + [1.0] * 5
+    assert all(len(t.accept_prob) == (len(t.target) if t.temperature else 0) for t in traces)
     printed = capsys.readouterr().out
     assert "longform, greedy" in printed  # every suite that ran gets its terminal table
     greedy, sampled = printed.split("specbench, temperature 1")
-    sampled_rows = [line for line in sampled.split("\n\n")[0].splitlines()[3:] if line]
-    # Predictions replay greedy traces: the sampled table has none to show.
-    assert sampled_rows and all(line.split()[-1] == "–" for line in sampled_rows)
-    assert any(line.startswith("target alone") and line.split()[-1] != "–"
-               for line in greedy.splitlines())
+    # Sampled traces are predicted too; only the oracle row (itself simulated) has none.
+    for table in (greedy.split("specbench, greedy")[1], sampled):
+        rows = [line for line in table.split("\n\n")[0].splitlines()[3:] if line]
+        assert rows and all((line.split()[-1] == "–") == line.startswith("oracle")
+                            for line in rows)
 
 
 def test_bench_policies_script_is_greedy_and_plotless(tiny_target: Path, tiny_draft_noisy: Path,

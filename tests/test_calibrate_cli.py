@@ -36,7 +36,14 @@ def test_calibrate_stores_a_choice_that_auto_then_uses(
     assert {"none", "constant:4", "svip:0.3"} <= {c["policy"] for c in cal["simulated"]}
     assert "[validate] none" in captured.err
     assert len(list((tmp_path / "calibration").glob("*.json"))) == 1
-    assert len(TraceSet.load(tmp_path / "t.npz").traces) == 6  # built-in set, 1 per category
+    # The built-in set, 1 per category, greedy and at temperature 1 (the default ones).
+    traces = TraceSet.load(tmp_path / "t.npz").traces
+    assert sorted(t.temperature for t in traces) == [0.0] * 6 + [1.0] * 6
+    [sampled] = cal["sampled"]
+    assert sampled["temperature"] == 1.0
+    assert sampled["choice"] in (sampled["simulated"][0]["policy"], "svip:0.3", "none")
+    # Under sampling the replay does not model copies: no lookup candidates.
+    assert not any("lookup" in c["policy"] for c in sampled["simulated"])
 
     with caplog.at_level(logging.WARNING), \
             Engine(tiny_target, tiny_draft_noisy, n_ctx=512, n_threads=1) as engine:
@@ -44,7 +51,8 @@ def test_calibrate_stores_a_choice_that_auto_then_uses(
     assert "no calibration" not in caplog.text
 
     assert main(["calibrate", *pair_args(tiny_target, tiny_draft_noisy), "--show"]) == 0
-    assert f"choice: {cal['choice']}" in capsys.readouterr().out
+    assert f"choice: greedy {cal['choice']}; temperature 1 {sampled['choice']}" \
+        in capsys.readouterr().out
 
 
 def test_show_without_a_calibration_fails(tiny_target: Path, tiny_draft_noisy: Path,

@@ -14,6 +14,7 @@ from svip_local.policies import (
     Constant,
     Heuristic,
     NoDraft,
+    PerTemperature,
     PMin,
     StepStats,
     Svip,
@@ -22,6 +23,7 @@ from svip_local.policies import (
     entropy_and_top_prob,
     parse_policy,
 )
+from svip_local.sampling import SamplingParams
 from svip_local.stops import StopMatcher
 
 
@@ -140,3 +142,18 @@ def test_copied_rounds_do_not_teach_the_inner_policy() -> None:
     assert pol.propose([1, 2, 3], 16) == []
     pol.observe(5, 5)  # the draft's own round
     assert pol.round_limit() == 7
+
+
+def test_per_temperature_runs_the_policy_of_the_nearest_temperature() -> None:
+    greedy, hot = Heuristic(), Svip(0.3)
+    policy = PerTemperature([(1.0, hot), (0.0, greedy)])
+    policy.start(SamplingParams(temperature=0.2))
+    assert policy.round_limit() == 5 and not policy.wants_entropy
+    policy.observe(5, 5)  # only the policy that ran learns
+    assert greedy.schedule == 7
+    policy.start(SamplingParams(temperature=0.7))
+    assert policy.wants_entropy and policy.describe() == "svip:0.3"
+    assert policy.judge(StepStats(1, 2.0, 0.1)) is Verdict.STOP
+    policy.observe(3, 0)
+    assert greedy.schedule == 7
+    assert policy.name == "T0: heuristic | T1: svip:0.3"

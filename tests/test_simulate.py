@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from svip_local.bench.costs import CostModel
-from svip_local.bench.simulate import oracle, run_length, simulate, total_rate
+from svip_local.bench.simulate import oracle, realise_all, run_length, simulate, total_rate
 from svip_local.bench.traces import PromptTrace
 from svip_local.policies import Constant, NoDraft, parse_policy
 
@@ -137,3 +138,45 @@ def test_total_rate_counts_prefill() -> None:
     costs = make_costs(lambda b: 0.1, target_prefill_s=(1.0, 0.0, 0.0))
     res = simulate(make_trace([True] * 10), NoDraft(), costs)
     assert total_rate([res]) == pytest.approx(10 / 2.0)
+
+
+def sampled(trace: PromptTrace, chances: Sequence[float]) -> PromptTrace:
+    return replace(trace, temperature=1.0, accept_prob=np.asarray(chances, np.float32))
+
+
+def test_realisations_accept_with_the_recorded_chances() -> None:
+    trace = sampled(make_trace([True] * 4000), [0.0, 0.3, 0.9, 1.0] * 1000)
+    real = trace.realise(np.random.default_rng(0))
+    rates = real.match.reshape(1000, 4).mean(axis=0)
+    assert rates[0] == 0 and rates[3] == 1
+    assert rates[1] == pytest.approx(0.3, abs=0.05) and rates[2] == pytest.approx(0.9, abs=0.03)
+    # Still a sampled generation (for the costs and per-temperature policies), without copies.
+    assert real.temperature == 1.0 and real.context() is None
+
+
+def test_realise_all_repeats_the_set_with_the_same_draws_for_every_caller() -> None:
+    traces = [sampled(make_trace([True] * 50), [0.5] * 50) for _ in range(3)]
+    a, b = realise_all(traces, draws=4), realise_all(traces, draws=4)
+    assert len(a) == 12
+    assert all((x.match == y.match).all() for x, y in zip(a, b, strict=True))
+    assert len({tuple(x.match) for x in a}) > 1  # each draw is a fresh realisation
+    greedy = [make_trace([True, False])]
+    assert realise_all(greedy, draws=4) == greedy
+
+
+def test_a_certain_and_an_impossible_acceptance_replay_like_greedy_traces() -> None:
+    trace = make_trace([True] * 12)
+    always = realise_all([sampled(trace, [1.0] * 12)])[0]
+    never = realise_all([sampled(trace, [0.0] * 12)])[0]
+    assert simulate(always, Constant(3), LINEAR).accepted_lengths == \
+        simulate(trace, Constant(3), LINEAR).accepted_lengths
+    assert set(simulate(never, Constant(3), LINEAR).accepted_lengths) == {0}
+
+
+def test_sampled_replay_reads_each_row_at_the_sampling_cost() -> None:
+    costs = make_costs(lambda b: 0.1, argmax_s=0.001, sample_s=0.004)
+    greedy = make_trace([False] * 5)  # nothing to accept: the oracle is the target alone too
+    at_t1 = replace(greedy, temperature=1.0)  # a realised sampled trace
+    extra = simulate(at_t1, NoDraft(), costs).time_s - simulate(greedy, NoDraft(), costs).time_s
+    assert extra == pytest.approx(5 * 0.003)
+    assert oracle(at_t1, costs).time_s - oracle(greedy, costs).time_s == pytest.approx(extra)

@@ -3,7 +3,9 @@
 Calibration records greedy traces on a prompt set (each is also a timed target-alone run),
 measures the cost model, times a few speculative runs to learn the loop's own overhead, fits
 the entropy-to-acceptance map, then replays every candidate policy on the traces and keeps the
-fastest; prompt lookup is tried on top of the best few policies and of the target alone.
+fastest; prompt lookup is tried on top of the best few policies and of the target alone. Then
+the same per sampling temperature, on sampled traces (without lookup: a copy under sampling is
+accepted only with the target's probability of it, which the replay does not model).
 Speculation must beat the target alone by `MARGIN` in the simulation to be chosen, and another
 policy must beat the paper's SVIP by `TIE`: a tie is not worth the risk of being wrong by the
 simulator's error.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -29,16 +31,18 @@ from svip_local.bench.prompts import Prompt
 from svip_local.bench.simulate import (
     decode_rate,
     mean_rate,
+    realise_all,
     simulate,
     simulate_set,
     total_rate,
 )
-from svip_local.bench.store import Calibration
+from svip_local.bench.store import Calibration, TemperatureChoice
 from svip_local.bench.traces import PromptTrace, record_trace
 from svip_local.errors import InvalidRequestError
 from svip_local.lookup import PromptLookup
 from svip_local.policies import Constant, DraftPolicy, NoDraft, WithLookup, parse_policy
 from svip_local.policies_cost import AcceptanceMap, CostAwareSvip
+from svip_local.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from svip_local.engine import Engine
@@ -156,19 +160,34 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
     return Choice(best.policy, cost_rate, ranked)
 
 
+def choose(traces: Sequence[PromptTrace], costs: CostModel, *, max_draft: int,
+           temperature: float = 0.0) -> TemperatureChoice:
+    """Fit the acceptance map and search, on the traces of one temperature (sampled ones
+    through realisations, the same for every candidate)."""
+    replay = realise_all(traces)
+    acceptance = AcceptanceMap.fit([(t.entropy[:t.generated], t.match[:t.generated])
+                                    for t in replay])
+    choice = search(replay, costs, acceptance, max_draft=max_draft)
+    return TemperatureChoice(temperature, choice.policy, acceptance, choice.cost_rate,
+                             [asdict(c) for c in choice.candidates])
+
+
 def record_traces(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int,
-                  ignore_eos: bool = False, on_prompt: Callable[[], None] | None = None
+                  ignore_eos: bool = False, sampling: SamplingParams | None = None,
+                  on_prompt: Callable[[], None] | None = None
                   ) -> tuple[list[PromptTrace], list[float]]:
-    """Greedy target-alone run of each prompt (timed: wall seconds returned) and its trace."""
+    """Target-alone run of each prompt (timed: wall seconds returned) and its trace; greedy,
+    or sampled with `sampling` (seeded per prompt from its seed, default 0)."""
     traces, walls = [], []
-    for p in prompts:
+    for i, p in enumerate(prompts):
         ids = engine.tokenize(p.text)
+        params = None if sampling is None else replace(sampling, seed=(sampling.seed or 0) + i)
         engine.reset()
         done = engine.complete(ids, max_tokens=max_tokens, policy=NoDraft(),
-                               ignore_eos=ignore_eos)
+                               ignore_eos=ignore_eos, sampling=params)
         walls.append(done.stats.wall_s)
         traces.append(record_trace(engine, ids, done, prompt_id=p.id, category=p.category,
-                                   max_tokens=max_tokens))
+                                   max_tokens=max_tokens, sampling=params))
         if on_prompt:
             on_prompt()
     return traces, walls
@@ -198,10 +217,13 @@ def loop_overhead(engine: Engine, traces: Sequence[PromptTrace], walls: Sequence
 
 def calibrate(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int = 128,
               ignore_eos: bool = False, repeats: int = 5,
+              temperatures: Sequence[float] = (1.0,),
               progress: Callable[[str], None] | None = None,
               on_prompt: Callable[[], None] | None = None) -> tuple[Calibration,
                                                                    list[PromptTrace]]:
-    """Measure and choose (does not store: see `store.save`)."""
+    """Measure and choose, greedily and at each sampling temperature in `temperatures` (0 is
+    always calibrated); does not store (see `store.save`). `on_prompt` ticks once per traced
+    prompt and temperature."""
     assert engine.draft_model is not None, "calibration needs a draft model"
     say = progress or (lambda _msg: None)
     max_draft = engine.config.max_draft
@@ -223,17 +245,24 @@ def calibrate(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int = 12
     say("loop overhead")
     costs = loop_overhead(engine, traces, walls, prompts, costs, max_draft=max_draft,
                           ignore_eos=ignore_eos)
-    acceptance = AcceptanceMap.fit([(t.entropy[:t.generated], t.match[:t.generated])
-                                    for t in traces])
-    say("search")
-    choice = search(traces, costs, acceptance, max_draft=max_draft)
+    say("search (greedy)")
+    greedy = choose(traces, costs, max_draft=max_draft)
+    sampled = []
+    for temp in sorted({t for t in temperatures if t > 0}):
+        say(f"traces (temperature {temp:g} target-alone runs)")
+        at_temp, _ = record_traces(engine, prompts, max_tokens=max_tokens,
+                                   ignore_eos=ignore_eos,
+                                   sampling=SamplingParams(temperature=temp),
+                                   on_prompt=on_prompt)
+        say(f"search (temperature {temp:g})")
+        sampled.append(choose(at_temp, costs, max_draft=max_draft, temperature=temp))
+        traces += at_temp
     cal = Calibration(
         PairIdentity.of(engine.target_model.path, engine.draft_model.path), fingerprint(engine),
-        choice.policy, costs, acceptance, choice.cost_rate,
-        [asdict(c) for c in choice.candidates],
+        greedy, costs, sampled,
         {"prompts": [p.id for p in prompts], "max_tokens": max_tokens, "ignore_eos": ignore_eos,
-         "positions": int(sum(t.generated for t in traces)), "max_draft": max_draft,
-         "created": datetime.now(UTC).isoformat(timespec="seconds")})
+         "positions": int(sum(t.generated for t in traces if t.temperature == 0)),
+         "max_draft": max_draft, "created": datetime.now(UTC).isoformat(timespec="seconds")})
     return cal, traces
 
 
@@ -244,21 +273,27 @@ def summary_lines(cal: Calibration, top: int = 8) -> list[str]:
         f"pair: {cal.pair.target} + {cal.pair.draft}",
         f"machine: {cal.machine.cpu} | {cal.machine.gpu} | layers {cal.machine.n_gpu_layers} "
         f"| {cal.machine.threads} threads",
-        f"choice: {cal.choice}",
+        "choice: " + "; ".join(f"{_temperature(t.temperature)} {t.choice}"
+                               for t in (cal.greedy, *cal.sampled)),
         "target verify ms (b=1,2,4,8,16): "
         + " ".join(f"{c.verify(b, c.base_depth) * 1e3:.1f}" for b in (1, 2, 4, 8, 16)),
         f"draft decode ms: {c.draft_s[0] * 1e3:.1f} (x{c.draft_s[0] / c.verify_s[0]:.2f} of "
-        f"the target)  entropy ms: {c.entropy_s * 1e3:.2f}",
+        f"the target)  entropy ms: {c.entropy_s * 1e3:.2f}  sampling ms: "
+        f"{c.sample_s * 1e3:.2f}",
         f"loop ms per round {c.round_s * 1e3:.3f}, per token {c.token_s * 1e3:.3f}, per draft "
         f"step {c.step_s * 1e3:.3f}",
-        "simulated (mean of per-prompt tokens/s, prefill included):",
     ]
-    none = next((s for s in cal.simulated if s["policy"] == "none"), None)
-    for s in cal.simulated[:top]:
-        rel = f"  x{s['mean_tokens_per_s'] / none['mean_tokens_per_s']:.3f}" if none else ""
-        lines.append(f"  {s['policy']:<26} {s['mean_tokens_per_s']:8.2f}{rel}  total "
-                     f"{s['tokens_per_s']:6.2f}  draft "
-                     f"{s['mean_draft']:.2f}  acceptance {s['acceptance']:.0%}")
+    for at in (cal.greedy, *cal.sampled):
+        lines.append(f"simulated, {_temperature(at.temperature)} (mean of per-prompt tokens/s, "
+                     "prefill included):")
+        none = next((s for s in at.simulated if s["policy"] == "none"), None)
+        for s in at.simulated[:top]:
+            rel = f"  x{s['mean_tokens_per_s'] / none['mean_tokens_per_s']:.3f}" if none else ""
+            lines.append(f"  {s['policy']:<26} {s['mean_tokens_per_s']:8.2f}{rel}  total "
+                         f"{s['tokens_per_s']:6.2f}  draft "
+                         f"{s['mean_draft']:.2f}  acceptance {s['acceptance']:.0%}")
     return lines
 
 
+def _temperature(t: float) -> str:
+    return "greedy" if t == 0 else f"temperature {t:g}"

@@ -14,7 +14,7 @@ import platform
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import median
 from time import perf_counter
@@ -25,6 +25,7 @@ import numpy as np
 from svip_local import native
 from svip_local.native import Context, Outputs
 from svip_local.policies import entropy_and_top_prob
+from svip_local.sampling import SamplingParams, distribution, sample
 
 if TYPE_CHECKING:
     from svip_local.engine import Engine
@@ -49,6 +50,8 @@ class CostModel:
     round_s: float = 0.0  # the loop's own work per round,
     token_s: float = 0.0  # per emitted token (events, detokenizing)
     step_s: float = 0.0  # and per draft step (logits view, policy), beyond argmax and entropy
+    # A sampled step or row replaces the argmax by a distribution and a draw (0: not measured).
+    sample_s: float = 0.0
 
     def verify(self, b: int, depth: int) -> float:
         return _table(self.verify_s, b) + self._depth(self.target_depth_s, b, depth)
@@ -67,8 +70,14 @@ class CostModel:
         return slope * rows * (depth - self.base_depth)
 
     def with_overhead(self, round_s: float, token_s: float, step_s: float) -> CostModel:
-        return CostModel(**{**asdict(self), "round_s": round_s, "token_s": token_s,
-                            "step_s": step_s})
+        return replace(self, round_s=round_s, token_s=token_s, step_s=step_s)
+
+    def at_temperature(self, temperature: float) -> CostModel:
+        """The costs of a generation at `temperature`: each token read from logits is a
+        distribution and a draw instead of an argmax when sampling."""
+        if temperature <= 0 or self.sample_s <= 0:
+            return self
+        return replace(self, argmax_s=self.sample_s)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,10 +209,10 @@ def measure_costs(engine: Engine, tokens: Sequence[int], *, repeats: int = 5, wa
     d_curve = _prefill_curve(engine.draft_ctx, ids, prefill_sizes, Outputs.LAST,
                              max(1, repeats // 2))
     say("per-step work")
-    argmax_s, entropy_s = _step_times(engine, ids)
+    argmax_s, entropy_s, sample_s = _step_times(engine, ids)
     engine.reset()
     return CostModel(tuple(tgt), tuple(dft), argmax_s, entropy_s, t_curve, d_curve, t_slope,
-                     d_slope, depth)
+                     d_slope, depth, sample_s=sample_s)
 
 
 def _decode_times(ctx: Context, ids: Sequence[int], depth: int, sizes: Sequence[int] | range,
@@ -251,8 +260,10 @@ def _prefill_curve(ctx: Context, ids: Sequence[int], sizes: Sequence[int], outpu
     return 0.0, max(0.0, float(y.sum() / x.sum())), 0.0
 
 
-def _step_times(engine: Engine, ids: Sequence[int], n: int = 50) -> tuple[float, float]:
-    """Median argmax and entropy times on a real draft logits row (vocabulary-sized)."""
+def _step_times(engine: Engine, ids: Sequence[int], n: int = 50
+                ) -> tuple[float, float, float]:
+    """Median argmax, entropy and sampling (distribution at temperature 1, then a draw) times
+    on a real draft logits row (vocabulary-sized)."""
     ctx = engine.draft_ctx
     assert ctx is not None
     ctx.clear()
@@ -270,8 +281,10 @@ def _step_times(engine: Engine, ids: Sequence[int], n: int = 50) -> tuple[float,
 
     argmax_s = timed(lambda: int(logits.argmax()))
     entropy_s = timed(lambda: entropy_and_top_prob(logits, scratch))
+    rng, params = np.random.default_rng(0), SamplingParams(temperature=1.0)
+    sample_s = timed(lambda: sample(distribution(logits, params), rng))
     ctx.clear()
-    return argmax_s, entropy_s
+    return argmax_s, entropy_s, sample_s
 
 
 def nondecreasing(values: Sequence[float], weights: Sequence[float] | None = None

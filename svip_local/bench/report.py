@@ -96,9 +96,11 @@ def markdown(result: BenchResult, images: Sequence[str] = ()) -> str:
     lines += ["", "Speed is generated tokens per second with prefill included. *Speedup* is the "
               "SVIP paper's: mean over prompts of per-prompt tokens/s, divided by the target "
               "alone's on the same prompts; *total* is total tokens over total time. The "
-              "oracle is simulated (the cost model replaying the greedy traces): the best any "
-              "choice of draft lengths could do with this draft model, so a policy that also "
-              "copies tokens from the context (+ lookup) can pass it. Sampled runs "
+              "oracle is simulated (the cost model replaying the target-alone runs' traces): the "
+              "best any choice of draft lengths could do with this draft model, so a policy "
+              "that also copies tokens from the context (+ lookup) can pass it. A sampled "
+              "trace is replayed on 8 draws of which draft tokens are accepted (each position "
+              "with the chance speculative sampling accepts there). Sampled runs "
               "(temperature > 0) ignore end of text, so every policy generates the same number "
               "of tokens; greedy runs stop at it (their text is the same for every policy).", ""]
     temps = sorted({s.temperature for s in result.summaries})
@@ -118,9 +120,10 @@ def markdown(result: BenchResult, images: Sequence[str] = ()) -> str:
             lines += ["", f"### {title}, {_temp(temp)}: all prompts", ""]
             lines += _detail_table(result, rows, suite, temp)
             lines.append("")
-    if result.checks:
-        lines += ["## Simulator vs measurement (greedy, total tokens/s)", ""]
-        lines += _check_table(result)
+    for temp in sorted({c.temperature for c in result.checks}):
+        lines += [f"## Simulator vs measurement ({_temp(temp)}, total tokens/s)", ""]
+        lines += _check_table([c for c in result.checks if c.temperature == temp],
+                              result.policies)
         lines.append("")
     if result.peer_sweep:
         lines += ["## llama.cpp's llama-speculative-simple: sweep (greedy, mean tokens/s)", "",
@@ -129,15 +132,16 @@ def markdown(result: BenchResult, images: Sequence[str] = ()) -> str:
                   f"{r['acceptance']:.0%} |" for r in result.peer_sweep]
         lines.append("")
     if result.calibration:
-        cal = result.calibration
-        lines += ["## Calibration (simulated on the calibration prompts)", "",
-                  f"Choice: `{cal['choice']}`; svip-cost rate R = {cal['cost_rate']:.3g} "
-                  "tokens/s.", "", "| policy | mean tokens/s | total tokens/s | mean draft | "
-                  "acceptance |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {c['policy']} | {c['mean_tokens_per_s']:.2f} | "
-                  f"{c['tokens_per_s']:.2f} | {c['mean_draft']:.2f} | {c['acceptance']:.0%} |"
-                  for c in cal["simulated"][:12]]
-        lines.append("")
+        for at in (result.calibration, *result.calibration.get("sampled", [])):
+            lines += [f"## Calibration, {_temp(at.get('temperature', 0.0))} (simulated on the "
+                      "calibration prompts)", "",
+                      f"Choice: `{at['choice']}`; svip-cost rate R = {at['cost_rate']:.3g} "
+                      "tokens/s.", "", "| policy | mean tokens/s | total tokens/s | mean draft "
+                      "| acceptance |", "|---|---:|---:|---:|---:|"]
+            lines += [f"| {c['policy']} | {c['mean_tokens_per_s']:.2f} | "
+                      f"{c['tokens_per_s']:.2f} | {c['mean_draft']:.2f} | "
+                      f"{c['acceptance']:.0%} |" for c in at["simulated"][:12]]
+            lines.append("")
     if images:
         lines += ["## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images] + [""]
     return "\n".join(lines)
@@ -223,7 +227,8 @@ def _resolved(rows: Sequence[Summary], policy: str) -> str:
 
 def _detail_table(result: BenchResult, rows: Sequence[Summary], suite: str,
                   temp: float) -> list[str]:
-    checks = {(c.suite, c.policy): c for c in result.checks if c.group == OVERALL}
+    checks = {(c.suite, c.policy): c for c in result.checks
+              if c.group == OVERALL and c.temperature == temp}
     out = ["| method | runs | tok/s mean ± sd | tok/s total | speedup | speedup total | "
            "per-prompt range | acceptance | draft len | accepted len | predicted tok/s | "
            "error |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -231,7 +236,7 @@ def _detail_table(result: BenchResult, rows: Sequence[Summary], suite: str,
         s = _find(rows, policy, OVERALL, policy == ORACLE)
         if s is None:
             continue
-        c = checks.get((suite, policy)) if temp == 0 else None
+        c = checks.get((suite, policy))
         spread = f"{s.speedup_min:.2f}–{s.speedup_max:.2f}" if s.speedup_min is not None else "–"
         out.append(
             f"| {label(policy, s.resolved)} | {s.runs} | {s.mean_tps:.2f} ± {s.sd_tps:.2f} | "
@@ -245,16 +250,16 @@ def _num(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}"
 
 
-def _check_table(result: BenchResult) -> list[str]:
+def _check_table(all_checks: Sequence[Check], policies: Sequence[str]) -> list[str]:
     """Per suite: predicted and measured total tokens/s over all its prompts, then the error
-    of each group (category or length)."""
+    of each group (category or length); the checks of one temperature."""
     out: list[str] = []
-    for suite in dict.fromkeys(c.suite for c in result.checks):
-        checks = {(c.group, c.policy): c for c in result.checks if c.suite == suite}
+    for suite in dict.fromkeys(c.suite for c in all_checks):
+        checks = {(c.group, c.policy): c for c in all_checks if c.suite == suite}
         groups = _groups(checks.values(), suite)[:-1]
         out += [f"{suite}:", "", "| method | predicted | measured | error | " + " | ".join(
             groups) + " |", "|---|---:|---:|---:|" + "---:|" * len(groups)]
-        for policy in result.policies:
+        for policy in policies:
             total = checks.get((OVERALL, policy))
             if total is None:
                 continue
@@ -264,7 +269,7 @@ def _check_table(result: BenchResult) -> list[str]:
                        f"{total.measured_tps:.2f} | {total.error:+.1%} | " + " | ".join(cells)
                        + " |")
         out.append("")
-    worst = max((c for c in result.checks if c.group == OVERALL), key=lambda c: abs(c.error))
+    worst = max((c for c in all_checks if c.group == OVERALL), key=lambda c: abs(c.error))
     out.append(f"Largest error over a whole suite: {worst.error:+.1%} ({label(worst.policy)}, "
                f"{worst.suite}).")
     return out
@@ -273,20 +278,22 @@ def _check_table(result: BenchResult) -> list[str]:
 # -- data for plots ----------------------------------------------------------------------------
 
 def entropy_bins(traces: Sequence[PromptTrace], bins: int = 12) -> list[dict[str, float]]:
-    """Empirical acceptance of the draft's argmax per draft-entropy bin (quantile bins)."""
-    if not traces:
-        return []
-    ent = np.concatenate([t.entropy[:t.generated] for t in traces])
-    acc = np.concatenate([t.match[:t.generated] for t in traces])
-    if len(ent) == 0:
-        return []
-    edges = np.unique(np.quantile(ent, np.linspace(0, 1, bins + 1)))
+    """Mean acceptance of a draft token per draft-entropy bin (quantile bins), per
+    temperature: greedily whether the draft's argmax is the target's token, sampled the
+    chance rejection sampling accepts there."""
     rows = []
-    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
-        sel = (ent >= lo) & ((ent <= hi) if i == len(edges) - 2 else (ent < hi))
-        if sel.any():
-            rows.append({"entropy": float(np.median(ent[sel])),
-                         "acceptance": float(acc[sel].mean()), "n": int(sel.sum())})
+    for temp in sorted({t.temperature for t in traces}):
+        same = [t for t in traces if t.temperature == temp]
+        ent = np.concatenate([t.entropy[:t.generated] for t in same])
+        acc = np.concatenate([t.acceptance[:t.generated] for t in same])
+        if len(ent) == 0:
+            continue
+        edges = np.unique(np.quantile(ent, np.linspace(0, 1, bins + 1)))
+        for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+            sel = (ent >= lo) & ((ent <= hi) if i == len(edges) - 2 else (ent < hi))
+            if sel.any():
+                rows.append({"temperature": temp, "entropy": float(np.median(ent[sel])),
+                             "acceptance": float(acc[sel].mean()), "n": int(sel.sum())})
     return rows
 
 
@@ -408,14 +415,18 @@ def _plot_entropy(plt: Any, result: BenchResult) -> Any:
     if not bins:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    xs = [b["entropy"] for b in bins]
-    ax.plot(xs, [b["acceptance"] for b in bins], "o", label="measured (benchmark traces)")
-    grid = np.linspace(0, max(xs) * 1.05, 200)
+    for temp in sorted({b["temperature"] for b in bins}):
+        at = [b for b in bins if b["temperature"] == temp]
+        ax.plot([b["entropy"] for b in at], [b["acceptance"] for b in at], "o",
+                label=f"benchmark traces, {_temp(temp)}")
+    grid = np.linspace(0, max(b["entropy"] for b in bins) * 1.05, 200)
     ax.plot(grid, np.clip(1 - np.sqrt(SVIP_GAMMA * grid), 0, 1), "--",
             label="SVIP bound 1 - sqrt(0.15 H)")
-    if result.calibration:
-        acc = result.calibration["acceptance"]
-        ax.plot(acc["knots"], acc["now"], "-", label="fitted map (calibration)")
+    for at in (result.calibration, *result.calibration.get("sampled", [])) \
+            if result.calibration else ():
+        acc = at["acceptance"]
+        ax.plot(acc["knots"], acc["now"], "-",
+                label=f"fitted map (calibration, {_temp(at.get('temperature', 0.0))})")
     ax.axvline(0.3 ** 2 / SVIP_GAMMA, color="grey", linewidth=0.8, label="SVIP h=0.3 stop")
     ax.set_xlabel("draft entropy (nats)")
     ax.set_ylabel("P(draft token accepted)")
@@ -429,10 +440,8 @@ def console_table(result: BenchResult, *, suite: str = "specbench", temperature:
     """A plain-text table of one suite's overall results (for a terminal)."""
     rows = [s for s in result.summaries if s.suite == suite and s.temperature == temperature
             and s.group == OVERALL]
-    # Checks are greedy by construction (the simulator replays greedy traces): sampled runs
-    # have no prediction to show.
     checks = {c.policy: c for c in result.checks if c.suite == suite and c.group == OVERALL
-              } if temperature == 0 else {}
+              and c.temperature == temperature}
     head = (f"{'method':<34} {'tok/s':>7} {'total':>7} {'speedup':>7} {'accept':>7} "
             f"{'draft':>6} {'acc.len':>7} {'pred.':>7}")
     lines = [f"{suite}, {_temp(temperature)} (tokens/s, prefill included)", head,

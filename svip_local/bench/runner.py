@@ -94,7 +94,7 @@ class ExternalRunner(Protocol):
 
 @dataclass
 class BenchRun:
-    """What `run_items` produced: measured runs, and greedy traces of the baseline runs."""
+    """What `run_items` produced: measured runs, and traces of the baseline runs."""
 
     records: list[RunRecord] = field(default_factory=list)
     traces: list[PromptTrace] = field(default_factory=list)
@@ -107,7 +107,7 @@ def run_items(engine: Engine, items: Sequence[BenchItem], specs: Sequence[str], 
               ) -> BenchRun:
     """Run every spec on every item, interleaved. `policies` holds one live object per spec
     (created by the caller, so adaptive policies learn across prompts as in a chat session).
-    Greedy baseline runs also record the item's trace, for the simulator."""
+    Baseline runs also record the item's trace at this temperature, for the simulator."""
     out = out or BenchRun()
     for i, item in enumerate(items):
         if temperature > 0:
@@ -130,10 +130,10 @@ def run_items(engine: Engine, items: Sequence[BenchItem], specs: Sequence[str], 
                                            policy=policies[spec], ignore_eos=item.ignore_eos)
                     out.records.append(RunRecord.measured(item, temperature, spec, r,
                                                           done.stats, done.finish_reason))
-                    if spec == BASELINE and temperature == 0 and r == 0:
+                    if spec == BASELINE and r == 0:
                         out.traces.append(record_trace(
                             engine, ids, done, prompt_id=item.key, category=item.group,
-                            max_tokens=item.max_tokens))
+                            max_tokens=item.max_tokens, sampling=sampling))
                 if on_run:
                     on_run()
     return out

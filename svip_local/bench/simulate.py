@@ -1,4 +1,4 @@
-"""Replay a greedy trace under a draft-length policy and a cost model: predicted time per prompt.
+"""Replay a trace under a draft-length policy and a cost model: predicted time per prompt.
 
 `simulate` walks the trace round by round exactly as `Engine._generate` does: the draft first
 catches up on what it has not seen (the last accepted token; two tokens after a round whose
@@ -6,7 +6,8 @@ every draft was accepted, since the last draft token is never decoded; the whole
 first round), then drafts one decode per further token while the policy says CONTINUE, then
 the target verifies `[last token] + drafts` in one batch. `oracle` is the best any draft-length
 policy could do with this pair on this machine: knowing which tokens will be accepted, it
-chooses each round's length (none at all included) to minimise the total time.
+chooses each round's length (none at all included) to minimise the total time. Sampled traces
+are replayed through realisations (`realise_all`), the same draws for every policy.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import numpy as np
 from svip_local.bench.costs import CostModel
 from svip_local.bench.traces import PromptTrace
 from svip_local.policies import DEFAULT_MAX_DRAFT, DraftPolicy, StepStats, Verdict
+from svip_local.sampling import SamplingParams
 
 _MAX_LAG = 64  # the oracle's draft lags beyond this are costed as this (an optimistic bound)
+SAMPLED_DRAWS = 8  # realisations a sampled trace is replayed on
 
 
 @dataclass
@@ -66,6 +69,8 @@ def simulate(trace: PromptTrace, policy: DraftPolicy, costs: CostModel, *,
     A round that copies tokens from the context (prompt lookup) is exact too: the copy depends
     only on the true prefix. Traces without their prompt replay no copies.
     """
+    policy.start(SamplingParams(temperature=trace.temperature))
+    costs = costs.at_temperature(trace.temperature)
     n_pos, n_gen = len(trace.target), trace.generated
     end = n_pos if trace.finish == "eos" else n_gen
     match = trace.match
@@ -134,6 +139,7 @@ def oracle(trace: PromptTrace, costs: CostModel, *,
     n_pos, n_gen = len(trace.target), trace.generated
     end = n_pos if trace.finish == "eos" else n_gen
     runs = run_length(trace.match)
+    costs = costs.at_temperature(trace.temperature)
     p = trace.prompt_tokens
     lags = np.arange(_MAX_LAG + 1)
     # A catch-up of `lag` tokens ending at seq_len costs draft(lag, seq_len - lag), linear in
@@ -183,6 +189,16 @@ def oracle(trace: PromptTrace, costs: CostModel, *,
             lag = min(lag + 1, _MAX_LAG)
         j += k + 1
     return res
+
+
+def realise_all(traces: Sequence[PromptTrace], draws: int = SAMPLED_DRAWS, seed: int = 0
+                ) -> list[PromptTrace]:
+    """The set `draws` times over, each sampled trace realised afresh (a set without sampled
+    traces: as it is). One fixed seed, so every policy replays the same acceptances."""
+    if not any(len(t.accept_prob) for t in traces):
+        return list(traces)
+    rng = np.random.default_rng(seed)
+    return [t.realise(rng) for _ in range(draws) for t in traces]
 
 
 def simulate_set(traces: Sequence[PromptTrace], make_policy: Callable[[], DraftPolicy] | None,

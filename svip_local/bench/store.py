@@ -27,32 +27,58 @@ FORMAT = 1
 
 
 @dataclass
-class Calibration:
-    """What `svip-local calibrate` measured and chose for one pair on one machine."""
+class TemperatureChoice:
+    """The choice for generations at one sampling temperature, with what svip-cost needs
+    there (acceptance falls as the temperature rises, so each has its own map and rate)."""
 
-    pair: PairIdentity
-    machine: Fingerprint
+    temperature: float
     choice: str  # a policy spec, "none" included
-    costs: CostModel
     acceptance: AcceptanceMap
     cost_rate: float  # R of svip-cost (tokens/s)
     simulated: list[dict[str, Any]] = field(default_factory=list)  # every candidate's rates
-    settings: dict[str, Any] = field(default_factory=dict)  # prompts, lengths, when
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "pair": asdict(self.pair), "machine": asdict(self.machine),
-                "choice": self.choice, "costs": self.costs.to_dict(),
+        return {"temperature": self.temperature, "choice": self.choice,
                 "acceptance": self.acceptance.to_dict(), "cost_rate": self.cost_rate,
-                "simulated": self.simulated, "settings": self.settings}
+                "simulated": self.simulated}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TemperatureChoice:
+        return cls(float(data.get("temperature", 0.0)), data["choice"],
+                   AcceptanceMap.from_dict(data["acceptance"]), float(data["cost_rate"]),
+                   data.get("simulated", []))
+
+
+@dataclass
+class Calibration:
+    """What `svip-local calibrate` measured and chose for one pair on one machine: the greedy
+    choice, and one per sampling temperature calibrated (none in older files)."""
+
+    pair: PairIdentity
+    machine: Fingerprint
+    greedy: TemperatureChoice
+    costs: CostModel
+    sampled: list[TemperatureChoice] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # prompts, lengths, when
+
+    @property
+    def choice(self) -> str:
+        return self.greedy.choice
+
+    def to_dict(self) -> dict[str, Any]:
+        # The greedy choice's fields stay at the top level, where format 1 always had them.
+        return {"format": FORMAT, "pair": asdict(self.pair), "machine": asdict(self.machine),
+                **self.greedy.to_dict(), "costs": self.costs.to_dict(),
+                "sampled": [c.to_dict() for c in self.sampled], "settings": self.settings}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
         if data.get("format") != FORMAT:
             raise ValueError(f"calibration format {data.get('format')!r}, expected {FORMAT}")
-        return cls(PairIdentity(**data["pair"]), Fingerprint(**data["machine"]), data["choice"],
-                   CostModel.from_dict(data["costs"]),
-                   AcceptanceMap.from_dict(data["acceptance"]), float(data["cost_rate"]),
-                   data.get("simulated", []), data.get("settings", {}))
+        return cls(PairIdentity(**data["pair"]), Fingerprint(**data["machine"]),
+                   TemperatureChoice.from_dict(data), CostModel.from_dict(data["costs"]),
+                   [TemperatureChoice.from_dict(c) for c in data.get("sampled", [])],
+                   data.get("settings", {}))
 
 
 def calibration_dir() -> Path:

@@ -1,5 +1,5 @@
 """One benchmark session: calibrate if needed, sweep the peer, run every policy side by side on
-SpecBench categories and long-form lengths, predict the greedy runs, compare.
+SpecBench categories and long-form lengths, predict the runs, compare.
 
 `svip-local bench` and scripts/bench_policies.py are thin layers over `run_bench`.
 """
@@ -167,9 +167,12 @@ def _calibrate(engine: Engine, opts: BenchOptions, bench_ids: set[str]) -> store
                          categories=opts.categories, from_end=True)
     if bench_ids & {p.id for p in cal_prompts}:
         log.warning("calibration and benchmark share prompts: the file is too small for both")
-    with progress_bar(len(cal_prompts), "calibration traces", opts.progress) as tick:
+    sampled = sorted({t for t in opts.temperatures if t > 0})
+    with progress_bar(len(cal_prompts) * (1 + len(sampled)), "calibration traces",
+                      opts.progress) as tick:
         cal, _ = calibrate(engine, cal_prompts, max_tokens=opts.calibration_max_tokens,
-                           on_prompt=tick, progress=lambda m: log.info("calibration: %s", m))
+                           temperatures=sampled, on_prompt=tick,
+                           progress=lambda m: log.info("calibration: %s", m))
     path = store.save(cal)
     log.warning("calibrated this pair on this machine: auto = %s (stored in %s)", cal.choice,
                 path)

@@ -1,4 +1,4 @@
-"""Greedy traces: along the target's own greedy path, what the draft would have proposed.
+"""Traces: along the target's own path, what the draft would have proposed.
 
 Per generated position i the trace holds the target's token and, given the TRUE prefix, the
 draft's argmax, entropy (nats) and top-1 probability. For greedy decoding that replays any
@@ -7,13 +7,20 @@ draft's argmax differs from the target's token, and every statistic a policy loo
 that point is the one recorded here. (After the first mismatch the live draft continues on
 its own wrong prefix; the replay uses the true-prefix statistics there. That can change how
 many tokens a round drafts, never how many it accepts.)
+
+A sampled trace follows a sampled target-alone run instead and adds, per position, the chance
+that speculative sampling accepts a draft token there: sum_x min(p(x), q(x)) for the target's
+and the draft's distributions at that temperature. Replays draw acceptances from those chances
+(`PromptTrace.realise`): each position independently, along the recorded path. That is an
+approximation (a live round continues from the token it accepted, not the recorded one), and
+the benchmark measures its error like the greedy replay's.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,19 +30,20 @@ import numpy.typing as npt
 from svip_local.engine import common_prefix
 from svip_local.native import Outputs
 from svip_local.policies import entropy_and_top_prob
+from svip_local.sampling import SamplingParams, distribution
 
 if TYPE_CHECKING:
     from svip_local.engine import Engine
     from svip_local.events import Done
 
 _ARRAYS = ("target", "draft", "entropy", "top_prob", "draft_eog")
+_OPTIONAL = ("prompt_ids", "accept_prob")  # absent from older files
 
 
 @dataclass(frozen=True)
 class PromptTrace:
-    """One prompt's greedy path. When the run ended at an end-of-generation token, that token
-    is the last position (the draft may predict it too), so arrays are one longer than
-    `generated`."""
+    """One prompt's path. When the run ended at an end-of-generation token, that token is the
+    last position (the draft may predict it too), so arrays are one longer than `generated`."""
 
     prompt_id: str
     category: str
@@ -49,6 +57,10 @@ class PromptTrace:
     draft_eog: npt.NDArray[np.bool_]
     # The prompt's tokens, for replaying prompt lookup (empty in traces recorded before it).
     prompt_ids: npt.NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    temperature: float = 0.0
+    # Sampled traces only: per position, the chance a draft token there is accepted.
+    accept_prob: npt.NDArray[np.float32] = field(
+        default_factory=lambda: np.empty(0, np.float32))
 
     @property
     def generated(self) -> int:
@@ -56,7 +68,28 @@ class PromptTrace:
 
     @property
     def match(self) -> npt.NDArray[np.bool_]:
+        """Where a round's draft token is accepted (greedy: the draft's argmax is the target's
+        token)."""
+        if len(self.accept_prob):
+            raise ValueError("a sampled trace holds acceptance chances: replay a realise()d one")
         return self.target == self.draft
+
+    @property
+    def acceptance(self) -> npt.NDArray[np.float64]:
+        """The chance a draft token at each position is accepted: 0 or 1 greedily."""
+        if len(self.accept_prob):
+            return self.accept_prob.astype(np.float64)
+        return self.match.astype(np.float64)
+
+    def realise(self, rng: np.random.Generator) -> PromptTrace:
+        """One draw of which positions accept a draft token, as a trace the greedy replay runs:
+        `draft` equals `target` where accepted, -1 (no token) elsewhere. Without its prompt:
+        copied tokens (prompt lookup) are not replayed under sampling."""
+        if not len(self.accept_prob):
+            return self
+        accepted = rng.random(len(self.accept_prob)) < self.accept_prob
+        return replace(self, draft=np.where(accepted, self.target, -1).astype(np.int32),
+                       prompt_ids=np.empty(0, np.int32), accept_prob=np.empty(0, np.float32))
 
     def context(self) -> npt.NDArray[np.int32] | None:
         """Prompt and target path as one sequence (the context before position j is its first
@@ -79,10 +112,11 @@ class TraceSet:
         path.parent.mkdir(parents=True, exist_ok=True)
         index = [{"prompt_id": t.prompt_id, "category": t.category,
                   "prompt_tokens": t.prompt_tokens, "budget": t.budget, "finish": t.finish,
-                  "length": len(t.target), "prompt_length": len(t.prompt_ids)}
+                  "temperature": t.temperature, "length": len(t.target),
+                  "prompt_length": len(t.prompt_ids), "chance_length": len(t.accept_prob)}
                  for t in self.traces]
         arrays = {name: np.concatenate([getattr(t, name) for t in self.traces])
-                  if self.traces else np.empty(0) for name in (*_ARRAYS, "prompt_ids")}
+                  if self.traces else np.empty(0) for name in (*_ARRAYS, *_OPTIONAL)}
         header = json.dumps({"meta": self.meta, "index": index})
         np.savez_compressed(path, header=np.array(header), **arrays)
         return path
@@ -93,61 +127,83 @@ class TraceSet:
             header = json.loads(str(data["header"]))
             arrays = {name: data[name] for name in _ARRAYS}
             prompts = data["prompt_ids"] if "prompt_ids" in data else np.empty(0, np.int32)
-        traces, start, p_start = [], 0, 0
+            chances = data["accept_prob"] if "accept_prob" in data else np.empty(0, np.float32)
+        traces, start, p_start, a_start = [], 0, 0, 0
         for row in header["index"]:
-            end, p_end = start + row.pop("length"), p_start + row.pop("prompt_length", 0)
+            length = row.pop("length")
+            end, p_end = start + length, p_start + row.pop("prompt_length", 0)
+            a_end = a_start + row.pop("chance_length", 0)
             traces.append(PromptTrace(**row, **{k: v[start:end] for k, v in arrays.items()},
-                                      prompt_ids=prompts[p_start:p_end]))
-            start, p_start = end, p_end
+                                      prompt_ids=prompts[p_start:p_end],
+                                      accept_prob=chances[a_start:a_end]))
+            start, p_start, a_start = end, p_end, a_end
         return cls(header["meta"], traces)
 
 
 def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: str,
-                 category: str, max_tokens: int) -> PromptTrace:
-    """The trace of a finished greedy target-alone run (`done`) of prompt `ids`.
+                 category: str, max_tokens: int, sampling: SamplingParams | None = None
+                 ) -> PromptTrace:
+    """The trace of a finished target-alone run (`done`) of prompt `ids`, greedy unless
+    `sampling` says otherwise.
 
     Costs one batched draft pass over the sequence (and one target decode to learn which
-    end token stopped the run). Both caches are left empty.
+    end token stopped the run; a sampled trace: a batched target pass too). Both caches are
+    left empty.
     """
-    assert engine.draft_ctx is not None, "traces need a draft model"
+    assert engine.draft_ctx is not None and engine.draft_model is not None, \
+        "traces need a draft model"
+    sampled = sampling is not None and not sampling.greedy
     target = list(done.tokens)
     if done.finish_reason == "eos":
+        # Under sampling any end token will do: acceptance chances depend on the prefix only.
         target.append(_end_token(engine, ids, target))
     seq = [*ids, *target]
-    ctx, n_vocab = engine.draft_ctx, engine.n_vocab
+    n, n_vocab = len(target), engine.n_vocab
+    # Row r of the batch seq[P-1+start : ...] predicts generated position start + r.
+    rows = seq[len(ids) - 1: len(ids) - 1 + n]
     scratch = np.empty(n_vocab, dtype=np.float32)
-    n = len(target)
     draft = np.empty(n, np.int32)
     entropy = np.empty(n, np.float32)
     top = np.empty(n, np.float32)
     eog = np.empty(n, np.bool_)
-    ctx.clear()
-    ctx.decode(seq[: len(ids) - 1], Outputs.NONE)
-    # Row r of the batch seq[P-1+start : ...] predicts generated position start + r.
-    rows = seq[len(ids) - 1: len(ids) - 1 + n]
-    for start in range(0, n, ctx.n_batch):
-        chunk = rows[start:start + ctx.n_batch]
-        ctx.decode(chunk, Outputs.ALL)
+    chances = np.empty(n if sampled else 0, np.float32)
+    dctx, tctx = engine.draft_ctx, engine.target_ctx
+    dctx.clear()
+    dctx.decode(seq[: len(ids) - 1], Outputs.NONE)
+    if sampled:  # the target's cache still holds the prompt from the run
+        tctx.truncate(common_prefix(tctx.tokens, ids, len(ids) - 1))
+        tctx.decode(seq[len(tctx.tokens): len(ids) - 1], Outputs.NONE)
+    step = min(dctx.n_batch, tctx.n_batch)
+    for start in range(0, n, step):
+        chunk = rows[start:start + step]
+        dctx.decode(chunk, Outputs.ALL)
+        if sampled:
+            tctx.decode(chunk, Outputs.ALL)
         for r in range(len(chunk)):
-            logits = ctx.logits(r)[:n_vocab]
+            i = start + r
+            logits = dctx.logits(r)[:n_vocab]
             tok = int(logits.argmax())
-            draft[start + r] = tok
-            entropy[start + r], top[start + r] = entropy_and_top_prob(logits, scratch)
-            eog[start + r] = engine.draft_model.is_eog(tok)  # type: ignore[union-attr]
-    ctx.clear()
+            draft[i] = tok
+            entropy[i], top[i] = entropy_and_top_prob(logits, scratch)
+            eog[i] = engine.draft_model.is_eog(tok)
+            if sampled:
+                assert sampling is not None
+                p = distribution(tctx.logits(r)[:n_vocab], sampling)
+                chances[i] = np.minimum(p, distribution(logits, sampling)).sum()
+    dctx.clear()
+    tctx.clear()
     budget = min(max_tokens, engine.n_ctx - len(ids))
     return PromptTrace(prompt_id, category, len(ids), budget, done.finish_reason,
                        np.asarray(target, np.int32), draft, entropy, top, eog,
-                       np.asarray(ids, np.int32))
+                       np.asarray(ids, np.int32),
+                       sampling.temperature if sampling is not None else 0.0, chances)
 
 
 def _end_token(engine: Engine, ids: Sequence[int], generated: list[int]) -> int:
     """Which end-of-generation token the target chose after `generated` (the run's cache
-    normally holds all but the last token, so this is one decode)."""
+    normally holds all but the last token, so this is one decode; the cache keeps it)."""
     ctx = engine.target_ctx
     seq = [*ids, *generated]
     ctx.truncate(common_prefix(ctx.tokens, seq, len(seq) - 1))
     ctx.decode(seq[len(ctx.tokens):], Outputs.LAST)
-    tok = int(ctx.logits()[: engine.n_vocab].argmax())
-    ctx.clear()
-    return tok
+    return int(ctx.logits()[: engine.n_vocab].argmax())

@@ -1,5 +1,5 @@
-"""The simulator against the stopwatch: predicted runs for the same items and policies as a
-greedy benchmark, and the error of each prediction."""
+"""The simulator against the stopwatch: predicted runs for the same items, policies and
+temperatures as a benchmark, and the error of each prediction."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from svip_local.bench.costs import CostModel
 from svip_local.bench.runner import BenchItem, RunRecord, Summary
-from svip_local.bench.simulate import SimResult, oracle, simulate
+from svip_local.bench.simulate import SimResult, oracle, realise_all, simulate
 from svip_local.bench.traces import PromptTrace
 from svip_local.policies import DraftPolicy
 
@@ -19,36 +19,42 @@ ORACLE = "oracle"
 def predict(items: Sequence[BenchItem], traces: Sequence[PromptTrace], specs: Sequence[str],
             make_policy: Callable[[str], DraftPolicy], costs: CostModel, *, max_draft: int
             ) -> list[RunRecord]:
-    """Simulated greedy runs of `specs` (one policy object each, over the items in benchmark
-    order) and of the oracle, on the items that have a trace."""
-    by_key = {t.prompt_id: t for t in traces}
-    pairs = [(item, by_key[item.key]) for item in items if item.key in by_key]
+    """Simulated runs of `specs` (one policy object each per temperature, over the items in
+    benchmark order) and of the oracle, on the items that have a trace at that temperature.
+    A sampled trace is replayed on several realisations, recorded as repeats."""
+    by_key = {(t.prompt_id, t.temperature): t for t in traces}
     out = []
-    for spec in specs:
-        policy = make_policy(spec)
-        for item, trace in pairs:
-            res = simulate(trace, policy, costs, max_draft=max_draft)
-            out.append(_record(item, trace, spec, policy.describe(), res))
-    for item, trace in pairs:
-        out.append(_record(item, trace, ORACLE, ORACLE, oracle(trace, costs,
-                                                               max_draft=max_draft)))
+    for temp in sorted({t.temperature for t in traces}):
+        present = [item for item in items if (item.key, temp) in by_key]
+        replay = realise_all([by_key[item.key, temp] for item in present])
+        runs = [(present[i % len(present)], i // len(present), trace)
+                for i, trace in enumerate(replay)]
+        for spec in specs:
+            policy = make_policy(spec)
+            for item, draw, trace in runs:
+                res = simulate(trace, policy, costs, max_draft=max_draft)
+                out.append(_record(item, trace, draw, spec, policy.describe(), res))
+        for item, draw, trace in runs:
+            out.append(_record(item, trace, draw, ORACLE, ORACLE,
+                               oracle(trace, costs, max_draft=max_draft)))
     return out
 
 
-def _record(item: BenchItem, trace: PromptTrace, spec: str, resolved: str, res: SimResult
-            ) -> RunRecord:
-    return RunRecord(item.suite, item.group, item.prompt.id, 0.0, item.max_tokens, spec,
-                     resolved, 0, res.generated, res.time_s, res.prefill_s, res.drafted,
-                     res.accepted, res.draft_lengths, res.accepted_lengths, res.rounds,
-                     trace.finish, simulated=True)
+def _record(item: BenchItem, trace: PromptTrace, draw: int, spec: str, resolved: str,
+            res: SimResult) -> RunRecord:
+    return RunRecord(item.suite, item.group, item.prompt.id, trace.temperature,
+                     item.max_tokens, spec, resolved, draw, res.generated, res.time_s,
+                     res.prefill_s, res.drafted, res.accepted, res.draft_lengths,
+                     res.accepted_lengths, res.rounds, trace.finish, simulated=True)
 
 
 @dataclass(frozen=True)
 class Check:
-    """Predicted vs measured speed of one policy on one group (greedy)."""
+    """Predicted vs measured speed of one policy on one group at one temperature."""
 
     suite: str
     group: str
+    temperature: float
     policy: str
     predicted_tps: float  # total tokens / total time
     measured_tps: float
@@ -65,11 +71,11 @@ class Check:
 
 
 def compare(measured: Sequence[Summary], predicted: Sequence[Summary]) -> list[Check]:
-    pred = {(s.suite, s.group, s.policy): s for s in predicted if s.temperature == 0}
+    pred = {(s.suite, s.group, s.temperature, s.policy): s for s in predicted}
     checks = []
     for m in measured:
-        p = pred.get((m.suite, m.group, m.policy))
-        if m.temperature == 0 and p is not None and not m.simulated:
-            checks.append(Check(m.suite, m.group, m.policy, p.total_tps, m.total_tps,
-                                p.mean_tps, m.mean_tps))
+        p = pred.get((m.suite, m.group, m.temperature, m.policy))
+        if p is not None and not m.simulated:
+            checks.append(Check(m.suite, m.group, m.temperature, m.policy, p.total_tps,
+                                m.total_tps, p.mean_tps, m.mean_tps))
     return checks

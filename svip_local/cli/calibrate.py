@@ -1,5 +1,6 @@
-"""`svip-local calibrate`: measure this machine's costs for a pair, record greedy traces, choose
-the fastest draft-length policy by simulation and store it for `--policy auto`."""
+"""`svip-local calibrate`: measure this machine's costs for a pair, record greedy and sampled
+traces, choose the fastest draft-length policy for each temperature by simulation and store the
+choices for `--policy auto`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from svip_local.cli.bench import add_prompt_arguments
+from svip_local.cli.bench import add_prompt_arguments, floats
 
 if TYPE_CHECKING:
     from svip_local.bench.prompts import Prompt
@@ -26,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--max-tokens", type=int, default=128,
                    help="new tokens per calibration prompt (default 128)")
     p.add_argument("--ignore-eos", action="store_true", help="generate past end of text")
+    p.add_argument("--temperatures", type=floats, default=(0.0, 1.0),
+                   help="sampling temperatures to choose for, comma-separated (default 0,1; "
+                        "greedy is always calibrated; a generation uses the choice of the "
+                        "nearest one)")
     p.add_argument("--repeats", type=int, default=5, help="timings per cost measurement")
     p.add_argument("--traces", default=None, help="also save the traces to this .npz")
     p.add_argument("--validate", action="store_true",
@@ -58,11 +63,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             prompts = select(load_prompts(args.prompts), args.per_category,
                              categories=args.categories, from_end=True)
-            with progress_bar(len(prompts), "calibration traces") as tick:
+            sampled = {t for t in args.temperatures if t > 0}
+            with progress_bar(len(prompts) * (1 + len(sampled)), "calibration traces") as tick:
                 cal, traces = calibrate(engine, prompts, max_tokens=args.max_tokens,
                                         ignore_eos=args.ignore_eos, repeats=args.repeats,
-                                        on_prompt=tick, progress=lambda m: print(
-                                            f"[calibrate] {m}", file=sys.stderr))
+                                        temperatures=sorted(sampled), on_prompt=tick,
+                                        progress=lambda m: print(f"[calibrate] {m}",
+                                                                 file=sys.stderr))
             path = store.save(cal)
             print(f"[calibrate] stored {path}", file=sys.stderr)
             if args.traces:
@@ -80,11 +87,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _validate(engine: Engine, cal: Calibration, prompts: list[Prompt], max_tokens: int,
               ignore_eos: bool) -> None:
-    """Time a few policies live and print the simulator's error for each."""
+    """Time a few policies live, greedily, and print the simulator's error for each."""
     from svip_local.bench.runner import BenchItem, run_items, summarize
     from svip_local.bench.validate import compare, predict
 
-    constants = [c["policy"] for c in cal.simulated if c["policy"].startswith("constant:")]
+    constants = [c["policy"] for c in cal.greedy.simulated
+                 if c["policy"].startswith("constant:")]
     specs = list(dict.fromkeys(["none", *constants[:1], "svip:0.3", cal.choice]))
     items = [BenchItem("calibration", p.category, p, max_tokens, ignore_eos) for p in prompts]
     policies = {s: engine.make_policy(s) for s in specs}
