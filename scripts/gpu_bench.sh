@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark svip-local on a lent GPU machine (see ../shared/gpu.md): no network there, at most
-# 64 MiB carried per call, /tmp kept only while the machine stays warm (30 s between calls, 30
-# minutes in all). So everything is packed here first, then each call there is one short
-# subcommand of this script, made back to back.
+# 64 MiB carried per call, /tmp kept only while the machine stays warm (30 s between calls).
+# Device time is short (15 minutes a session, start-up and idle included), so everything is
+# packed here first, then each call there is one short subcommand of this script, made back to
+# back.
 #
 # Here (with network), once:
 #   scripts/gpu_bench.sh pack [--f16]
@@ -22,9 +23,12 @@
 #   scripts/gpu_bench.sh run [--f16] [svip-local bench options...]
 #                                     calibrate (unless calibrated) then bench with the peer;
 #                                     report, JSON and PNGs come back under $OUT/bench
-# A 10-minute call fits: calibrate + SpecBench (3 prompts per category, 256 tokens, T=0 and 1,
-# peer) with `run --lengths ''`, then long-form in a second call with
-# `run --per-category 0 --lengths 128,512,2048`.
+# Budget for 15 minutes of device time (start ~2, setup + build ~5-6, the reference pair's 26
+# pieces ~4): one `run` of about 3 minutes, which the defaults size (calibration on 1 prompt
+# per category and T=0/1, SpecBench 1 per category at 128 tokens, no long-form: a GPU decodes
+# 500 tok/s, so this is seconds per policy). Scale with CAL_PER_CATEGORY, PER_CATEGORY,
+# MAX_TOKENS and `run --lengths 128,512,2048` when more time is lent; the F16 target (3 GB, 50
+# more pieces) does not fit in 15 minutes.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -167,10 +171,11 @@ run() {
     local cli=("$PYTHON" -c "import sys; from svip_local.cli import main; sys.exit(main())")
     "${cli[@]}" calibrate "${pair[@]}" --show >/dev/null 2>&1 \
         || "${cli[@]}" calibrate "${pair[@]}" --prompts "$PROMPTS_THERE" \
-            --per-category 2 --max-tokens 256 --validate
+            --per-category "${CAL_PER_CATEGORY:-1}" --max-tokens "${MAX_TOKENS:-128}" \
+            --repeats 3
     "${cli[@]}" bench "${pair[@]}" --prompts "$PROMPTS_THERE" \
-        --per-category 3 --max-tokens 256 --lengths 128,512,2048 --peer \
-        --out "${OUT:-$WORK/out}/bench" "$@"
+        --per-category "${PER_CATEGORY:-1}" --max-tokens "${MAX_TOKENS:-128}" --lengths '' \
+        --peer --out "${OUT:-$WORK/out}/bench" "$@"
     cp -r "$SVIP_LOCAL_CALIBRATION_DIR" "${OUT:-$WORK/out}/" 2>/dev/null || true
 }
 
@@ -183,5 +188,5 @@ case "$cmd" in
     receive) receive "$@" ;;
     check) check ;;
     run) run "$@" ;;
-    *) sed -n '2,27p' "$0"; exit 2 ;;
+    *) sed -n '2,31p' "$0"; exit 2 ;;
 esac

@@ -56,7 +56,8 @@ def test_bench_writes_tables_json_and_plots(tiny_target: Path, tiny_draft_noisy:
     for heading in ("Headline", "SpecBench, greedy: speedup by category",
                     "SpecBench, temperature 1",
                     "MT-Bench long-form, greedy: speedup by generation length",
-                    "Simulator vs measurement", "Calibration"):
+                    "Simulator vs measurement (temperature 1", "Largest speedup error",
+                    "Calibration, temperature 1"):
         assert heading in report
     for name in ("target alone", "constant k=8", "HF heuristic", "p_min 0.75", "AdaEDL",
                  "SVIP h=0.3", "cost-aware SVIP", "auto (→", "oracle (simulated)"):

@@ -252,26 +252,38 @@ def _num(x: float | None) -> str:
 
 def _check_table(all_checks: Sequence[Check], policies: Sequence[str]) -> list[str]:
     """Per suite: predicted and measured total tokens/s over all its prompts, then the error
-    of each group (category or length); the checks of one temperature."""
+    of each group (category or length); the checks of one temperature. The speedup error
+    compares predicted and measured speedups over the target alone: a shared machine that
+    runs slower than when it was calibrated moves every rate, not the ratios."""
     out: list[str] = []
+    speedup_errors: list[tuple[float, str, str]] = []
     for suite in dict.fromkeys(c.suite for c in all_checks):
         checks = {(c.group, c.policy): c for c in all_checks if c.suite == suite}
         groups = _groups(checks.values(), suite)[:-1]
-        out += [f"{suite}:", "", "| method | predicted | measured | error | " + " | ".join(
-            groups) + " |", "|---|---:|---:|---:|" + "---:|" * len(groups)]
+        base = checks.get((OVERALL, BASELINE))
+        out += [f"{suite}:", "", "| method | predicted | measured | error | speedup error | "
+                + " | ".join(groups) + " |", "|---|---:|---:|---:|---:|" + "---:|" * len(groups)]
         for policy in policies:
             total = checks.get((OVERALL, policy))
             if total is None:
                 continue
             cells = [f"{c.error:+.1%}" if (c := checks.get((g, policy))) else "–"
                      for g in groups]
+            relative = "–"
+            if base is not None and policy != BASELINE:
+                err = (1 + total.error) / (1 + base.error) - 1
+                speedup_errors.append((err, policy, suite))
+                relative = f"{err:+.1%}"
             out.append(f"| {label(policy)} | {total.predicted_tps:.2f} | "
-                       f"{total.measured_tps:.2f} | {total.error:+.1%} | " + " | ".join(cells)
-                       + " |")
+                       f"{total.measured_tps:.2f} | {total.error:+.1%} | {relative} | "
+                       + " | ".join(cells) + " |")
         out.append("")
     worst = max((c for c in all_checks if c.group == OVERALL), key=lambda c: abs(c.error))
     out.append(f"Largest error over a whole suite: {worst.error:+.1%} ({label(worst.policy)}, "
                f"{worst.suite}).")
+    if speedup_errors:
+        err, policy, suite = max(speedup_errors, key=lambda e: abs(e[0]))
+        out.append(f"Largest speedup error: {err:+.1%} ({label(policy)}, {suite}).")
     return out
 
 

@@ -130,8 +130,7 @@ class TraceSet:
             chances = data["accept_prob"] if "accept_prob" in data else np.empty(0, np.float32)
         traces, start, p_start, a_start = [], 0, 0, 0
         for row in header["index"]:
-            length = row.pop("length")
-            end, p_end = start + length, p_start + row.pop("prompt_length", 0)
+            end, p_end = start + row.pop("length"), p_start + row.pop("prompt_length", 0)
             a_end = a_start + row.pop("chance_length", 0)
             traces.append(PromptTrace(**row, **{k: v[start:end] for k, v in arrays.items()},
                                       prompt_ids=prompts[p_start:p_end],
