@@ -2,10 +2,10 @@
 
 `auto` uses the choices `svip-local calibrate` stored for this pair's files on this machine
 (CPU, GPU, offload, threads), one per calibrated sampling temperature — possibly `none`, where
-speculation does not pay. Without a
-calibration it falls back to a default that cannot go far wrong, and says so: the target alone
-on a CPU-only run (a verification batch there costs nearly as much per token as single decodes,
-so speculation usually loses), SVIP with the paper's h where layers are offloaded to a GPU.
+speculation does not pay. Without a calibration it falls back to a default that cannot go far
+wrong, and says so: the target alone on a CPU-only run (a verification batch there costs nearly
+as much per token as single decodes, so speculation usually loses), SVIP with the paper's h
+where layers are offloaded to a GPU.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from svip_local.bench.simulate import (
     simulate_set,
     total_rate,
 )
-from svip_local.bench.store import Calibration, TemperatureChoice
+from svip_local.bench.store import Calibration, TemperatureChoice, temperature_label
 from svip_local.bench.traces import PromptTrace, record_trace
 from svip_local.errors import InvalidRequestError
 from svip_local.lookup import PromptLookup
@@ -273,7 +273,7 @@ def summary_lines(cal: Calibration, top: int = 8) -> list[str]:
         f"pair: {cal.pair.target} + {cal.pair.draft}",
         f"machine: {cal.machine.cpu} | {cal.machine.gpu} | layers {cal.machine.n_gpu_layers} "
         f"| {cal.machine.threads} threads",
-        "choice: " + "; ".join(f"{_temperature(t.temperature)} {t.choice}"
+        "choice: " + "; ".join(f"{temperature_label(t.temperature)} {t.choice}"
                                for t in (cal.greedy, *cal.sampled)),
         "target verify ms (b=1,2,4,8,16): "
         + " ".join(f"{c.verify(b, c.base_depth) * 1e3:.1f}" for b in (1, 2, 4, 8, 16)),
@@ -284,8 +284,8 @@ def summary_lines(cal: Calibration, top: int = 8) -> list[str]:
         f"step {c.step_s * 1e3:.3f}",
     ]
     for at in (cal.greedy, *cal.sampled):
-        lines.append(f"simulated, {_temperature(at.temperature)} (mean of per-prompt tokens/s, "
-                     "prefill included):")
+        lines.append(f"simulated, {temperature_label(at.temperature)} (mean of per-prompt "
+                     "tokens/s, prefill included):")
         none = next((s for s in at.simulated if s["policy"] == "none"), None)
         for s in at.simulated[:top]:
             rel = f"  x{s['mean_tokens_per_s'] / none['mean_tokens_per_s']:.3f}" if none else ""
@@ -293,7 +293,3 @@ def summary_lines(cal: Calibration, top: int = 8) -> list[str]:
                          f"{s['tokens_per_s']:6.2f}  draft "
                          f"{s['mean_draft']:.2f}  acceptance {s['acceptance']:.0%}")
     return lines
-
-
-def _temperature(t: float) -> str:
-    return "greedy" if t == 0 else f"temperature {t:g}"

@@ -17,6 +17,7 @@ import numpy as np
 
 from svip_local.bench.prompts import CATEGORIES
 from svip_local.bench.runner import BASELINE, RunRecord, Summary
+from svip_local.bench.store import temperature_label
 from svip_local.bench.traces import PromptTrace
 from svip_local.bench.validate import ORACLE, Check
 from svip_local.errors import InvalidRequestError
@@ -115,13 +116,13 @@ def markdown(result: BenchResult, images: Sequence[str] = ()) -> str:
             groups = _groups(rows, suite)
             kind = "speedup by category (Table 1)" if suite == "specbench" else \
                 "speedup by generation length (Table 2)"
-            lines += [f"## {title}, {_temp(temp)}: {kind}", ""]
+            lines += [f"## {title}, {temperature_label(temp)}: {kind}", ""]
             lines += _speedup_table(result, rows, groups, suite)
-            lines += ["", f"### {title}, {_temp(temp)}: all prompts", ""]
+            lines += ["", f"### {title}, {temperature_label(temp)}: all prompts", ""]
             lines += _detail_table(result, rows, suite, temp)
             lines.append("")
     for temp in sorted({c.temperature for c in result.checks}):
-        lines += [f"## Simulator vs measurement ({_temp(temp)}, total tokens/s)", ""]
+        lines += [f"## Simulator vs measurement ({temperature_label(temp)}, total tokens/s)", ""]
         lines += _check_table([c for c in result.checks if c.temperature == temp],
                               result.policies)
         lines.append("")
@@ -133,8 +134,8 @@ def markdown(result: BenchResult, images: Sequence[str] = ()) -> str:
         lines.append("")
     if result.calibration:
         for at in (result.calibration, *result.calibration.get("sampled", [])):
-            lines += [f"## Calibration, {_temp(at.get('temperature', 0.0))} (simulated on the "
-                      "calibration prompts)", "",
+            temp = temperature_label(at.get("temperature", 0.0))
+            lines += [f"## Calibration, {temp} (simulated on the calibration prompts)", "",
                       f"Choice: `{at['choice']}`; svip-cost rate R = {at['cost_rate']:.3g} "
                       "tokens/s.", "", "| policy | mean tokens/s | total tokens/s | mean draft "
                       "| acceptance |", "|---|---:|---:|---:|---:|"]
@@ -174,11 +175,7 @@ def _headline(result: BenchResult, suite: str, temp: float) -> list[str]:
             # auto that resolved to the very policy it is compared with can only differ by noise
             same = " (same policy: run-to-run spread)" if x.resolved == y.policy else ""
             parts.append(f"{a} vs {b}: {x.speedup / y.speedup - 1:+.1%}{same}")
-    return [f"- {SUITES[suite]}, {_temp(temp)}: " + "; ".join(parts)]
-
-
-def _temp(t: float) -> str:
-    return "greedy" if t == 0 else f"temperature {t:g}"
+    return [f"- {SUITES[suite]}, {temperature_label(temp)}: " + "; ".join(parts)]
 
 
 def _groups(rows: Iterable[Summary | Check], suite: str) -> list[str]:
@@ -362,7 +359,7 @@ def _plot_categories(plt: Any, result: BenchResult) -> Any:
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(np.arange(len(groups)), groups)
         ax.set_ylabel("speedup over target alone")
-        ax.set_title(f"SpecBench, {_temp(temp)}")
+        ax.set_title(f"SpecBench, {temperature_label(temp)}")
         ax.legend(fontsize=7, ncol=4)
     return fig
 
@@ -387,7 +384,7 @@ def _plot_lengths(plt: Any, result: BenchResult) -> Any:
         ax.minorticks_off()
         ax.set_xlabel("generated tokens")
         ax.set_ylabel("speedup over target alone")
-        ax.set_title(f"MT-Bench long-form, {_temp(temp)}")
+        ax.set_title(f"MT-Bench long-form, {temperature_label(temp)}")
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return fig
 
@@ -430,7 +427,7 @@ def _plot_entropy(plt: Any, result: BenchResult) -> Any:
     for temp in sorted({b["temperature"] for b in bins}):
         at = [b for b in bins if b["temperature"] == temp]
         ax.plot([b["entropy"] for b in at], [b["acceptance"] for b in at], "o",
-                label=f"benchmark traces, {_temp(temp)}")
+                label=f"benchmark traces, {temperature_label(temp)}")
     grid = np.linspace(0, max(b["entropy"] for b in bins) * 1.05, 200)
     ax.plot(grid, np.clip(1 - np.sqrt(SVIP_GAMMA * grid), 0, 1), "--",
             label="SVIP bound 1 - sqrt(0.15 H)")
@@ -438,7 +435,7 @@ def _plot_entropy(plt: Any, result: BenchResult) -> Any:
             if result.calibration else ():
         acc = at["acceptance"]
         ax.plot(acc["knots"], acc["now"], "-",
-                label=f"fitted map (calibration, {_temp(at.get('temperature', 0.0))})")
+                label=f"fitted map (calibration, {temperature_label(at.get('temperature', 0.0))})")
     ax.axvline(0.3 ** 2 / SVIP_GAMMA, color="grey", linewidth=0.8, label="SVIP h=0.3 stop")
     ax.set_xlabel("draft entropy (nats)")
     ax.set_ylabel("P(draft token accepted)")
@@ -456,7 +453,7 @@ def console_table(result: BenchResult, *, suite: str = "specbench", temperature:
               and c.temperature == temperature}
     head = (f"{'method':<34} {'tok/s':>7} {'total':>7} {'speedup':>7} {'accept':>7} "
             f"{'draft':>6} {'acc.len':>7} {'pred.':>7}")
-    lines = [f"{suite}, {_temp(temperature)} (tokens/s, prefill included)", head,
+    lines = [f"{suite}, {temperature_label(temperature)} (tokens/s, prefill included)", head,
              "-" * len(head)]
     for policy in _ordered_policies(result, rows):
         s = _find(rows, policy, OVERALL, policy == ORACLE)

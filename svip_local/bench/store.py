@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 
 
+def temperature_label(t: float) -> str:
+    """How reports and the CLI name a sampling temperature."""
+    return "greedy" if t == 0 else f"temperature {t:g}"
+
+
 @dataclass
 class TemperatureChoice:
     """The choice for generations at one sampling temperature, with what svip-cost needs
