@@ -1,27 +1,75 @@
 """svip-local: speculative decoding for local LLM chat on llama.cpp, with SVIP draft lengths.
 
-The engine is the library: `Engine(target, draft)` loads a pair, `generate()` streams events.
+    engine = svip_local.load("qwen2.5-coder-1.5b")      # or load(target="t.gguf", draft=...)
+    for event in engine.generate("def fib(n):", max_tokens=64): ...
+
+This is the public API: the TUI, the CLI and the server use nothing else (plus `chat`,
+`conversation` and `registry`). Importing it is cheap: names resolve on first use, so
+libllama loads only when an engine module is (`svip-local list` never pays for it).
 """
 
-from svip_local.engine import Engine, EngineConfig
-from svip_local.errors import (
-    ContextFullError,
-    DecodeError,
-    IncompatiblePairError,
-    InvalidRequestError,
-    ModelFileError,
-    PromptTooLongError,
-    RegistryError,
-    SvipError,
-)
-from svip_local.events import Done, GenerationStats, Notice, Round, Token
-from svip_local.policies import DraftPolicy, StepStats, Verdict, parse_policy
-from svip_local.sampling import SamplingParams
+from __future__ import annotations
 
-__all__ = [
-    "ContextFullError", "DecodeError", "Done", "DraftPolicy", "Engine", "EngineConfig",
-    "GenerationStats", "IncompatiblePairError", "InvalidRequestError", "ModelFileError", "Notice",
-    "PromptTooLongError", "RegistryError", "Round", "SamplingParams", "StepStats", "SvipError",
-    "Token", "Verdict", "parse_policy",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from svip_local.config import EngineConfig
+    from svip_local.engine import Engine
+    from svip_local.errors import (
+        ContextFullError,
+        DecodeError,
+        IncompatiblePairError,
+        InvalidRequestError,
+        ModelFileError,
+        ModelNotDownloadedError,
+        PromptTooLongError,
+        RegistryError,
+        SvipError,
+    )
+    from svip_local.events import Done, Event, GenerationStats, Notice, Round, Token
+    from svip_local.loader import load
+    from svip_local.policies import (
+        DraftPolicy,
+        PerTemperature,
+        Plan,
+        StepStats,
+        Strategy,
+        Verdict,
+        check_spec,
+        parse_policy,
+        policy_entries,
+        policy_help,
+    )
+    from svip_local.sampling import SamplingParams
+
+_EXPORTS = {
+    "svip_local.config": ("EngineConfig",),
+    "svip_local.engine": ("Engine",),
+    "svip_local.errors": ("ContextFullError", "DecodeError", "IncompatiblePairError",
+                          "InvalidRequestError", "ModelFileError", "ModelNotDownloadedError",
+                          "PromptTooLongError", "RegistryError", "SvipError"),
+    "svip_local.events": ("Done", "Event", "GenerationStats", "Notice", "Round", "Token"),
+    "svip_local.loader": ("load",),
+    "svip_local.policies": ("DraftPolicy", "PerTemperature", "Plan", "StepStats", "Strategy",
+                            "Verdict", "check_spec", "parse_policy", "policy_entries",
+                            "policy_help"),
+    "svip_local.sampling": ("SamplingParams",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'svip_local' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

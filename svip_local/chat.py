@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import jinja2
 
-from svip_local.engine import Engine
+from svip_local.engine import Engine, PolicyLike
 from svip_local.errors import InvalidRequestError, PromptTooLongError
 from svip_local.events import Event, GenerationStats, Notice
 from svip_local.native import (
@@ -30,7 +30,6 @@ from svip_local.native import (
     render_chat_template,
     supports_gpu_offload,
 )
-from svip_local.policies import DraftPolicy
 from svip_local.sampling import SamplingParams
 
 Messages = Sequence[Mapping[str, str]]
@@ -53,6 +52,11 @@ class ChatTemplate:
     builtin: str | None = None
     bos_token: str = ""
     eos_token: str = ""
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> ChatTemplate:
+        """The template the engine's configuration names (the pair's setting)."""
+        return cls.for_model(engine.target_model, engine.config.chat_template)
 
     @classmethod
     def for_model(cls, model: Model, preference: str = "gguf") -> ChatTemplate:
@@ -212,19 +216,19 @@ def fit_messages(engine: Engine, template: ChatTemplate, messages: Messages, max
 
 def stream_chat(engine: Engine, messages: Messages, *, max_tokens: int = 512,
                 sampling: SamplingParams | None = None,
-                policy: str | DraftPolicy | None = None,
+                policy: PolicyLike | None = None,
                 cancel: threading.Event | None = None, stop: Sequence[str] = (),
                 template: ChatTemplate | None = None) -> Iterator[Event]:
     """Stream a reply to `messages` ({role, content} dicts ending with the user's).
 
     Yields what `Engine.generate` yields, preceded by a `Notice` when old turns had to be
     dropped to fit the context. Bad input and a message too long for the context raise here,
-    before any work. `template` defaults to the target model's own (resolved on each call:
-    pass one from `ChatTemplate.for_model` to skip that).
+    before any work. `template` defaults to the engine's (resolved on each call: pass one
+    from `ChatTemplate.for_engine` to skip that).
     """
     if max_tokens <= 0:
         raise InvalidRequestError(f"max_tokens must be positive, got {max_tokens}")
-    template = template or ChatTemplate.for_model(engine.target_model)
+    template = template or ChatTemplate.for_engine(engine)
     ids, dropped = fit_messages(engine, template, messages, max_tokens)
     eot = template.end_of_turn
     events = engine.generate(ids, max_tokens=max_tokens, sampling=sampling, policy=policy,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from svip_local.round import RoundResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,17 @@ class GenerationStats:
     draft_lengths: list[int] = field(default_factory=list)
     accepted_lengths: list[int] = field(default_factory=list)
     from_draft: list[bool] = field(default_factory=list)
+
+    def add_round(self, result: RoundResult) -> None:
+        """Count one round's proposal, acceptance and time."""
+        self.rounds += 1
+        self.lookup_rounds += result.copied
+        self.drafted += len(result.proposed)
+        self.accepted += result.accepted
+        self.draft_s += result.draft_s
+        self.verify_s += result.verify_s
+        self.draft_lengths.append(len(result.proposed))
+        self.accepted_lengths.append(result.accepted)
 
     @property
     def tokens_per_second(self) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import functools
 import logging
 import os
 import threading
@@ -69,6 +70,35 @@ def _consume_recent_errors() -> str:
 
 def supports_gpu_offload() -> bool:
     return bool(C.llama_supports_gpu_offload())
+
+
+# ggml_backend_dev_type (ggml-backend.h): CPU=0, GPU=1, IGPU=2, ACCEL=3. llama-cpp-python 0.3.36
+# binds none of the device API, but libllama links ggml, so its symbols resolve through it.
+_GPU_DEVICE_TYPES = (1, 2)
+
+
+@functools.cache
+def gpu_devices() -> tuple[str, ...]:
+    """The GPUs llama.cpp itself would offload to (CUDA, Metal, Vulkan ...), by description."""
+    if not supports_gpu_offload():
+        return ()
+    lib = C._lib
+    try:
+        count, get = lib.ggml_backend_dev_count, lib.ggml_backend_dev_get
+        kind, describe = lib.ggml_backend_dev_type, lib.ggml_backend_dev_description
+    except AttributeError:  # a build that hides ggml's symbols: offload works, names unknown
+        return ("gpu",)
+    count.restype, get.restype, get.argtypes = ctypes.c_size_t, ctypes.c_void_p, [ctypes.c_size_t]
+    kind.restype, kind.argtypes = ctypes.c_int, [ctypes.c_void_p]
+    describe.restype, describe.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+    devices = [get(i) for i in range(count())]
+    return tuple((describe(d) or b"gpu").decode("utf-8", errors="replace")
+                 for d in devices if kind(d) in _GPU_DEVICE_TYPES) or ("gpu",)
+
+
+def gpu_name() -> str:
+    """The first GPU's name when this llama.cpp build can offload, else "cpu"."""
+    return next(iter(gpu_devices()), "cpu")
 
 
 def system_info() -> str:
@@ -265,6 +295,17 @@ class TextStream:
         return self._decoder.decode(b"", final=True)
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """Length of the common prefix of a and b, at most `limit`."""
+    n = min(len(a), len(b), limit)
+    if list(a[:n]) == list(b[:n]):
+        return n
+    i = 0
+    while a[i] == b[i]:
+        i += 1
+    return i
+
+
 class Outputs(Enum):
     NONE = 0
     LAST = 1
@@ -394,6 +435,13 @@ class Context:
             self.tokens.clear()
             return
         del self.tokens[n_keep:]
+
+    def keep_prefix(self, tokens: Sequence[int], limit: int) -> int:
+        """Trim the cache to its longest common prefix with `tokens` (at most `limit`
+        tokens) and return that length: what a new sequence can reuse of the cached one."""
+        keep = common_prefix(self.tokens, tokens, limit)
+        self.truncate(keep)
+        return keep
 
     def clear(self) -> None:
         C.llama_memory_clear(self._mem, True)

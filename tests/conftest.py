@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_models import write_mismatched_vocab_model, write_tiny_model
+from tests.support.tiny_models import write_mismatched_vocab_model, write_tiny_model
 
 REAL_PAIR = "qwen2.5-coder-1.5b"
 

@@ -11,6 +11,7 @@ import logging
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual import work
 from textual.app import App, ComposeResult
@@ -18,14 +19,14 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Footer, Label, ProgressBar, Static
 
+from svip_local import GenerationStats, SvipError
 from svip_local.chat import ChatTemplate, decode_rate, device_summary
 from svip_local.conversation import Conversation, SavedConversation, list_saved
-from svip_local.engine import Engine
-from svip_local.errors import SvipError
-from svip_local.events import GenerationStats
-from svip_local.policies import DraftPolicy
-from svip_local.registry import load_registry, status
-from svip_local.registry.store import human_size
+from svip_local.registry import human_size, load_registry, status
+
+if TYPE_CHECKING:
+    from svip_local import Engine, Plan
+
 from tui.backend import AppClosing, EngineSlot, ReplyJob, run_reply, time_target_alone
 from tui.config import ChatSettings, ModelSource
 from tui.events import (
@@ -71,7 +72,7 @@ class ChatApp(App[None]):
         self.conversation = Conversation(system_prompt=self.settings.system_prompt)
         self.engine: Engine | None = None
         self.template: ChatTemplate | None = None
-        self.policy: DraftPolicy | None = None
+        self.policy: Plan | None = None
         self.baseline: float | None = None  # the target's own tok/s, once measured
         self.last_stats: GenerationStats | None = None
         self.label = ""
@@ -156,7 +157,7 @@ class ChatApp(App[None]):
         self.query_one("#loading").display = False
         status_bar = self.query_one(StatusBar)
         status_bar.device = device_summary(msg.engine)
-        status_bar.policy = self.policy.describe()
+        status_bar.policy = self.policy.for_sampling(self.settings.sampling).describe()
         status_bar.show_idle(msg.label)
         self.query_one(PromptInput).focus()
 
@@ -278,7 +279,8 @@ class ChatApp(App[None]):
         speedup = decode_rate(stats) / self.baseline if self.baseline and stats.generated \
             else None
         status_bar = self.query_one(StatusBar)
-        status_bar.policy = self.policy.describe()  # adaptive policies change as they learn
+        # Adaptive policies change as they learn.
+        status_bar.policy = self.policy.for_sampling(self.settings.sampling).describe()
         status_bar.show_final(stats, speedup)
 
     # -- actions -------------------------------------------------------------------------
@@ -374,11 +376,12 @@ class ChatApp(App[None]):
             except SvipError as exc:
                 self._show_error(str(exc))
                 return
-            if self.engine.draft_model is None and policy.round_limit() > 0:
+            if self.engine.draft_model is None and policy.needs_draft:
                 self._show_error(f"policy {policy.name} needs a draft model")
                 return
             self.policy = policy
-            self.query_one(StatusBar).policy = policy.describe()
+            self.query_one(StatusBar).policy = policy.for_sampling(
+                settings.sampling).describe()
         self.settings = settings
         self.conversation.system_prompt = settings.system_prompt
         self.notify("Settings saved: they apply from the next reply.")

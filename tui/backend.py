@@ -10,19 +10,20 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
+from svip_local import Done, Notice, Round, Token, load
 from svip_local.chat import ChatTemplate, measure_target_alone, stream_chat
-from svip_local.engine import Engine
-from svip_local.events import Done, Notice, Round, Token
-from svip_local.policies import DraftPolicy
-from svip_local.registry import ProgressCallback, resolve
+from svip_local.registry import ProgressCallback
 from tui.config import ChatSettings, ModelSource
 from tui.events import BaselineMeasured, LiveStats, ReplyChunk, ReplyDone, ReplyNotice
 
+if TYPE_CHECKING:
+    from svip_local import Engine, Plan
+
 Post = Callable[[Message], object]
-DEFAULT_N_CTX = 4096
 
 
 class EngineSlot:
@@ -47,21 +48,20 @@ class EngineSlot:
         """Close the current engine, then load `source` (pulling it first if allowed)."""
         with self.lock:
             self._close_engine()
-        chat_template, n_ctx = "gguf", settings.n_ctx
-        target, draft = source.target, source.draft
-        if source.pair:
-            pair = resolve(source.pair, pull=source.pull, progress=progress)
-            target, draft = pair.target, pair.draft
-            chat_template, n_ctx = pair.settings.chat_template, n_ctx or pair.settings.n_ctx
-        assert target is not None
-        with self.lock:
             if self.closed:
                 raise AppClosing
-            engine = Engine(target, draft, n_ctx=n_ctx or DEFAULT_N_CTX,
-                            n_gpu_layers=settings.n_gpu_layers, n_threads=settings.n_threads,
-                            policy=settings.policy)
+        # Loading (and pulling) happens outside the lock: closing the app must not wait for a
+        # download; an engine that finishes loading after the app closed is closed at once.
+        engine = load(source.pair, target=source.target, draft=source.draft, pull=source.pull,
+                      progress=progress, n_ctx=settings.n_ctx,
+                      n_gpu_layers=settings.n_gpu_layers, n_threads=settings.n_threads,
+                      policy=settings.policy)
+        with self.lock:
+            if self.closed:
+                engine.close()
+                raise AppClosing
             try:
-                template = ChatTemplate.for_model(engine.target_model, chat_template)
+                template = ChatTemplate.for_engine(engine)
             except BaseException:
                 engine.close()
                 raise
@@ -89,7 +89,7 @@ class ReplyJob:
 
     engine: Engine
     template: ChatTemplate
-    policy: DraftPolicy
+    policy: Plan
     messages: list[dict[str, str]]
     settings: ChatSettings
     cancel: threading.Event
@@ -128,7 +128,7 @@ def run_reply(job: ReplyJob, post: Post) -> None:
 
 def time_target_alone(job: ReplyJob, post: Post) -> None:
     """After the first finished reply: time the target alone once (see measure_target_alone)."""
-    if job.cancel.is_set() or job.policy.round_limit() == 0:
+    if job.cancel.is_set() or not job.policy.for_sampling(job.settings.sampling).speculates:
         return
     rate = measure_target_alone(job.engine, cancel=job.cancel)
     if rate:

@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from svip_local.errors import SvipError
-from svip_local.policies import parse_policy
-from svip_local.sampling import SamplingParams
+from svip_local import SamplingParams, SvipError, check_spec, policy_entries
 
-POLICY_NAMES = ("auto", "svip", "svip-cost", "pmin", "adaedl", "heuristic", "constant", "none")
-_NO_PARAMETER = ("auto", "none")
-_ENGINE_RESOLVED = ("svip-cost",)  # needs this machine's calibration: the engine checks it
+# The policy table's choices, `auto` (the default) first.
+POLICY_NAMES = tuple(sorted((e.name for e in policy_entries("policy")),
+                            key=lambda name: name != "auto"))
 
 
 @dataclass(frozen=True)
@@ -57,20 +55,13 @@ class ChatSettings:
 
 
 def policy_spec(name: str, parameter: str) -> str:
-    """`name[:parameter]`, checked by the engine's own parser (ValueError with its message)."""
-    parameter = parameter.strip()
-    if name in _NO_PARAMETER:
-        if parameter:
-            raise ValueError(f"policy {name!r} takes no parameter")
-        return name
-    spec = f"{name}:{parameter}" if parameter else name
-    if name in _ENGINE_RESOLVED:
-        return spec
+    """`name[:parameter]`, checked by the engine's own parser (ValueError with its message;
+    a policy that needs this machine's calibration is checked fully when it is built)."""
+    spec = f"{name}:{parameter.strip()}" if parameter.strip() else name
     try:
-        parse_policy(spec)
+        return check_spec(spec)
     except SvipError as exc:
         raise ValueError(str(exc)) from exc
-    return spec
 
 
 def parse_form(system_prompt: str, policy_name: str, parameter: str, temperature: str,

@@ -7,12 +7,13 @@ catches up, and a worker that outlives the app (quit mid-reply) posts into nothi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from svip_local.chat import ChatTemplate
-from svip_local.engine import Engine
-from svip_local.events import Done
+if TYPE_CHECKING:
+    from svip_local import Done, Engine
+    from svip_local.chat import ChatTemplate
 
 
 @dataclass

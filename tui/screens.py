@@ -14,8 +14,7 @@ from textual.widgets import Button, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from svip_local.conversation import SavedConversation
-from svip_local.registry import PairStatus
-from svip_local.registry.store import human_size
+from svip_local.registry import PairStatus, human_size
 from tui.config import POLICY_NAMES, ChatSettings, parse_form
 
 

@@ -9,8 +9,8 @@ from textual.content import Content
 from textual.widgets import Input, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
+from svip_local import GenerationStats
 from svip_local.conversation import Message, OriginRuns, origin_runs
-from svip_local.events import GenerationStats
 from tui.events import LiveStats
 
 DRAFT_STYLE = "bold $success"

@@ -3,7 +3,8 @@
 Calibration records greedy traces on a prompt set (each is also a timed target-alone run),
 measures the cost model, times a few speculative runs to learn the loop's own overhead, fits
 the entropy-to-acceptance map, then replays every candidate policy on the traces and keeps the
-fastest; prompt lookup is tried on top of the best few policies and of the target alone. Then
+fastest; proposal sources (prompt lookup) are tried on top of the best few policies and of the
+target alone. The candidates and their grids come from the policy table. Then
 the same per sampling temperature, on sampled traces (without lookup: a copy under sampling is
 accepted only with the target's probability of it, which the replay does not model).
 Speculation must beat the target alone by `MARGIN` in the simulation to be chosen, and another
@@ -20,13 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from svip_local.bench.costs import (
-    CostModel,
-    PairIdentity,
-    fingerprint,
-    fit_overhead,
-    measure_costs,
-)
+from svip_local.bench.costs import fit_overhead, measure_costs
 from svip_local.bench.prompts import Prompt
 from svip_local.bench.simulate import (
     decode_rate,
@@ -36,12 +31,27 @@ from svip_local.bench.simulate import (
     simulate_set,
     total_rate,
 )
-from svip_local.bench.store import Calibration, TemperatureChoice, temperature_label
 from svip_local.bench.traces import PromptTrace, record_trace
+from svip_local.calibration import (
+    AcceptanceMap,
+    Calibration,
+    CostModel,
+    PairIdentity,
+    TemperatureChoice,
+    temperature_label,
+)
 from svip_local.errors import InvalidRequestError
-from svip_local.lookup import PromptLookup
-from svip_local.policies import Constant, DraftPolicy, NoDraft, WithLookup, parse_policy
-from svip_local.policies_cost import AcceptanceMap, CostAwareSvip
+from svip_local.policies import (
+    Constant,
+    CostAwareSvip,
+    NoDraft,
+    Plan,
+    PolicyContext,
+    Strategy,
+    build_proposer,
+    parse_policy,
+)
+from svip_local.policies import table as policy_table
 from svip_local.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -54,16 +64,9 @@ MARGIN = 0.03
 # simulator's policy-to-policy error (measured: about 1-2%); a simulated 1% is not a real one.
 DEFAULT = "svip:0.3"
 TIE = 0.02
-CANDIDATES: tuple[str, ...] = (
-    "none",
-    *(f"constant:{k}" for k in (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)),
-    "heuristic",
-    *(f"pmin:{p:g}" for p in (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)),
-    "adaedl",
-    *(f"svip:{h:g}" for h in (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6)),
-)
-LOOKUPS: tuple[PromptLookup, ...] = tuple(PromptLookup(n, m) for n in (2, 3, 4, 5, 6)
-                                          for m in (2, 4, 8, 16))
+# The policy table's grids: every registered policy's candidates, and proposal sources.
+CANDIDATES: tuple[str, ...] = tuple(policy_table.candidates())
+PROPOSERS: tuple[str, ...] = tuple(policy_table.proposer_candidates())
 _LOOKUP_BASES = 3  # the best speculative policies that are also tried with lookup
 _RATE_STEPS = (0.7, 0.85, 1.0, 1.15, 1.3)  # multiples of the best other rate tried for R
 _DINKELBACH_ITERATIONS = 6
@@ -95,7 +98,7 @@ class Choice:
     candidates: tuple[Candidate, ...]  # best first
 
 
-def evaluate(traces: Sequence[PromptTrace], name: str, make: Callable[[], DraftPolicy],
+def evaluate(traces: Sequence[PromptTrace], name: str, make: Callable[[], Plan],
              costs: CostModel, *, max_draft: int) -> Candidate:
     results = simulate_set(traces, make, costs, max_draft=max_draft)
     drafted = sum(r.drafted for r in results)
@@ -107,25 +110,26 @@ def evaluate(traces: Sequence[PromptTrace], name: str, make: Callable[[], DraftP
 
 def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: AcceptanceMap, *,
            max_draft: int, candidates: Sequence[str] = CANDIDATES,
-           lookups: Sequence[PromptLookup] = LOOKUPS, margin: float = MARGIN,
+           proposers: Sequence[str] = PROPOSERS, margin: float = MARGIN,
            tie: float = TIE) -> Choice:
     """Simulate every candidate (and svip-cost at the rates Dinkelbach's iteration visits),
-    then the best few and the target alone with each lookup, and choose the best by
+    then the best few and the target alone with each proposal source, and choose the best by
     `Candidate.score` (the mean of per-prompt rates).
 
     svip-cost's R is a decode rate, not a total one: a generation's length is fixed, so one
     more token saves the time the loop would spend making it; prefill is paid either way.
     """
-    makers: dict[str, Callable[[], DraftPolicy]] = {
-        spec: lambda s=spec: parse_policy(s, max_draft=max_draft)
-        for spec in (*candidates, "none", DEFAULT)}
+    context = PolicyContext(max_draft=max_draft)
+    makers: dict[str, Callable[[], Plan]] = {
+        spec: lambda s=spec: parse_policy(s, context) for spec in (*candidates, "none", DEFAULT)}
     table = {spec: evaluate(traces, spec, make, costs, max_draft=max_draft)
              for spec, make in makers.items()}
     start = max(c.decode_tokens_per_s for c in table.values())
 
     def cost_aware(rate: float) -> Candidate:
         return evaluate(traces, f"svip-cost:{rate:.4g}",
-                        lambda: CostAwareSvip(costs, acceptance, rate, max_draft=max_draft),
+                        lambda: Strategy(CostAwareSvip(costs, acceptance, rate,
+                                                       max_draft=max_draft)),
                         costs, max_draft=max_draft)
 
     tried = [cost_aware(start * m) for m in _RATE_STEPS]
@@ -140,17 +144,18 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
     best_cost = max(tried, key=lambda c: c.score)
     table[best_cost.policy] = best_cost
     cost_rate = float(best_cost.policy.partition(":")[2])
-    makers[best_cost.policy] = lambda: CostAwareSvip(costs, acceptance, cost_rate,
-                                                     max_draft=max_draft)
+    makers[best_cost.policy] = lambda: Strategy(CostAwareSvip(costs, acceptance, cost_rate,
+                                                              max_draft=max_draft))
     drafting = [c.policy for c in sorted(table.values(), key=lambda c: -c.score)
                 if c.policy != "none"][:_LOOKUP_BASES]
     copyable = any(t.context() is not None for t in traces)  # traces with their prompts
     for base in ("none", *drafting) if copyable else ():
-        for lookup in lookups:
-            combo = WithLookup(makers[base](), lookup).name
-            table[combo] = evaluate(traces, combo,
-                                    lambda b=base, lk=lookup: WithLookup(makers[b](), lk),
-                                    costs, max_draft=max_draft)
+        for source in proposers:
+            def make(b: str = base, p: str = source) -> Plan:
+                return makers[b]().with_proposer(build_proposer(p))
+
+            combo = make().name
+            table[combo] = evaluate(traces, combo, make, costs, max_draft=max_draft)
     ranked = tuple(sorted(table.values(), key=lambda c: -c.score))
     best = ranked[0]
     if best.score < table[DEFAULT].score * (1 + tie):
@@ -201,14 +206,14 @@ def loop_overhead(engine: Engine, traces: Sequence[PromptTrace], walls: Sequence
     and constant:4 runs on `spec_prompts` prompts, whose rounds differ in shape)."""
     rows = []
     for trace, wall in zip(traces, walls, strict=True):
-        sim = simulate(trace, NoDraft(), costs, max_draft=max_draft)
+        sim = simulate(trace, Strategy(NoDraft()), costs, max_draft=max_draft)
         rows.append((wall - sim.time_s, sim.rounds, sim.generated, 0))
     for trace, p in list(zip(traces, prompts, strict=True))[:spec_prompts]:
         for k in (1, 4):
             engine.reset()
             done = engine.complete(engine.tokenize(p.text), max_tokens=trace.budget,
                                    policy=Constant(k), ignore_eos=ignore_eos)
-            sim = simulate(trace, Constant(k), costs, max_draft=max_draft)
+            sim = simulate(trace, Strategy(Constant(k)), costs, max_draft=max_draft)
             s = done.stats
             # A constant length never drops a token: one draft step per drafted token.
             rows.append((s.wall_s - sim.time_s, s.rounds, s.generated, s.drafted))
@@ -258,7 +263,7 @@ def calibrate(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int = 12
         sampled.append(choose(at_temp, costs, max_draft=max_draft, temperature=temp))
         traces += at_temp
     cal = Calibration(
-        PairIdentity.of(engine.target_model.path, engine.draft_model.path), fingerprint(engine),
+        PairIdentity.of(engine.target_model.path, engine.draft_model.path), engine.machine,
         greedy, costs, sampled,
         {"prompts": [p.id for p in prompts], "max_tokens": max_tokens, "ignore_eos": ignore_eos,
          "positions": int(sum(t.generated for t in traces if t.temperature == 0)),

@@ -1,25 +1,23 @@
 """llama.cpp's own speculative decoding (`llama-speculative-simple`) as a peer in a benchmark.
 
-The binary and its runner (scripts/llama_cpp_peer.py, built by scripts/build_llama_tools.sh)
-are benchmark tooling in a source checkout, not part of the installed package, so the runner is
-loaded from its file. Peer runs are specs `llama.cpp:N_MAX:P_MIN` that the benchmark interleaves
+The binary is built by scripts/build_llama_tools.sh; `peer_runner` runs it and parses what it
+prints. Peer runs are specs `llama.cpp:N_MAX:P_MIN` that the benchmark interleaves
 with its own; their time is prefill + generation, like ours (model load excluded).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
+from svip_local.bench import peer_runner
 from svip_local.bench.runner import BenchItem, RunRecord
 from svip_local.errors import InvalidRequestError
 
 PREFIX = "llama.cpp:"
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "llama_cpp_peer.py"
 # The issue's sweep: n_max 1-16 at p_min 0 (llama.cpp's current default), and p_min 0.3-0.9
 # at n_max 8 and 16.
 DEFAULT_GRID: tuple[tuple[int, float], ...] = (
@@ -37,24 +35,13 @@ def parse_spec(text: str) -> tuple[int, float]:
     return int(n_max), float(p_min or 0)
 
 
-def load_runner(path: Path = SCRIPT) -> ModuleType:
-    if not path.is_file():
-        raise InvalidRequestError(
-            f"llama.cpp's peer runner {path} is missing: the peer needs a source checkout")
-    module_spec = importlib.util.spec_from_file_location("llama_cpp_peer", path)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
 class Peer:
     """Runs `llama-speculative-simple` on the benchmark's files and prompts."""
 
     def __init__(self, target: str | Path, draft: str | Path, *, threads: int, n_ctx: int,
                  n_gpu_layers: int | None = None, binary: str | Path | None = None,
                  runner: ModuleType | None = None) -> None:
-        self._runner = runner or load_runner()
+        self._runner = runner or peer_runner
         self.binary = Path(binary) if binary else Path(self._runner.default_binary())
         if not self.binary.is_file():
             raise InvalidRequestError(

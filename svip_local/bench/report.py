@@ -17,11 +17,11 @@ import numpy as np
 
 from svip_local.bench.prompts import CATEGORIES
 from svip_local.bench.runner import BASELINE, RunRecord, Summary
-from svip_local.bench.store import temperature_label
 from svip_local.bench.traces import PromptTrace
 from svip_local.bench.validate import ORACLE, Check
+from svip_local.calibration import temperature_label
 from svip_local.errors import InvalidRequestError
-from svip_local.lookup import split_lookup
+from svip_local.policies import label as policy_label
 
 OVERALL = "all"
 SUITES = {"specbench": "SpecBench", "longform": "MT-Bench long-form"}
@@ -53,25 +53,14 @@ class BenchResult:
 
 
 def label(policy: str, resolved: str = "") -> str:
-    """How a policy spec reads in a table."""
-    base, lookup = split_lookup(policy)
-    if lookup is not None:
-        copies = f"prompt lookup {lookup.ngram}:{lookup.max_tokens}"
-        return copies if base == "none" else f"{label(base)} + {copies}"
-    name, _, arg = policy.partition(":")
-    if policy == BASELINE:
-        return "target alone"
+    """How a policy spec (or the oracle, or llama.cpp's binary) reads in a table."""
     if policy == ORACLE:
         return "oracle (simulated)"
-    if name == "auto":
-        return f"auto (→ {resolved})" if resolved else "auto"
+    name, _, arg = policy.partition(":")
     if name == "llama.cpp":
         n_max, _, p_min = arg.partition(":")
         return f"llama.cpp n_max={n_max} p_min={p_min}"
-    if name == "svip-cost":
-        return f"cost-aware SVIP ({resolved or policy})"
-    return {"constant": f"constant k={arg}", "heuristic": "HF heuristic", "pmin": f"p_min {arg}",
-            "adaedl": "AdaEDL", "svip": f"SVIP h={arg or '0.3'}"}.get(name, policy)
+    return policy_label(policy, resolved)
 
 
 def write_report(result: BenchResult, out_dir: str | Path, *, plots: bool = True) -> list[Path]:

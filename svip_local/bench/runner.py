@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from svip_local.bench.prompts import Prompt
 from svip_local.bench.traces import PromptTrace, record_trace
-from svip_local.policies import Constant, DraftPolicy
+from svip_local.policies import Constant, Plan
 from svip_local.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class BenchRun:
 
 
 def run_items(engine: Engine, items: Sequence[BenchItem], specs: Sequence[str], *,
-              temperature: float, policies: dict[str, DraftPolicy], repeats: int = 1,
+              temperature: float, policies: dict[str, Plan], repeats: int = 1,
               seed: int = 0, external: ExternalRunner | None = None,
               on_run: Callable[[], None] | None = None, out: BenchRun | None = None
               ) -> BenchRun:

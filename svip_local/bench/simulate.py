@@ -1,10 +1,8 @@
 """Replay a trace under a draft-length policy and a cost model: predicted time per prompt.
 
-`simulate` walks the trace round by round exactly as `Engine._generate` does: the draft first
-catches up on what it has not seen (the last accepted token; two tokens after a round whose
-every draft was accepted, since the last draft token is never decoded; the whole prompt in the
-first round), then drafts one decode per further token while the policy says CONTINUE, then
-the target verifies `[last token] + drafts` in one batch. `oracle` is the best any draft-length
+`replay_round` is the engine's round (`svip_local.round`) on a trace, step for step, and
+`simulate` repeats it as `Engine.generate` does (a test runs the two rounds side by side).
+`oracle` is the best any draft-length
 policy could do with this pair on this machine: knowing which tokens will be accepted, it
 chooses each round's length (none at all included) to minimise the total time. Sampled traces
 are replayed through realisations (`realise_all`), the same draws for every policy.
@@ -17,10 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
-from svip_local.bench.costs import CostModel
 from svip_local.bench.traces import PromptTrace
-from svip_local.policies import DEFAULT_MAX_DRAFT, DraftPolicy, StepStats, Verdict
+from svip_local.calibration import CostModel
+from svip_local.config import DEFAULT_MAX_DRAFT
+from svip_local.policies import DraftPolicy, Plan, StepStats, Strategy, Verdict, as_plan
+from svip_local.round import RoundResult
 from svip_local.sampling import SamplingParams
 
 _MAX_LAG = 64  # the oracle's draft lags beyond this are costed as this (an optimistic bound)
@@ -62,37 +63,47 @@ def run_length(match: np.ndarray) -> np.ndarray:
     return runs[:-1]
 
 
-def simulate(trace: PromptTrace, policy: DraftPolicy, costs: CostModel, *,
-             max_draft: int = DEFAULT_MAX_DRAFT) -> SimResult:
-    """Replay `trace` under `policy` (which keeps its state afterwards, like the engine's).
+@dataclass
+class ReplayState:
+    """Where a replay stands: `j` tokens of the trace's path are emitted, `seq_len` tokens
+    precede the round, and the draft's cache holds a valid prefix of `draft_ok` tokens."""
 
-    A round that copies tokens from the context (prompt lookup) is exact too: the copy depends
-    only on the true prefix. Traces without their prompt replay no copies.
+    j: int
+    seq_len: int
+    draft_ok: int = 0
+
+
+def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, state: ReplayState,
+                 room: int, strategy: Strategy, costs: CostModel) -> RoundResult:
+    """`svip_local.round.Speculator.round` on a trace, with predicted times.
+
+    The same steps in the same order: the proposer's copies (exact: a copy depends only on
+    the true prefix), else the draft catches up on what it has not seen (the last accepted
+    token; two after an all-accepted round; the whole prompt first) and drafts one decode per
+    further token while the policy says CONTINUE; then one verification of [last] + proposal.
+    Draft tokens are the trace's (true-prefix) guesses; `state.draft_ok` is advanced.
     """
-    policy.start(SamplingParams(temperature=trace.temperature))
-    costs = costs.at_temperature(trace.temperature)
-    n_pos, n_gen = len(trace.target), trace.generated
-    end = n_pos if trace.finish == "eos" else n_gen
-    match = trace.match
-    context = trace.context()
-    wants_stats = policy.wants_entropy or policy.wants_top_prob
-    step_s = costs.step_s + costs.argmax_s + (costs.entropy_s if wants_stats else 0.0)
-    prefill = costs.target_prefill(trace.prompt_tokens - 1)
-    res = SimResult(n_gen, prefill, prefill)
-    j, seq_len, draft_ok = 0, trace.prompt_tokens, 0  # draft_ok: draft cache's valid prefix
-    while j < end:
-        room = min(max_draft, trace.budget - j - 1)
-        copied = policy.propose(context[:seq_len], room) \
-            if context is not None and room > 0 else []
-        cap = 0 if copied else min(policy.round_limit(), room)
-        k, decoded = len(copied), 0
+    policy, j, seq_len = strategy.policy, state.j, state.seq_len
+    n_pos = len(trace.target)
+    draft_s = 0.0
+    proposed = strategy.proposer.propose(context[:seq_len], room) \
+        if strategy.proposer is not None and context is not None and room > 0 else []
+    copied = bool(proposed)
+    if copied:
+        ahead = trace.target[j:j + len(proposed)]
+        accepted = _leading_matches(np.asarray(proposed[:len(ahead)]) == ahead, 0,
+                                    len(proposed))
+    else:
+        cap = min(policy.round_limit(), room)
+        k = decoded = 0
         if cap > 0:
-            keep = min(draft_ok, seq_len - 1)
-            res.time_s += costs.draft(seq_len - keep, keep)
-            draft_ok = seq_len
+            wants_stats = policy.wants_entropy or policy.wants_top_prob
+            step_s = costs.step_s + costs.argmax_s + (costs.entropy_s if wants_stats else 0.0)
+            keep = min(state.draft_ok, seq_len - 1)
+            draft_s += costs.draft(seq_len - keep, keep)
             for n in range(1, cap + 1):
                 pos = min(j + n - 1, n_pos - 1)  # past the end: the last known statistics
-                res.time_s += step_s
+                draft_s += step_s
                 verdict = policy.judge(StepStats(n, float(trace.entropy[pos]),
                                                  float(trace.top_prob[pos])))
                 if verdict is Verdict.DROP:
@@ -100,24 +111,42 @@ def simulate(trace: PromptTrace, policy: DraftPolicy, costs: CostModel, *,
                 k = n
                 if verdict is Verdict.STOP or n == cap or trace.draft_eog[pos]:
                     break
-                res.time_s += costs.draft(1, seq_len + n - 1)
+                draft_s += costs.draft(1, seq_len + n - 1)
                 decoded += 1
-        if copied:
-            ahead = trace.target[j:j + k]
-            accepted = _leading_matches(np.asarray(copied[:len(ahead)]) == ahead, 0, k)
-        else:
-            accepted = _leading_matches(match, j, k)
-        # Rows read: up to and including the first mismatch, or all plus the bonus row.
-        res.time_s += costs.verify(k + 1, seq_len - 1) + costs.argmax_s * (accepted + 1)
-        policy.observe(k, accepted)
-        emitted = min(j + accepted + 1, n_gen) - j
-        res.time_s += costs.round_s + costs.token_s * emitted
-        res.draft_lengths.append(k)
-        res.accepted_lengths.append(accepted)
+        proposed = [int(t) for t in trace.draft[j:j + k]]
+        proposed += [-1] * (k - len(proposed))  # past the trace's end: unknown guesses
+        accepted = _leading_matches(trace.match, j, k)
         if cap > 0:
-            draft_ok = seq_len + min(decoded, accepted)
-        j += accepted + 1
-        seq_len += accepted + 1
+            state.draft_ok = seq_len + min(decoded, accepted)
+        policy.observe(k, accepted)
+    # Rows read: up to and including the first mismatch, or all plus the bonus row.
+    verify_s = costs.verify(len(proposed) + 1, seq_len - 1) + costs.argmax_s * (accepted + 1)
+    nxt = int(trace.target[j + accepted]) if j + accepted < n_pos else -1
+    return RoundResult(tuple(proposed), accepted, nxt, copied, draft_s, verify_s)
+
+
+def simulate(trace: PromptTrace, plan: Plan | DraftPolicy, costs: CostModel, *,
+             max_draft: int = DEFAULT_MAX_DRAFT) -> SimResult:
+    """Replay `trace` under `plan` (whose policies keep their state afterwards, like the
+    engine's), round by round as `Engine.generate` runs them. Traces without their prompt
+    replay no copies."""
+    strategy = as_plan(plan).for_sampling(SamplingParams(temperature=trace.temperature))
+    costs = costs.at_temperature(trace.temperature)
+    n_gen = trace.generated
+    end = len(trace.target) if trace.finish == "eos" else n_gen
+    context = trace.context()
+    prefill = costs.target_prefill(trace.prompt_tokens - 1)
+    res = SimResult(n_gen, prefill, prefill)
+    state = ReplayState(0, trace.prompt_tokens)
+    while state.j < end:
+        room = min(max_draft, trace.budget - state.j - 1)
+        result = replay_round(trace, context, state, room, strategy, costs)
+        emitted = min(state.j + result.accepted + 1, n_gen) - state.j
+        res.time_s += result.draft_s + result.verify_s + costs.round_s + costs.token_s * emitted
+        res.draft_lengths.append(len(result.proposed))
+        res.accepted_lengths.append(result.accepted)
+        state.j += result.accepted + 1
+        state.seq_len += result.accepted + 1
     return res
 
 
@@ -201,8 +230,9 @@ def realise_all(traces: Sequence[PromptTrace], draws: int = SAMPLED_DRAWS, seed:
     return [t.realise(rng) for _ in range(draws) for t in traces]
 
 
-def simulate_set(traces: Sequence[PromptTrace], make_policy: Callable[[], DraftPolicy] | None,
-                 costs: CostModel, *, max_draft: int = DEFAULT_MAX_DRAFT) -> list[SimResult]:
+def simulate_set(traces: Sequence[PromptTrace],
+                 make_policy: Callable[[], Plan | DraftPolicy] | None, costs: CostModel,
+                 *, max_draft: int = DEFAULT_MAX_DRAFT) -> list[SimResult]:
     """One policy instance over the prompts in order, as a benchmark runs them; None: oracle."""
     if make_policy is None:
         return [oracle(t, costs, max_draft=max_draft) for t in traces]

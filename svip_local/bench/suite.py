@@ -11,10 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from svip_local.autopolicy import COST_POLICY, calibration_for
-from svip_local.bench import store
 from svip_local.bench.calibrate import calibrate
-from svip_local.bench.costs import fingerprint
 from svip_local.bench.peer import DEFAULT_GRID, Peer, sweep
 from svip_local.bench.prompts import Prompt, select
 from svip_local.bench.report import BenchResult
@@ -28,6 +25,8 @@ from svip_local.bench.runner import (
     warm_up,
 )
 from svip_local.bench.validate import compare, predict
+from svip_local.calibration import Calibration
+from svip_local.calibration import store as calibration_store
 from svip_local.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+COST_POLICY = "svip-cost"
 DEFAULT_POLICIES = ("none", "constant:1", "constant:2", "constant:3", "constant:4", "constant:6",
                     "constant:8", "heuristic", "pmin:0.75", "adaedl", "svip:0.3", COST_POLICY,
                     "auto")
@@ -81,7 +81,7 @@ def run_bench(engine: Engine, opts: BenchOptions) -> BenchResult:
     if engine.draft_model is None:
         raise InvalidRequestError("a benchmark of draft policies needs a draft model")
     items = _fitting(engine, bench_items(opts))
-    cal = calibration_for(engine)
+    cal = engine.calibration()
     if cal is None and opts.calibrate:
         cal = _calibrate(engine, opts, {p.id for p in (i.prompt for i in items)})
     specs = list(dict.fromkeys([BASELINE, *opts.policies]))
@@ -118,7 +118,7 @@ def _sweep_peer(engine: Engine, opts: BenchOptions, items: list[BenchItem]
     """llama.cpp's binary on the first few prompts at every grid setting: the peer, its best
     setting (which joins the benchmark) and the sweep's table."""
     assert engine.draft_model is not None
-    machine = fingerprint(engine)
+    machine = engine.machine
     # Our -1 is "all layers"; the peer's -1 is "auto", so name a number past any model's.
     layers = engine.config.n_gpu_layers
     peer = Peer(engine.target_model.path, engine.draft_model.path, threads=machine.threads,
@@ -136,7 +136,7 @@ def _meta(engine: Engine, opts: BenchOptions) -> dict[str, object]:
     assert engine.draft_model is not None
     return {
         "pair": f"{engine.target_model.path.name} + {engine.draft_model.path.name}",
-        "machine": " | ".join(f"{k}={v}" for k, v in vars(fingerprint(engine)).items()),
+        "machine": " | ".join(f"{k}={v}" for k, v in vars(engine.machine).items()),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "prompts": f"{opts.prompts_source} ({opts.per_category} per category)",
         "max_tokens": opts.max_tokens, "long-form lengths": list(opts.lengths),
@@ -161,7 +161,7 @@ def _fitting(engine: Engine, items: list[BenchItem]) -> list[BenchItem]:
     return keep
 
 
-def _calibrate(engine: Engine, opts: BenchOptions, bench_ids: set[str]) -> store.Calibration:
+def _calibrate(engine: Engine, opts: BenchOptions, bench_ids: set[str]) -> Calibration:
     """Calibrate on prompts from the end of each category (the benchmark takes the start)."""
     cal_prompts = select(opts.prompts, opts.calibration_per_category,
                          categories=opts.categories, from_end=True)
@@ -173,7 +173,7 @@ def _calibrate(engine: Engine, opts: BenchOptions, bench_ids: set[str]) -> store
         cal, _ = calibrate(engine, cal_prompts, max_tokens=opts.calibration_max_tokens,
                            temperatures=sampled, on_prompt=tick,
                            progress=lambda m: log.info("calibration: %s", m))
-    path = store.save(cal)
+    path = calibration_store.save(cal)
     log.warning("calibrated this pair on this machine: auto = %s (stored in %s)", cal.choice,
                 path)
     return cal

@@ -27,9 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from svip_local.engine import common_prefix
 from svip_local.native import Outputs
-from svip_local.policies import entropy_and_top_prob
+from svip_local.policies import entropy_and_top_prob, entropy_scratch
 from svip_local.sampling import SamplingParams, distribution
 
 if TYPE_CHECKING:
@@ -160,7 +159,7 @@ def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: s
     n, n_vocab = len(target), engine.n_vocab
     # Row r of the batch seq[P-1+start : ...] predicts generated position start + r.
     rows = seq[len(ids) - 1: len(ids) - 1 + n]
-    scratch = np.empty(n_vocab, dtype=np.float32)
+    scratch = entropy_scratch(n_vocab)
     draft = np.empty(n, np.int32)
     entropy = np.empty(n, np.float32)
     top = np.empty(n, np.float32)
@@ -170,8 +169,7 @@ def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: s
     dctx.clear()
     dctx.decode(seq[: len(ids) - 1], Outputs.NONE)
     if sampled:  # the target's cache still holds the prompt from the run
-        tctx.truncate(common_prefix(tctx.tokens, ids, len(ids) - 1))
-        tctx.decode(seq[len(tctx.tokens): len(ids) - 1], Outputs.NONE)
+        tctx.decode(seq[tctx.keep_prefix(ids, len(ids) - 1): len(ids) - 1], Outputs.NONE)
     step = min(dctx.n_batch, tctx.n_batch)
     for start in range(0, n, step):
         chunk = rows[start:start + step]
@@ -203,6 +201,5 @@ def _end_token(engine: Engine, ids: Sequence[int], generated: list[int]) -> int:
     normally holds all but the last token, so this is one decode; the cache keeps it)."""
     ctx = engine.target_ctx
     seq = [*ids, *generated]
-    ctx.truncate(common_prefix(ctx.tokens, seq, len(seq) - 1))
-    ctx.decode(seq[len(ctx.tokens):], Outputs.LAST)
+    ctx.decode(seq[ctx.keep_prefix(seq, len(seq) - 1):], Outputs.LAST)
     return int(ctx.logits()[: engine.n_vocab].argmax())

@@ -7,17 +7,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from svip_local.bench.costs import CostModel
 from svip_local.bench.runner import BenchItem, RunRecord, Summary
 from svip_local.bench.simulate import SimResult, oracle, realise_all, simulate
 from svip_local.bench.traces import PromptTrace
-from svip_local.policies import DraftPolicy
+from svip_local.calibration import CostModel
+from svip_local.policies import Plan
+from svip_local.sampling import SamplingParams
 
 ORACLE = "oracle"
 
 
 def predict(items: Sequence[BenchItem], traces: Sequence[PromptTrace], specs: Sequence[str],
-            make_policy: Callable[[str], DraftPolicy], costs: CostModel, *, max_draft: int
+            make_policy: Callable[[str], Plan], costs: CostModel, *, max_draft: int
             ) -> list[RunRecord]:
     """Simulated runs of `specs` (one policy object each per temperature, over the items in
     benchmark order) and of the oracle, on the items that have a trace at that temperature.
@@ -30,10 +31,11 @@ def predict(items: Sequence[BenchItem], traces: Sequence[PromptTrace], specs: Se
         runs = [(present[i % len(present)], i // len(present), trace)
                 for i, trace in enumerate(replay)]
         for spec in specs:
-            policy = make_policy(spec)
+            plan = make_policy(spec)
+            strategy = plan.for_sampling(SamplingParams(temperature=temp))
             for item, draw, trace in runs:
-                res = simulate(trace, policy, costs, max_draft=max_draft)
-                out.append(_record(item, trace, draw, spec, policy.describe(), res))
+                res = simulate(trace, plan, costs, max_draft=max_draft)
+                out.append(_record(item, trace, draw, spec, strategy.describe(), res))
         for item, draw, trace in runs:
             out.append(_record(item, trace, draw, ORACLE, ORACLE,
                                oracle(trace, costs, max_draft=max_draft)))

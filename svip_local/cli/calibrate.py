@@ -13,7 +13,7 @@ from svip_local.cli.bench import add_prompt_arguments, floats
 
 if TYPE_CHECKING:
     from svip_local.bench.prompts import Prompt
-    from svip_local.bench.store import Calibration
+    from svip_local.calibration import Calibration
     from svip_local.engine import Engine
 
 
@@ -43,12 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from svip_local.autopolicy import calibration_for
-    from svip_local.bench import store
     from svip_local.bench.calibrate import calibrate, summary_lines
     from svip_local.bench.prompts import load_prompts, select
     from svip_local.bench.runner import progress_bar
     from svip_local.bench.traces import TraceSet
+    from svip_local.calibration import store
     from svip_local.cli.generate import open_engine
     from svip_local.errors import InvalidRequestError
 
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         if engine.draft_model is None:
             raise InvalidRequestError("calibration needs a draft model (--draft)")
         if args.show:
-            cal = calibration_for(engine)
+            cal = engine.calibration()
             if cal is None:
                 print("no calibration for this pair on this machine", file=sys.stderr)
                 return 1

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from svip_local.errors import InvalidRequestError, ModelNotDownloadedError
+from svip_local import InvalidRequestError, ModelNotDownloadedError, policy_help
 from svip_local.registry import status
 from svip_local.registry.store import human_size
 
@@ -31,9 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmd.add_argument("--draft", type=Path, help="draft GGUF for --target (optional)")
     cmd.add_argument("-y", "--yes", action="store_true",
                      help="download the pair without asking if it is missing")
-    cmd.add_argument("--policy", default="auto",
-                     help="draft policy: auto, svip[:h], pmin[:p], adaedl, heuristic, "
-                          "constant:K, none (default: auto)")
+    cmd.add_argument("--policy", default="auto", help=policy_help())
     cmd.add_argument("--n-gpu-layers", type=int, default=-1,
                      help="layers to offload to the GPU (-1: all, 0: CPU only)")
     cmd.add_argument("--n-ctx", type=int, help="context size (default: the pair's setting)")

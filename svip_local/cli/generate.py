@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from svip_local.engine import Engine, EngineConfig
-from svip_local.errors import InvalidRequestError
-from svip_local.events import Done, Token
-from svip_local.sampling import SamplingParams
+from svip_local import Done, InvalidRequestError, SamplingParams, Token, load, policy_help
+
+if TYPE_CHECKING:
+    from svip_local import Engine
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,26 +29,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def open_engine(args: argparse.Namespace, *, policy: str | None = None) -> Engine:
-    """Build the engine a command asked for: registry name or --target/--draft."""
+    """The engine a command asked for (registry name or --target/--draft), through `load`."""
     if args.name and args.target:
         raise InvalidRequestError("give a registry name or --target, not both")
-    n_ctx = args.n_ctx
-    if args.name:
-        from svip_local.registry import resolve
-
-        pair = resolve(args.name, pull=args.pull)
-        target, draft = pair.target, pair.draft
-        n_ctx = n_ctx or pair.settings.n_ctx
-        policy = policy or pair.settings.policy
-    elif args.target:
-        target, draft = args.target, args.draft
-    else:
+    if not args.name and not args.target:
         raise InvalidRequestError("name a registry pair or give --target (see --help)")
-    config = EngineConfig(
-        n_ctx=n_ctx or EngineConfig.n_ctx, n_gpu_layers=args.n_gpu_layers,
-        draft_n_gpu_layers=args.draft_n_gpu_layers, n_threads=args.threads,
-        policy=policy or EngineConfig.policy)
-    return Engine(target, draft, config=config)
+    return load(args.name, target=args.target, draft=args.draft, pull=args.pull,
+                n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers,
+                draft_n_gpu_layers=args.draft_n_gpu_layers, n_threads=args.threads,
+                policy=policy)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -64,10 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--policy", default=None,
-                   help="draft-length policy: auto (default), none, constant:K, heuristic, "
-                        "svip[:h], pmin[:p], adaedl, svip-cost[:R] (after calibrate); any of "
-                        "them +lookup[:N[:M]], or lookup[:N[:M]] alone")
+    p.add_argument("--policy", default=None, help=policy_help())
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-text")
     p.add_argument("--json", action="store_true",
@@ -83,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             from svip_local.chat import ChatTemplate
             from svip_local.chat import prompt_ids as chat_prompt_ids
 
-            template = ChatTemplate.for_model(engine.target_model)
+            template = ChatTemplate.for_engine(engine)
             text = template.render([{"role": "user", "content": args.prompt}])
             prompt_ids = chat_prompt_ids(engine, text)
         else:

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from svip_local import policy_help
 from svip_local.cli.generate import add_model_arguments, open_engine
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--model-name", default=None,
                    help="the model id clients see (default: the pair name or target file)")
     p.add_argument("--policy", default=None,
-                   help="draft-length policy (default: the pair's, else auto)")
+                   help=policy_help().replace("(default: auto)", "(default: the pair's, else "
+                                                                  "auto)"))
     p.add_argument("--max-queue", type=_count(0), default=None,
                    help="requests that may wait for the running one; more get 503 (default 8)")
     p.add_argument("--max-request-bytes", type=_count(1), default=None,

@@ -27,7 +27,7 @@ from svip_local.registry.spec import (
     PypiSource,
     WheelPart,
 )
-from svip_local.registry.store import ProgressCallback, models_root
+from svip_local.registry.store import ProgressCallback, human_size, models_root
 
 __all__ = [
     "FileSpec",
@@ -43,6 +43,7 @@ __all__ = [
     "Removal",
     "ResolvedPair",
     "WheelPart",
+    "human_size",
     "load_registry",
     "models_root",
     "pull",

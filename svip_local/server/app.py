@@ -25,10 +25,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from svip_local import Done, Engine, Event, Notice, SvipError, Token
 from svip_local.chat import ChatTemplate, stream_chat
-from svip_local.engine import Engine
-from svip_local.errors import SvipError
-from svip_local.events import Done, Event, Notice, Token
 from svip_local.server.errors import ApiError, from_engine_error, from_validation_error
 from svip_local.server.responses import Reply, sse
 from svip_local.server.schemas import ChatCompletionRequest, CompletionRequest
@@ -69,7 +67,7 @@ class _Api:
         self.worker = worker
         self.max_request_bytes = max_request_bytes
         self.created = int(time.time())
-        self.template = ChatTemplate.for_model(engine.target_model)  # resolved once, not per turn
+        self.template = ChatTemplate.for_engine(engine)  # resolved once, not per turn
 
     @asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from svip_local.errors import InvalidRequestError, PromptTooLongError, SvipError
+from svip_local import InvalidRequestError, PromptTooLongError, SvipError
 
 
 class ApiError(Exception):

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from svip_local.events import Done, GenerationStats
+from svip_local import Done, GenerationStats
 
 # The engine's reasons in OpenAI's vocabulary. "cancelled" only reaches a client that is still
 # connected when the server shuts down mid-generation.

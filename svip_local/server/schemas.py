@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from svip_local.sampling import SamplingParams
+from svip_local import SamplingParams
 
 
 class _Strict(BaseModel):

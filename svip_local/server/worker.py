@@ -17,7 +17,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 
-from svip_local.events import Event, Round
+from svip_local import Event, Round
 
 log = logging.getLogger(__name__)
 

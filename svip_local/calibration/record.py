@@ -1,0 +1,76 @@
+"""What `svip-local calibrate` chose for one pair on one machine, as it is stored.
+
+The greedy choice's fields stay at the top level of the JSON, where format 1 always had them;
+choices per sampling temperature follow in `sampled` (absent from older files).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from svip_local.calibration.acceptance import AcceptanceMap
+from svip_local.calibration.costs import CostModel
+from svip_local.calibration.machine import Fingerprint, PairIdentity
+
+FORMAT = 1
+
+
+def temperature_label(t: float) -> str:
+    """How reports and the CLI name a sampling temperature."""
+    return "greedy" if t == 0 else f"temperature {t:g}"
+
+
+@dataclass
+class TemperatureChoice:
+    """The choice for generations at one sampling temperature, with what svip-cost needs
+    there (acceptance falls as the temperature rises, so each has its own map and rate)."""
+
+    temperature: float
+    choice: str  # a policy spec, "none" included
+    acceptance: AcceptanceMap
+    cost_rate: float  # R of svip-cost (tokens/s)
+    simulated: list[dict[str, Any]] = field(default_factory=list)  # every candidate's rates
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "choice": self.choice,
+                "acceptance": self.acceptance.to_dict(), "cost_rate": self.cost_rate,
+                "simulated": self.simulated}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TemperatureChoice:
+        return cls(float(data.get("temperature", 0.0)), data["choice"],
+                   AcceptanceMap.from_dict(data["acceptance"]), float(data["cost_rate"]),
+                   data.get("simulated", []))
+
+
+@dataclass
+class Calibration:
+    """What `svip-local calibrate` measured and chose for one pair on one machine: the greedy
+    choice, and one per sampling temperature calibrated (none in older files)."""
+
+    pair: PairIdentity
+    machine: Fingerprint
+    greedy: TemperatureChoice
+    costs: CostModel
+    sampled: list[TemperatureChoice] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # prompts, lengths, when
+
+    @property
+    def choice(self) -> str:
+        return self.greedy.choice
+
+    def to_dict(self) -> dict[str, Any]:
+        # The greedy choice's fields stay at the top level, where format 1 always had them.
+        return {"format": FORMAT, "pair": asdict(self.pair), "machine": asdict(self.machine),
+                **self.greedy.to_dict(), "costs": self.costs.to_dict(),
+                "sampled": [c.to_dict() for c in self.sampled], "settings": self.settings}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"calibration format {data.get('format')!r}, expected {FORMAT}")
+        return cls(PairIdentity(**data["pair"]), Fingerprint(**data["machine"]),
+                   TemperatureChoice.from_dict(data), CostModel.from_dict(data["costs"]),
+                   [TemperatureChoice.from_dict(c) for c in data.get("sampled", [])],
+                   data.get("settings", {}))

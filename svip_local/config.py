@@ -1,0 +1,50 @@
+"""How an engine loads and runs its pair: one frozen value shared by the engine, the loader,
+calibration (the machine's fingerprint depends on offload and threads) and the front ends."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from svip_local.errors import InvalidRequestError
+
+DEFAULT_MAX_DRAFT = 16
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """GPU offload is per model: a laptop may fit the draft fully and the target partly."""
+
+    n_ctx: int = 4096
+    n_batch: int = 512
+    n_gpu_layers: int = -1  # -1: all layers (no effect on a CPU-only build)
+    draft_n_gpu_layers: int | None = None  # None: same as the target
+    n_threads: int | None = None  # None: native.default_threads()
+    flash_attn: bool | None = None  # None: llama.cpp decides
+    max_draft: int = DEFAULT_MAX_DRAFT
+    policy: str = "auto"
+    chat_template: str = "gguf"  # the GGUF's own, or a llama.cpp built-in by name
+
+    def __post_init__(self) -> None:
+        if self.n_ctx < 16:
+            raise InvalidRequestError(f"n_ctx must be at least 16, got {self.n_ctx}")
+        if self.max_draft < 1:
+            raise InvalidRequestError(f"max_draft must be >= 1, got {self.max_draft}")
+        if self.n_threads is not None and self.n_threads < 1:
+            raise InvalidRequestError(f"n_threads must be >= 1, got {self.n_threads}")
+
+    @property
+    def draft_layers(self) -> int:
+        """The draft's offload: its own setting, else the target's."""
+        return self.n_gpu_layers if self.draft_n_gpu_layers is None else self.draft_n_gpu_layers
+
+    def with_overrides(self, **overrides: Any) -> EngineConfig:
+        """A copy with `overrides` applied; an unknown name is an error that lists the known
+        ones (a typo in a front end's setting must not pass silently or as a TypeError)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise InvalidRequestError(f"unknown engine setting(s) {', '.join(unknown)}; "
+                                      f"known: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **overrides)

@@ -1,0 +1,74 @@
+"""`auto`: the strategy `svip-local calibrate` chose for this pair on this machine.
+
+It uses the stored choices for this pair's files on this machine (CPU, GPU, offload,
+threads), one per calibrated sampling temperature — possibly `none`, where speculation does
+not pay. Without a calibration it falls back to a default that cannot go far wrong, and says
+so: the target alone on a CPU-only run (a verification batch there costs nearly as much per
+token as single decodes, so speculation usually loses), SVIP with the paper's h where layers
+are offloaded to a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from svip_local.calibration import Calibration, TemperatureChoice
+from svip_local.errors import InvalidRequestError
+from svip_local.policies.rules import NoDraft
+from svip_local.policies.strategy import PerTemperature, Plan, Strategy
+from svip_local.policies.table import PolicyContext, parse_policy, register, split_spec
+from svip_local.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+CPU_DEFAULT = "none"
+GPU_DEFAULT = "svip:0.3"
+
+
+@register("auto", rule="the choice `svip-local calibrate` made for this pair on this "
+                       "machine, at the calibrated temperature nearest the generation's "
+                       "(uncalibrated: none on a CPU, svip:0.3 with GPU offload)",
+          label="auto (→ {resolved})", grid=())
+def auto(args: tuple[Any, ...], context: PolicyContext) -> Plan:
+    if context.temperature is not None:
+        raise InvalidRequestError("a calibrated choice cannot be `auto` itself: run "
+                                  "`svip-local calibrate` again")
+    if not context.has_draft:
+        return Strategy(NoDraft(max_draft=context.max_draft))
+    cal = context.calibration()
+    if cal is None:
+        default = GPU_DEFAULT if context.offloaded else CPU_DEFAULT
+        log.warning("no calibration for this pair on this machine: auto uses %s (run "
+                    "`svip-local calibrate` to choose by measurement)", default)
+        return parse_policy(default, context)
+    return per_temperature(cal, lambda c: c.choice, context)
+
+
+def per_temperature(cal: Calibration, spec_at: Callable[[TemperatureChoice], str],
+                    context: PolicyContext) -> PerTemperature:
+    """The strategy `spec_at` names for each temperature the calibration covers, each built
+    with that temperature's acceptance map and rate where it needs them."""
+    return PerTemperature([
+        (c.temperature, parse_policy(spec_at(c), replace(context, temperature=c.temperature))
+         .for_sampling(SamplingParams(temperature=c.temperature)))
+        for c in temperature_choices(cal)])
+
+
+def temperature_choices(cal: Calibration) -> list[TemperatureChoice]:
+    """The calibration's choices by temperature. A calibration made before sampled traces
+    chose on greedy ones only; sampling then runs its choice without its proposal source (a
+    copy is accepted only with the target's probability of it, which greedy traces do not
+    measure)."""
+    if cal.sampled:
+        return [cal.greedy, *cal.sampled]
+    parsed = split_spec(cal.greedy.choice)
+    known, args = parsed.policy
+    return [cal.greedy, replace(cal.greedy, temperature=1.0, choice=known.spec(args))]
+
+
+def choice_at(cal: Calibration, temperature: float) -> TemperatureChoice:
+    """The calibrated choice nearest `temperature`."""
+    return min(temperature_choices(cal), key=lambda c: abs(c.temperature - temperature))

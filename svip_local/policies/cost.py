@@ -1,0 +1,89 @@
+"""Cost-aware SVIP (`svip-cost[:R]`): draft one more token only while it pays for itself.
+
+SVIP stops when the draft's entropy says the next token is unlikely to be accepted, with a
+threshold that ignores what a token costs. Here the entropy is turned into an acceptance
+probability by a mapping fitted on this pair's traces, and the costs come from this machine's
+cost model. With P_n the probability that the first n draft tokens are all accepted:
+
+* keep token n  iff  P_n >= R * (verify(n+1) - verify(n))   (its extra verification row)
+* draft token n+1  iff  P_n * a_next(H_n) >= R * (draft step + verify(n+2) - verify(n+1))
+
+where a_next(H) is the chance the next token is accepted given this one was and had entropy H,
+and R (tokens/s) is the rate the extra work must beat. Maximising tokens - R * time per round
+at R = the best achievable decode rate maximises that rate (Dinkelbach); calibration finds R by
+iterating R <- simulated decode rate of svip-cost:R. (Decode, not total: prefill does not
+depend on the policy, and counting it would value time too cheaply and draft too long.)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from svip_local.calibration import AcceptanceMap, CostModel, TemperatureChoice
+from svip_local.config import DEFAULT_MAX_DRAFT
+from svip_local.errors import InvalidRequestError
+from svip_local.policies.auto import choice_at, temperature_choices
+from svip_local.policies.base import DraftPolicy, StepStats, Verdict
+from svip_local.policies.strategy import PerTemperature, Strategy
+from svip_local.policies.table import Param, PolicyContext, register
+
+if TYPE_CHECKING:
+    from svip_local.policies.strategy import Plan
+
+
+@register("svip-cost", Param("R", float, None, "tokens/s one more token must beat "
+                                               "(default: the calibrated rate)", fmt=".4g"),
+          rule="cost-aware SVIP: draft one more token only while its acceptance chance pays "
+               "for its cost on this machine (needs `svip-local calibrate`)",
+          label="cost-aware SVIP ({resolved})", grid=(), needs_calibration=True)
+class CostAwareSvip(DraftPolicy):
+    """Entropy-driven like SVIP, but stops where one more token no longer pays (see module)."""
+
+    wants_entropy = True
+
+    def __init__(self, costs: CostModel, acceptance: AcceptanceMap, rate: float, *,
+                 max_draft: int = DEFAULT_MAX_DRAFT) -> None:
+        if not rate > 0:
+            raise InvalidRequestError(f"svip-cost rate must be positive tokens/s, got {rate}")
+        super().__init__(rate, max_draft=max_draft)
+        self.acceptance = acceptance
+        self.rate = rate
+        d = costs.base_depth
+        # keep[n]: extra verification cost of the n-th draft token (index 0 unused).
+        self._keep = [0.0] + [max(0.0, costs.verify(n + 1, d) - costs.verify(n, d))
+                              for n in range(1, max_draft + 2)]
+        self._step = costs.draft(1, d) + costs.step_s + costs.argmax_s + costs.entropy_s
+        self._p = 1.0
+
+    def judge(self, step: StepStats) -> Verdict:
+        n = step.n_drafted
+        if n == 1:
+            self._p = 1.0
+        p = self._p * self.acceptance.accept(step.entropy)
+        if p < self.rate * self._keep[n]:
+            return Verdict.DROP
+        self._p = p
+        gain = p * self.acceptance.accept_next(step.entropy)
+        if gain < self.rate * (self._step + self._keep[n + 1]):
+            return Verdict.STOP
+        return Verdict.CONTINUE
+
+    @classmethod
+    def build(cls, args: tuple[Any, ...], context: PolicyContext) -> CostAwareSvip | Plan:
+        """With this machine's costs and, at each calibrated temperature, that temperature's
+        acceptance map and rate (an explicit R replaces the rate everywhere)."""
+        cal = context.calibration() if context.has_draft else None
+        if cal is None:
+            raise InvalidRequestError(
+                "svip-cost needs this machine's costs for this pair: run `svip-local "
+                "calibrate` first (with the same files, threads and GPU offload)")
+        (rate,) = args
+
+        def at(choice: TemperatureChoice) -> CostAwareSvip:
+            return cls(cal.costs, choice.acceptance, rate or choice.cost_rate,
+                       max_draft=context.max_draft)
+
+        if context.temperature is not None:
+            return at(choice_at(cal, context.temperature))
+        return PerTemperature([(c.temperature, Strategy(at(c)))
+                               for c in temperature_choices(cal)])

@@ -1,0 +1,94 @@
+"""What a generation runs: a draft-length policy composed with an optional proposal source,
+and, for calibrated specs, one such pair per sampling temperature.
+
+The round (`svip_local.round`) asks the proposer first: copies cost one target verification
+and no draft step. Only rounds the draft model drafted teach the length policy (a copy's
+outcome says nothing about the draft).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from svip_local.policies.base import DraftPolicy, Proposer
+from svip_local.policies.rules import NoDraft
+from svip_local.sampling import SamplingParams
+
+
+class Strategy:
+    """A length policy and, optionally, a proposal source tried first each round."""
+
+    __slots__ = ("policy", "proposer")
+
+    def __init__(self, policy: DraftPolicy, proposer: Proposer | None = None) -> None:
+        self.policy = policy
+        self.proposer = proposer
+
+    def _join(self, policy_text: str) -> str:
+        if self.proposer is None:
+            return policy_text
+        if isinstance(self.policy, NoDraft):  # copies between target-alone steps
+            return self.proposer.name
+        return f"{policy_text}+{self.proposer.name}"
+
+    @property
+    def name(self) -> str:
+        """The spec that builds this strategy again."""
+        return self._join(self.policy.name)
+
+    def describe(self) -> str:
+        return self._join(self.policy.describe())
+
+    @property
+    def needs_draft(self) -> bool:
+        return self.policy.round_limit() > 0
+
+    @property
+    def speculates(self) -> bool:
+        return self.needs_draft or self.proposer is not None
+
+    def for_sampling(self, sampling: SamplingParams) -> Strategy:
+        return self
+
+    def with_proposer(self, proposer: Proposer) -> Strategy:
+        """The same policy object (its learnt state included) with `proposer` instead."""
+        return Strategy(self.policy, proposer)
+
+
+class PerTemperature:
+    """A strategy per sampling temperature, chosen as each generation starts: the one
+    calibrated at the temperature nearest the generation's. How often the target accepts a
+    draft token falls as the temperature rises (a sampled token must survive rejection
+    sampling, not just equal an argmax), so the draft length that pays greedily can lose when
+    sampling."""
+
+    def __init__(self, by_temperature: Sequence[tuple[float, Strategy]]) -> None:
+        if not by_temperature:
+            raise ValueError("PerTemperature needs at least one strategy")
+        self.by_temperature = sorted(by_temperature, key=lambda ts: ts[0])
+
+    @property
+    def name(self) -> str:
+        return " | ".join(f"T{t:g}: {s.name}" for t, s in self.by_temperature)
+
+    @property
+    def needs_draft(self) -> bool:
+        return any(s.needs_draft for _, s in self.by_temperature)
+
+    @property
+    def speculates(self) -> bool:
+        return any(s.speculates for _, s in self.by_temperature)
+
+    def for_sampling(self, sampling: SamplingParams) -> Strategy:
+        return min(self.by_temperature, key=lambda ts: abs(ts[0] - sampling.temperature))[1]
+
+    def with_proposer(self, proposer: Proposer) -> PerTemperature:
+        return PerTemperature([(t, s.with_proposer(proposer)) for t, s in self.by_temperature])
+
+
+Plan = Strategy | PerTemperature
+
+
+def as_plan(policy: DraftPolicy | Strategy | PerTemperature) -> Plan:
+    """A bare length policy runs without a proposal source."""
+    return Strategy(policy) if isinstance(policy, DraftPolicy) else policy

@@ -1,0 +1,252 @@
+"""The one table of policies and proposal sources, and the spec language built on it.
+
+Every policy registers once, with `@register` on its class (or on a builder function): name,
+parameters and defaults, the rule in one line, its report label, the grid calibration searches.
+The parser and its errors, the CLI's help, the TUI's choices, calibration's candidates and the
+reports' labels all read this table, so a new policy is one registration in one file.
+
+A spec is `POLICY[:ARG[:ARG]]`, optionally `+PROPOSER[:ARG...]` (`svip:0.3+lookup:4:8`), or a
+proposer alone (`lookup:4:8`: the target alone between its copies).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from svip_local.config import DEFAULT_MAX_DRAFT
+from svip_local.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from svip_local.calibration import Calibration
+    from svip_local.policies.base import Arg, Proposer
+    from svip_local.policies.strategy import Plan
+
+Kind = Literal["policy", "proposer"]
+T = TypeVar("T")
+
+
+def _no_calibration() -> Calibration | None:
+    return None
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """What building a policy may need from the engine it will run in. `calibration` loads
+    this pair's stored calibration on this machine (only `auto` and `svip-cost` call it);
+    `temperature` is set while building one calibrated temperature's choice."""
+
+    max_draft: int = DEFAULT_MAX_DRAFT
+    has_draft: bool = True
+    offloaded: bool = False  # layers on a GPU: what `auto` falls back to differs
+    calibration: Callable[[], Calibration | None] = _no_calibration
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
+class Param:
+    """One positional parameter of a spec. `default` None: taken from the calibration."""
+
+    name: str
+    kind: type[int] | type[float]
+    default: Arg | None
+    help: str
+    fmt: str = "g"
+
+    def parse(self, text: str) -> Arg:
+        return self.kind(text)
+
+    def format(self, value: Arg | None) -> str:
+        return "" if value is None else format(value, self.fmt)
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """A registered policy (a draft-length rule, or a builder of plans such as `auto`) or
+    proposal source. `grid`: the argument tuples calibration tries (None: the defaults only;
+    (): never a candidate)."""
+
+    name: str
+    kind: Kind
+    params: tuple[Param, ...]
+    rule: str
+    label: str  # str.format template over the parameters (and {resolved} for a builder)
+    build: Callable[[tuple[Any, ...], PolicyContext], Any]
+    grid: tuple[tuple[Arg, ...], ...] | None = None
+    needs_calibration: bool = False  # cannot be built, nor checked, without one
+    check: Callable[[tuple[Any, ...]], object] | None = None  # validates arguments
+
+    @property
+    def defaults(self) -> tuple[Arg | None, ...]:
+        return tuple(p.default for p in self.params)
+
+    @property
+    def usage(self) -> str:
+        """`svip[:h]`, `lookup[:ngram[:tokens]]`."""
+        return self.name + "".join(f"[:{p.name}" for p in self.params) + "]" * len(self.params)
+
+    def spec(self, args: Sequence[Arg | None]) -> str:
+        """The canonical spec of these arguments (every parameter shown, so a name says
+        exactly what runs; a calibrated default, None, is left out)."""
+        shown = [p.format(a) for p, a in zip(self.params, args, strict=True) if a is not None]
+        return ":".join([self.name, *shown])
+
+    def parse_args(self, spec: str, text: Sequence[str]) -> tuple[Arg | None, ...]:
+        if len(text) > len(self.params):
+            most = f"at most {len(self.params)} parameter(s)" if self.params else "no parameter"
+            raise InvalidRequestError(f"policy {spec!r}: {self.name} takes {most} "
+                                      f"({self.usage})")
+        try:
+            given = [p.parse(t) for p, t in zip(self.params, text, strict=False)]
+        except ValueError as exc:
+            raise InvalidRequestError(f"bad argument in policy {spec!r}: {exc}") from exc
+        return (*given, *self.defaults[len(given):])
+
+    def candidates(self) -> list[str]:
+        grid = (self.defaults,) if self.grid is None else self.grid
+        return [self.spec(args) for args in grid]
+
+    def describe_label(self, args: Sequence[Arg | None], resolved: str = "") -> str:
+        if "{resolved}" in self.label and not resolved:
+            return self.name
+        named = {p.name: p.format(a) for p, a in zip(self.params, args, strict=True)}
+        return self.label.format(**named, resolved=resolved)
+
+
+_TABLE: dict[str, PolicyEntry] = {}
+
+
+def register(name: str, *params: Param, rule: str, label: str, kind: Kind = "policy",
+             grid: Sequence[tuple[Arg, ...]] | None = None, needs_calibration: bool = False
+             ) -> Callable[[T], T]:
+    """Add a class (built as `cls.build(args, context)`) or a builder function
+    (`fn(args, context) -> Plan`) to the table under `name`."""
+
+    def add(obj: T) -> T:
+        if name in _TABLE:
+            raise ValueError(f"policy {name!r} is registered twice")
+        is_class = isinstance(obj, type)
+        build = obj.build if is_class else obj  # type: ignore[attr-defined]
+        entry = PolicyEntry(name, kind, params, rule, label, build,
+                            None if grid is None else tuple(grid), needs_calibration,
+                            (lambda args: obj(*args)) if is_class  # type: ignore[operator]
+                            and not needs_calibration else None)
+        if is_class:
+            obj.entry = entry  # type: ignore[attr-defined]
+        _TABLE[name] = entry
+        return obj
+
+    return add
+
+
+def entries(kind: Kind | None = None) -> list[PolicyEntry]:
+    """Registered entries in registration order (`auto` first, then the length rules)."""
+    return [e for e in _TABLE.values() if kind is None or e.kind == kind]
+
+
+def entry(name: str) -> PolicyEntry:
+    return _TABLE[name]
+
+
+# -- specs ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ParsedSpec:
+    """A spec split into its policy and optional proposer, each (entry, arguments)."""
+
+    text: str
+    policy: tuple[PolicyEntry, tuple[Arg | None, ...]]
+    proposer: tuple[PolicyEntry, tuple[Arg | None, ...]] | None = field(default=None)
+
+
+def split_spec(spec: str) -> ParsedSpec:
+    """Names and arguments, checked against the table (nothing is built)."""
+    parts = [s.strip() for s in spec.split("+")]
+    found: dict[Kind, tuple[PolicyEntry, tuple[Arg | None, ...]]] = {}
+    for part in parts:
+        name, *args = part.split(":")
+        known = _TABLE.get(name.strip().lower())
+        if known is None:
+            raise InvalidRequestError(f"unknown policy {part or spec!r} in {spec!r}; known: "
+                                      f"{known_specs()}")
+        if known.kind in found:
+            raise InvalidRequestError(f"bad policy {spec!r}: at most one policy and one "
+                                      "proposal source (POLICY+PROPOSER)")
+        found[known.kind] = (known, known.parse_args(spec, args))
+    return ParsedSpec(spec, found.get("policy", (_TABLE["none"], ())), found.get("proposer"))
+
+
+def check_spec(spec: str) -> str:
+    """Raise InvalidRequestError for a spec the engine would refuse; return it unchanged.
+    Specs that need a calibration are checked as far as can be without one."""
+    parsed = split_spec(spec)
+    for known, args in filter(None, (parsed.policy, parsed.proposer)):
+        if known.check is not None:
+            known.check(args)
+    return spec
+
+
+def parse_policy(spec: str, context: PolicyContext | None = None) -> Plan:
+    """The plan a spec names, built for an engine described by `context`."""
+    from svip_local.policies.strategy import as_plan
+
+    ctx = context or PolicyContext()
+    parsed = split_spec(spec)
+    known, args = parsed.policy
+    plan = as_plan(known.build(args, ctx))
+    if parsed.proposer is not None:
+        source, source_args = parsed.proposer
+        plan = plan.with_proposer(source.build(source_args, ctx))
+    return plan
+
+
+def build_proposer(spec: str) -> Proposer:
+    """A proposal source alone (`lookup:4:8`)."""
+    parsed = split_spec(spec)
+    if parsed.proposer is None or parsed.policy[0].name != "none":
+        raise InvalidRequestError(f"{spec!r} is not a proposal source")
+    source, args = parsed.proposer
+    return source.build(args, PolicyContext())  # type: ignore[no-any-return]
+
+
+def known_specs() -> str:
+    """For error messages: every name with its parameters."""
+    policies = ", ".join(e.usage for e in entries("policy"))
+    proposers = " or ".join(f"+{e.usage}" for e in entries("proposer"))
+    return f"{policies}; each optionally {proposers} (or that alone)"
+
+
+def help_lines() -> Iterator[str]:
+    """One line per entry: `usage  rule` (CLI help, the README's table, the TUI)."""
+    for e in entries():
+        prefix = "POLICY+" if e.kind == "proposer" else ""
+        yield f"{prefix}{e.usage}: {e.rule}"
+
+
+def policy_help() -> str:
+    """The text of every `--policy` option."""
+    return "draft policy (default: auto). " + "; ".join(help_lines())
+
+
+def label(spec: str, resolved: str = "") -> str:
+    """How a spec reads in a table ("SVIP h=0.3 + prompt lookup 4:8"); `resolved` is what a
+    builder such as `auto` resolved to."""
+    parsed = split_spec(spec)
+    known, args = parsed.policy
+    text = known.describe_label(args, resolved)
+    if parsed.proposer is None:
+        return text
+    copies = parsed.proposer[0].describe_label(parsed.proposer[1])
+    return copies if known.name == "none" else f"{text} + {copies}"
+
+
+def candidates() -> list[str]:
+    """The policy specs calibration simulates (the target alone first)."""
+    return list(itertools.chain.from_iterable(e.candidates() for e in entries("policy")))
+
+
+def proposer_candidates() -> list[str]:
+    """The proposal-source specs calibration tries on top of the best policies."""
+    return list(itertools.chain.from_iterable(e.candidates() for e in entries("proposer")))

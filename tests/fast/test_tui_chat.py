@@ -1,0 +1,142 @@
+"""The chat app driven through Textual's Pilot, on tiny generated models at 80x24."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from textual.widgets import Markdown, Static
+
+import tui.backend
+from svip_local.conversation import Conversation, list_saved
+from svip_local.events import Round
+from tests.support.tui import send, sync, until
+from tui.app import ChatApp
+from tui.config import ChatSettings, ModelSource
+from tui.screens import ConversationsScreen
+from tui.widgets import DRAFT_STYLE, TARGET_STYLE, MessageList, PromptInput, Reply, UserMessage
+
+SETTINGS = ChatSettings(policy="svip", max_tokens=40, n_ctx=512, n_threads=1)
+
+
+@pytest.fixture
+def app(tiny_target: Path, tiny_draft_noisy: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> ChatApp:
+    monkeypatch.setenv("SVIP_LOCAL_DATA_DIR", str(tmp_path))  # this test's saved chats only
+    return ChatApp(ModelSource(target=tiny_target, draft=tiny_draft_noisy), SETTINGS)
+
+
+def status_text(app: ChatApp) -> str:
+    return str(app.query_one("#status", Static).content)
+
+
+@sync
+async def test_a_reply_streams_in_with_live_stats(app: ChatApp) -> None:
+    async with app.run_test(size=(80, 24)) as pilot:
+        await send(pilot, "Tell me about the fox.")
+        reply = app.query(Reply).last()
+        assert [str(u.content) for u in app.query(UserMessage)] == ["Tell me about the fox."]
+        assert reply.text and reply.text == app.conversation.messages[-1].content
+        assert reply.query_one(Markdown).source == reply.text
+        assert "tok/s" in status_text(app) and "accept" in status_text(app)
+        assert "svip:0.3" in status_text(app) and "CPU" in status_text(app)
+        # The target-alone timing runs after the first reply; then the comparison appears.
+        await until(pilot, lambda: app.baseline is not None)
+        assert "× vs target alone" in status_text(app)
+        assert list_saved()[0].title == "Tell me about the fox."
+
+
+@sync
+async def test_esc_mid_reply_keeps_the_partial_reply_and_the_next_turn_works(
+        app: ChatApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Hold the generation after its first round until the test has pressed Esc.
+    gate = threading.Event()
+    real = tui.backend.stream_chat
+
+    def held_after_first_round(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            yield event
+            if isinstance(event, Round) and event.index == 1:
+                gate.wait(10)
+
+    monkeypatch.setattr(tui.backend, "stream_chat", held_after_first_round)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.engine is not None)
+        app.query_one(PromptInput).value = "Tell me a long story."
+        await pilot.press("enter")
+        await until(pilot, lambda: app.query(Reply) and app.query(Reply).last().text)
+        partial = app.query(Reply).last().text
+        await pilot.press("escape")
+        gate.set()
+        await until(pilot, lambda: not app.generating)
+        reply = app.conversation.messages[-1]
+        assert reply.finish_reason == "cancelled" and reply.content == partial
+        assert str(app.query(Reply).last().query_one(".caption", Static).content) == "stopped"
+        engine = app.engine
+        assert engine is not None
+        assert engine.kv_lengths() == (len(engine.target_ctx.tokens),
+                                       len(engine.draft_ctx.tokens))
+        monkeypatch.setattr(tui.backend, "stream_chat", real)
+        await send(pilot, "And then?")
+        assert app.conversation.messages[-1].finish_reason in ("eos", "length")
+        assert len(app.conversation.messages) == 4
+        assert app.conversation.messages[1].content == partial
+
+
+@sync
+async def test_origin_toggle_colours_replies_by_who_wrote_them(app: ChatApp) -> None:
+    async with app.run_test(size=(80, 24)) as pilot:
+        await send(pilot, "Tell me about the fox.")
+        reply = app.query(Reply).last()
+        origin = reply.query_one(".origin", Static)
+        assert not origin.display or not app.query_one(MessageList).has_class("-origin")
+        await pilot.press("ctrl+t")
+        assert app.query_one(MessageList).has_class("-origin")
+        assert app.query_one("#legend").display
+        await pilot.pause()
+        assert origin.region.height > 0 and reply.query_one(Markdown).region.height == 0
+        content = origin.content
+        assert content.plain == reply.text
+        styles = {str(span.style) for span in content.spans}
+        runs = app.conversation.messages[-1].origin
+        assert {d for _, d in runs} == {True, False}  # the noisy draft is right only partly
+        assert styles == {DRAFT_STYLE, TARGET_STYLE}
+        drafted = sum(n for n, d in runs if d)
+        assert drafted == sum(s.end - s.start for s in content.spans
+                              if str(s.style) == DRAFT_STYLE)
+        await pilot.press("ctrl+t")
+        assert not app.query_one(MessageList).has_class("-origin")
+
+
+@sync
+async def test_save_reopen_regenerate_and_edit(app: ChatApp) -> None:
+    async with app.run_test(size=(80, 24)) as pilot:
+        await send(pilot, "First question.")
+        first = app.conversation
+        await app.action_new_chat()
+        assert not app.query(Reply) and app.conversation.id != first.id
+        await send(pilot, "Second question.")
+        await until(pilot, lambda: len(list_saved()) == 2)
+
+        await pilot.press("ctrl+o")
+        await until(pilot, lambda: isinstance(app.screen, ConversationsScreen))
+        await pilot.press("down", "enter")  # the older one: newest first
+        await until(pilot, lambda: app.conversation.id == first.id)
+        assert app.conversation == Conversation.load(list_saved()[1].path)
+        assert [str(u.content) for u in app.query(UserMessage)] == ["First question."]
+        assert app.query(Reply).last().text == first.messages[-1].content
+
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: not app.generating)
+        assert len(app.query(Reply)) == 1 and len(app.conversation.messages) == 2
+
+        await pilot.press("ctrl+e")
+        prompt = app.query_one(PromptInput)
+        assert prompt.value == "First question."
+        prompt.value = "Edited question."
+        await pilot.press("enter")
+        await until(pilot, lambda: not app.generating)
+        assert [m.content for m in app.conversation.messages][0] == "Edited question."
+        assert len(app.conversation.messages) == 2
+        assert [str(u.content) for u in app.query(UserMessage)] == ["Edited question."]
