@@ -14,34 +14,41 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from svip_local.config import EngineConfig
-    from svip_local.engine import Engine
+    from svip_local.config import EngineConfig as EngineConfig
+    from svip_local.engine import Engine as Engine
     from svip_local.errors import (
-        ContextFullError,
-        DecodeError,
-        IncompatiblePairError,
-        InvalidRequestError,
-        ModelFileError,
-        ModelNotDownloadedError,
-        PromptTooLongError,
-        RegistryError,
-        SvipError,
+        ContextFullError as ContextFullError,
+        DecodeError as DecodeError,
+        IncompatiblePairError as IncompatiblePairError,
+        InvalidRequestError as InvalidRequestError,
+        ModelFileError as ModelFileError,
+        ModelNotDownloadedError as ModelNotDownloadedError,
+        PromptTooLongError as PromptTooLongError,
+        RegistryError as RegistryError,
+        SvipError as SvipError,
     )
-    from svip_local.events import Done, Event, GenerationStats, Notice, Round, Token
-    from svip_local.loader import load
+    from svip_local.events import (
+        Done as Done,
+        Event as Event,
+        GenerationStats as GenerationStats,
+        Notice as Notice,
+        Round as Round,
+        Token as Token,
+    )
+    from svip_local.loader import load as load
     from svip_local.policies import (
-        DraftPolicy,
-        PerTemperature,
-        Plan,
-        StepStats,
-        Strategy,
-        Verdict,
-        check_spec,
-        parse_policy,
-        policy_entries,
-        policy_help,
+        DraftPolicy as DraftPolicy,
+        PerTemperature as PerTemperature,
+        Plan as Plan,
+        StepStats as StepStats,
+        Strategy as Strategy,
+        Verdict as Verdict,
+        check_spec as check_spec,
+        parse_policy as parse_policy,
+        policy_entries as policy_entries,
+        policy_help as policy_help,
     )
-    from svip_local.sampling import SamplingParams
+    from svip_local.sampling import SamplingParams as SamplingParams
 
 _EXPORTS = {
     "svip_local.config": ("EngineConfig",),

@@ -11,18 +11,23 @@ is new.
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from contextlib import ExitStack
-from pathlib import Path
 from time import perf_counter
 from typing import Any
 
 import numpy as np
 
 from svip_local import native
-from svip_local.calibration import Calibration, Fingerprint, PairIdentity, fingerprint
-from svip_local.calibration import store as calibration_store
+from svip_local.calibration import (
+    Calibration,
+    Fingerprint,
+    PairIdentity,
+    fingerprint,
+    store as calibration_store,
+)
 from svip_local.compat import check_pair
 from svip_local.config import EngineConfig
 from svip_local.errors import InvalidRequestError, PromptTooLongError
@@ -46,7 +51,8 @@ class Engine:
     generation stops at the next round and both KV caches stay consistent.
     """
 
-    def __init__(self, target: str | Path, draft: str | Path | None = None, *,
+    def __init__(self, target: str | os.PathLike[str],
+                 draft: str | os.PathLike[str] | None = None, *,
                  config: EngineConfig | None = None, **overrides: Any) -> None:
         self.config = cfg = (config or EngineConfig()).with_overrides(**overrides)
         with ExitStack() as stack:
@@ -144,7 +150,7 @@ class Engine:
                  sampling: SamplingParams | None = None,
                  policy: PolicyLike | None = None, stop: Sequence[str] = (),
                  ignore_eos: bool = False, cancel: threading.Event | None = None,
-                 parse_special: bool = False) -> Iterator[Event]:
+                 parse_special: bool = False) -> Generator[Event, None, None]:
         """Stream `Token` and `Round` events, then one `Done` with the statistics.
 
         `prompt` is raw text (tokenized with the model's own BOS rule) or token ids. Bad
@@ -182,14 +188,14 @@ class Engine:
 
     def _generate(self, ids: list[int], max_tokens: int, sampling: SamplingParams,
                   strategy: Strategy, stops: Sequence[str], ignore_eos: bool,
-                  cancel: threading.Event | None) -> Iterator[Event]:
+                  cancel: threading.Event | None) -> Generator[Event, None, None]:
         if not self._busy.acquire(blocking=False):
             raise InvalidRequestError("the engine is already generating; one at a time")
         self._cancel.clear()
         stats = GenerationStats(policy=strategy.describe(), prompt_tokens=len(ids))
         rng = np.random.default_rng(sampling.seed)
         stream, stopper = TextStream(self.target_model), StopMatcher(stops)
-        seq, out, texts = list(ids), [], []
+        seq, out, texts = list(ids), list[int](), list[str]()
         budget = min(max_tokens, self.n_ctx - len(ids))
         finish = "length" if budget == max_tokens else "context"
         start = perf_counter()
@@ -223,7 +229,7 @@ class Engine:
                         break
                 stats.generated = len(out)
                 yield Round(stats.rounds, len(result.proposed), result.accepted, emitted,
-                            *self.kv_lengths())
+                            *self.kv_lengths(), copied=result.copied)
                 if len(out) >= budget:
                     break
         finally:

@@ -22,7 +22,9 @@ class Token:
 
 @dataclass(frozen=True, slots=True)
 class Round:
-    """End of one draft-and-verify round, with both KV caches' lengths after trimming."""
+    """End of one draft-and-verify round, with both KV caches' lengths after trimming.
+    `drafted` counts the tokens verified; `copied`: they came from the proposal source (prompt
+    lookup), not the draft model."""
 
     index: int
     drafted: int
@@ -30,6 +32,7 @@ class Round:
     emitted: int
     target_kv: int
     draft_kv: int | None
+    copied: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,21 +38,27 @@ log.setLevel(logging.ERROR)
 _GGML_TO_LOGGING = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING,
                     4: logging.ERROR}
 _recent_errors: deque[str] = deque(maxlen=8)
-_log_state = {"level": logging.INFO, "line": ""}
 _log_lock = threading.Lock()
 
 
-@C.llama_log_callback
+class _LogLine:
+    """The line llama.cpp is sending, in fragments, and its level."""
+
+    level = logging.INFO
+    text = ""
+
+
+@C.llama_log_callback  # type: ignore[untyped-decorator]  # llama_cpp ships no types
 def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     # llama.cpp sends fragments (CONT) and lines with their own '\n': assemble whole lines.
     with _log_lock:
         if level != 5:
-            _log_state["level"] = _GGML_TO_LOGGING.get(level, logging.INFO)
-        _log_state["line"] += text.decode("utf-8", errors="replace")
-        if not _log_state["line"].endswith("\n"):
+            _LogLine.level = _GGML_TO_LOGGING.get(level, logging.INFO)
+        _LogLine.text += text.decode("utf-8", errors="replace")
+        if not _LogLine.text.endswith("\n"):
             return
-        line, _log_state["line"] = _log_state["line"].rstrip(), ""
-        lvl = _log_state["level"]
+        line, _LogLine.text = _LogLine.text.rstrip(), ""
+        lvl = _LogLine.level
     if lvl >= logging.WARNING:
         _recent_errors.append(line)
     log.log(lvl, "%s", line)
@@ -102,7 +108,7 @@ def gpu_name() -> str:
 
 
 def system_info() -> str:
-    return C.llama_print_system_info().decode("utf-8", errors="replace").strip()
+    return str(C.llama_print_system_info().decode("utf-8", errors="replace")).strip()
 
 
 def default_threads() -> int:

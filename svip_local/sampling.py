@@ -76,7 +76,7 @@ def sample(probs: Probs, rng: np.random.Generator) -> int:
     """Inverse-CDF draw: one pass, far cheaper than rng.choice over 150k entries."""
     cdf = np.cumsum(probs)
     idx = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
-    return min(idx, probs.shape[0] - 1)
+    return min(idx, int(probs.shape[0]) - 1)
 
 
 def verify_sampled(p: Probs, q: Probs | None, token: int, rng: np.random.Generator

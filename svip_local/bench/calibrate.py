@@ -14,6 +14,7 @@ simulator's error.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -50,8 +51,8 @@ from svip_local.policies import (
     Strategy,
     build_proposer,
     parse_policy,
+    table as policy_table,
 )
-from svip_local.policies import table as policy_table
 from svip_local.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -121,7 +122,8 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
     """
     context = PolicyContext(max_draft=max_draft)
     makers: dict[str, Callable[[], Plan]] = {
-        spec: lambda s=spec: parse_policy(s, context) for spec in (*candidates, "none", DEFAULT)}
+        spec: functools.partial(parse_policy, spec, context)
+        for spec in (*candidates, "none", DEFAULT)}
     table = {spec: evaluate(traces, spec, make, costs, max_draft=max_draft)
              for spec, make in makers.items()}
     start = max(c.decode_tokens_per_s for c in table.values())

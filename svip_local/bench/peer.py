@@ -14,18 +14,11 @@ from pathlib import Path
 from types import ModuleType
 
 from svip_local.bench import peer_runner
+from svip_local.bench.defaults import DEFAULT_GRID
 from svip_local.bench.runner import BenchItem, RunRecord
 from svip_local.errors import InvalidRequestError
 
 PREFIX = "llama.cpp:"
-# The sweep: n_max 1-16 at p_min 0 (llama.cpp's current default), and p_min 0.3-0.9
-# at n_max 8 and 16.
-DEFAULT_GRID: tuple[tuple[int, float], ...] = (
-    *((n, 0.0) for n in (1, 2, 3, 4, 6, 8, 12, 16)),
-    *((n, p) for n in (8, 16) for p in (0.3, 0.5, 0.75, 0.9)),
-)
-
-
 def spec(n_max: int, p_min: float) -> str:
     return f"{PREFIX}{n_max}:{p_min:g}"
 

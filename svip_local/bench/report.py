@@ -123,8 +123,8 @@ def markdown(result: BenchResult, images: Sequence[str] = ()) -> str:
         lines.append("")
     if result.calibration:
         for at in (result.calibration, *result.calibration.get("sampled", [])):
-            temp = temperature_label(at.get("temperature", 0.0))
-            lines += [f"## Calibration, {temp} (simulated on the calibration prompts)", "",
+            heading = temperature_label(at.get("temperature", 0.0))
+            lines += [f"## Calibration, {heading} (simulated on the calibration prompts)", "",
                       f"Choice: `{at['choice']}`; svip-cost rate R = {at['cost_rate']:.3g} "
                       "tokens/s.", "", "| policy | mean tokens/s | total tokens/s | mean draft "
                       "| acceptance |", "|---|---:|---:|---:|---:|"]

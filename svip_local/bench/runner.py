@@ -147,7 +147,10 @@ def progress_bar(total: int, desc: str, enabled: bool = True) -> Iterator[Callab
 
     with tqdm(total=total, desc=desc, unit="run", file=sys.stderr, disable=not enabled,
               mininterval=2.0) as bar:
-        yield lambda: bar.update(1)
+        def tick() -> None:
+            bar.update(1)
+
+        yield tick
 
 
 def warm_up(engine: Engine, text: str) -> None:

@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from svip_local.bench.calibrate import calibrate
-from svip_local.bench.peer import DEFAULT_GRID, Peer, sweep
+from svip_local.bench.defaults import COST_POLICY, DEFAULT_GRID, DEFAULT_POLICIES
+from svip_local.bench.peer import Peer, sweep
 from svip_local.bench.prompts import Prompt, select
 from svip_local.bench.report import BenchResult
 from svip_local.bench.runner import (
@@ -25,20 +26,13 @@ from svip_local.bench.runner import (
     warm_up,
 )
 from svip_local.bench.validate import compare, predict
-from svip_local.calibration import Calibration
-from svip_local.calibration import store as calibration_store
+from svip_local.calibration import Calibration, store as calibration_store
 from svip_local.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from svip_local.engine import Engine
 
 log = logging.getLogger(__name__)
-
-COST_POLICY = "svip-cost"
-DEFAULT_POLICIES = ("none", "constant:1", "constant:2", "constant:3", "constant:4", "constant:6",
-                    "constant:8", "heuristic", "pmin:0.75", "adaedl", "svip:0.3", COST_POLICY,
-                    "auto")
-
 
 @dataclass
 class BenchOptions:
@@ -88,7 +82,8 @@ def run_bench(engine: Engine, opts: BenchOptions) -> BenchResult:
     if cal is None and COST_POLICY in specs:
         log.warning("no calibration: leaving out %s (it needs the cost model)", COST_POLICY)
         specs.remove(COST_POLICY)
-    peer, peer_table = None, []
+    peer: Peer | None = None
+    peer_table: list[dict[str, float | str]] = []
     if opts.peer:
         peer, best, peer_table = _sweep_peer(engine, opts, items)
         specs.append(best)

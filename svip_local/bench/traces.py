@@ -114,7 +114,7 @@ class TraceSet:
                   "temperature": t.temperature, "length": len(t.target),
                   "prompt_length": len(t.prompt_ids), "chance_length": len(t.accept_prob)}
                  for t in self.traces]
-        arrays = {name: np.concatenate([getattr(t, name) for t in self.traces])
+        arrays: dict[str, Any] = {name: np.concatenate([getattr(t, name) for t in self.traces])
                   if self.traces else np.empty(0) for name in (*_ARRAYS, *_OPTIONAL)}
         header = json.dumps({"meta": self.meta, "index": index})
         np.savez_compressed(path, header=np.array(header), **arrays)
@@ -124,7 +124,7 @@ class TraceSet:
     def load(cls, path: str | Path) -> TraceSet:
         with np.load(path) as data:
             header = json.loads(str(data["header"]))
-            arrays = {name: data[name] for name in _ARRAYS}
+            arrays: dict[str, Any] = {name: data[name] for name in _ARRAYS}
             prompts = data["prompt_ids"] if "prompt_ids" in data else np.empty(0, np.int32)
             chances = data["accept_prob"] if "accept_prob" in data else np.empty(0, np.float32)
         traces, start, p_start, a_start = [], 0, 0, 0

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from svip_local.bench.peer import DEFAULT_GRID
-from svip_local.bench.suite import DEFAULT_POLICIES, BenchOptions
+from svip_local.bench.defaults import DEFAULT_GRID, DEFAULT_POLICIES
+
+if TYPE_CHECKING:
+    from svip_local.bench.suite import BenchOptions
 
 
 def csv(text: str) -> tuple[str, ...]:
@@ -38,7 +41,7 @@ def add_prompt_arguments(p: argparse.ArgumentParser, *, per_category: int) -> No
                    help="comma-separated categories (default: all in the file)")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from svip_local.cli.generate import add_model_arguments
 
     p = sub.add_parser("bench", help="benchmark draft policies side by side",
@@ -77,6 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def options(args: argparse.Namespace) -> BenchOptions:
     from svip_local.bench.prompts import load_prompts
+    from svip_local.bench.suite import BenchOptions
 
     return BenchOptions(
         load_prompts(args.prompts), args.prompts or "built-in", per_category=args.per_category,

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from svip_local.engine import Engine
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from svip_local.cli.generate import add_model_arguments
 
     p = sub.add_parser("calibrate", help="choose the draft policy for this machine",

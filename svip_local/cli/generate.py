@@ -40,7 +40,7 @@ def open_engine(args: argparse.Namespace, *, policy: str | None = None) -> Engin
                 policy=policy)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("generate", help="generate a completion (raw prompt, or --chat)",
                        description="Generate text with speculative decoding.")
     add_model_arguments(p)
@@ -66,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
                               min_p=args.min_p, seed=args.seed)
     with open_engine(args, policy=args.policy) as engine:
         if args.chat:
-            from svip_local.chat import ChatTemplate
-            from svip_local.chat import prompt_ids as chat_prompt_ids
+            from svip_local.chat import ChatTemplate, prompt_ids as chat_prompt_ids
 
             template = ChatTemplate.for_engine(engine)
             text = template.render([{"role": "user", "content": args.prompt}])

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 API_KEY_ENV = "SVIP_LOCAL_API_KEY"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="serve a pair over an OpenAI-compatible HTTP API",
                        description="OpenAI-compatible server (/v1/chat/completions, "
                                    "/v1/completions, /v1/models, /health) with speculative "

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from svip_local.config import DEFAULT_MAX_DRAFT
 
 if TYPE_CHECKING:
+    from svip_local.policies.strategy import Plan
     from svip_local.policies.table import PolicyContext, PolicyEntry
 
 Arg = int | float
@@ -58,8 +59,9 @@ class DraftPolicy(ABC):
         self.max_draft = max_draft
 
     @classmethod
-    def build(cls, args: tuple[Any, ...], context: PolicyContext) -> DraftPolicy:
-        """The policy a spec's arguments name, for an engine described by `context`."""
+    def build(cls, args: tuple[Any, ...], context: PolicyContext) -> DraftPolicy | Plan:
+        """The policy a spec's arguments name, for an engine described by `context` (a
+        calibrated one may build a plan per temperature)."""
         return cls(*args, max_draft=context.max_draft)
 
     @property

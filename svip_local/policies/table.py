@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from svip_local.config import DEFAULT_MAX_DRAFT
 from svip_local.errors import InvalidRequestError
@@ -128,7 +128,8 @@ def register(name: str, *params: Param, rule: str, label: str, kind: Kind = "pol
         if name in _TABLE:
             raise ValueError(f"policy {name!r} is registered twice")
         is_class = isinstance(obj, type)
-        build = obj.build if is_class else obj  # type: ignore[attr-defined]
+        build = cast(Callable[[tuple[Any, ...], PolicyContext], Any],
+                     obj.build if is_class else obj)  # type: ignore[attr-defined]
         entry = PolicyEntry(name, kind, params, rule, label, build,
                             None if grid is None else tuple(grid), needs_calibration,
                             (lambda args: obj(*args)) if is_class  # type: ignore[operator]

@@ -103,7 +103,7 @@ def fetch(
                 revision=source.revision,
                 cache_dir=settings.cache_dir,
                 endpoint=settings.endpoint,
-                tqdm_class=bar,
+                tqdm_class=bar,  # type: ignore[arg-type]  # called like tqdm, need not be one
             )
         except (OSError, ValueError, httpx2.HTTPError) as exc:
             raise DownloadError(f"{file.filename}: {_one_line(exc)}") from exc

@@ -285,7 +285,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
     error = ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                     code=code, headers=exc.headers)
+                     code=code, headers=dict(exc.headers) if exc.headers else None)
     return await _api_error(request, error)
 
 

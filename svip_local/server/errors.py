@@ -65,10 +65,10 @@ def from_validation_error(exc: ValidationError) -> ApiError:
         while n < min(len(loc), len(e["loc"])) and loc[n] == e["loc"][n]:
             n += 1
         loc = loc[:n]
-    param = _param(loc) or None
+    where_param = _param(loc) or None
     messages = list(dict.fromkeys(e["msg"] for e in group))[:3]
-    where = f"Invalid value for '{param}': " if param else "Invalid request body: "
-    return ApiError(400, where + " or ".join(messages), param=param)
+    where = f"Invalid value for '{where_param}': " if where_param else "Invalid request body: "
+    return ApiError(400, where + " or ".join(messages), param=where_param)
 
 
 def _param(loc: tuple[int | str, ...]) -> str:

@@ -35,3 +35,27 @@ def test_only_native_imports_llama_cpp() -> None:
             if any(n == "llama_cpp" or n.startswith("llama_cpp.") for n in names):
                 offenders.append(path.relative_to(ROOT).as_posix())
     assert offenders == ["svip_local/native.py"] * len(offenders) and offenders
+
+
+def test_the_public_api_and_the_cli_load_no_libllama() -> None:
+    """`import svip_local`, its light names, and building every CLI subcommand (what
+    `svip-local list` does) never load llama.cpp: that waits for an engine."""
+    mods = imported_modules(
+        "import svip_local, svip_local.registry, svip_local.cli\n"
+        "from svip_local import SamplingParams, check_spec, load, parse_policy, policy_help\n"
+        "parse_policy('svip:0.3+lookup:4:8'); svip_local.cli.build_parser()")
+    assert "svip_local.policies" in mods and "svip_local.cli.bench" in mods
+    assert not {m for m in mods if m == "llama_cpp" or m.startswith("llama_cpp.")}
+
+
+def test_every_public_name_resolves_and_is_typed() -> None:
+    """The lazy exports and the block type checkers read name the same things."""
+    import svip_local
+
+    tree = ast.parse((ROOT / "svip_local" / "__init__.py").read_text())
+    typed = {alias.asname or alias.name for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("svip_local")
+             for alias in node.names}
+    assert typed == set(svip_local.__all__)
+    for name in svip_local.__all__:
+        assert getattr(svip_local, name) is not None

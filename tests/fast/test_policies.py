@@ -150,3 +150,26 @@ def test_per_temperature_runs_the_strategy_of_the_nearest_temperature() -> None:
     assert copying.for_sampling(SamplingParams()).name == "heuristic:5+lookup:2:4"
     # the same policy objects: what they learnt carries over
     assert copying.for_sampling(SamplingParams()).policy is greedy.policy
+
+
+def test_every_front_end_lists_what_the_table_registers() -> None:
+    """The README's table, `--policy` help, the TUI's choices and calibration's candidates
+    all come from (or are checked against) the one policy table."""
+    from pathlib import Path
+
+    from svip_local.bench.calibrate import CANDIDATES, PROPOSERS
+    from svip_local.cli import build_parser
+    from svip_local.policies import policy_entries
+    from tui.config import POLICY_NAMES
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    generate = next(a for a in build_parser()._subparsers._group_actions[0].choices.items()
+                    if a[0] == "generate")[1].format_help()
+    policies = policy_entries("policy")
+    for e in policy_entries():
+        assert f"`{'POLICY+' if e.kind == 'proposer' else ''}{e.usage}`" in readme, e.name
+        assert e.usage in "".join(generate.split()), e.name  # argparse wraps at hyphens
+    assert set(POLICY_NAMES) == {e.name for e in policies} and POLICY_NAMES[0] == "auto"
+    searched = {c.partition(":")[0] for c in CANDIDATES}
+    assert searched == {e.name for e in policies if e.grid != ()}
+    assert {c.partition(":")[0] for c in PROPOSERS} == {"lookup"}

@@ -8,8 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from svip_local.errors import DiskSpaceError, DownloadError
-from svip_local.registry import pull, status
-from svip_local.registry import store as registry_store
+from svip_local.registry import pull, status, store as registry_store
 from tests.support.registry_fakes import (
     FakeHub,
     FakePyPI,

@@ -1,0 +1,92 @@
+"""The engine's round (`svip_local.round`) and the simulator's (`bench.simulate.replay_round`)
+side by side on the same trace, round for round, on tiny generated models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from svip_local import Engine, Round, SamplingParams
+from svip_local.bench.simulate import ReplayState, replay_round
+from svip_local.bench.traces import PromptTrace, record_trace
+from svip_local.native import Outputs
+from svip_local.policies import Heuristic, PromptLookup, Strategy, parse_policy
+from svip_local.round import Speculator
+from tests.support.sim import make_costs
+
+PROMPT = "The quick brown fox"
+COSTS = make_costs(lambda b: 0.1 + 0.01 * b)
+GREEDY = SamplingParams()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_target: Path, tiny_draft_noisy: Path) -> Engine:
+    with Engine(tiny_target, tiny_draft_noisy, n_ctx=512, n_threads=1, policy="none") as eng:
+        yield eng
+
+
+def greedy_trace(engine: Engine, ids: list[int], max_tokens: int) -> PromptTrace:
+    engine.reset()
+    done = engine.complete(ids, max_tokens=max_tokens, policy="none", ignore_eos=True)
+    return record_trace(engine, ids, done, prompt_id=PROMPT, category="qa",
+                        max_tokens=max_tokens)
+
+
+@pytest.mark.parametrize("spec", ["constant:3", "svip:0.3", "pmin:0.5", "heuristic",
+                                  "adaedl", "lookup:1:8", "svip:0.3+lookup:2:4"])
+def test_engine_round_and_replay_round_agree_round_for_round(engine: Engine,
+                                                             spec: str) -> None:
+    """Each round accepts the same tokens and emits the same target token, copies the same
+    tokens, and proposes the same drafts up to the first rejected one (after it the live draft
+    runs on along its own tokens, which a true-prefix trace does not hold: there only "it
+    proposed more than it got accepted" must agree)."""
+    ids, budget = engine.tokenize(PROMPT), 60
+    trace = greedy_trace(engine, ids, budget)
+    live_plan, replay_plan = parse_policy(spec), parse_policy(spec)
+    live, replay = live_plan.for_sampling(GREEDY), replay_plan.for_sampling(GREEDY)
+    speculator = Speculator(engine.target_ctx, engine.draft_ctx, engine.draft_model,
+                            engine.n_vocab)
+    engine.target_ctx.decode(ids[:-1], Outputs.NONE)  # the prefill the generator does
+    rng = np.random.default_rng(0)
+    seq, state, context = list(ids), ReplayState(0, len(ids)), trace.context()
+    rounds = copied = 0
+    while state.j < budget:
+        room = min(engine.config.max_draft, budget - state.j - 1)
+        ran = speculator.round(seq, room, live, GREEDY, rng)
+        sim = replay_round(trace, context, state, room, replay, COSTS)
+        assert (ran.accepted, ran.next_token, ran.copied) == \
+            (sim.accepted, sim.next_token, sim.copied), f"round {rounds}"
+        shown = ran.accepted + 1 if ran.accepted < len(ran.proposed) else ran.accepted
+        assert ran.proposed[:shown] == sim.proposed[:shown]
+        if ran.accepted == len(ran.proposed) or ran.copied:
+            assert len(ran.proposed) == len(sim.proposed)
+        else:
+            assert len(sim.proposed) > sim.accepted
+        assert sim.draft_s >= 0 and sim.verify_s > 0
+        seq += ran.tokens
+        state.j += sim.accepted + 1
+        state.seq_len += sim.accepted + 1
+        rounds, copied = rounds + 1, copied + ran.copied
+    assert seq[len(ids):len(ids) + budget] == trace.target.tolist()
+    assert rounds < budget  # it speculated
+    assert (copied > 0) == ("lookup" in spec)  # the tiny target repeats itself
+    engine.reset()
+
+
+def test_copied_rounds_do_not_teach_the_length_policy(engine: Engine) -> None:
+    heuristic = Heuristic()
+    events = list(engine.generate(PROMPT, max_tokens=60, ignore_eos=True,
+                                  policy=Strategy(heuristic, PromptLookup(1, 4))))
+    rounds = [e for e in events if isinstance(e, Round)]
+    assert any(r.copied for r in rounds) and any(not r.copied for r in rounds)
+    learnt = Heuristic()
+    for r in rounds:
+        if not r.copied:
+            learnt.observe(r.drafted, r.accepted)
+    assert heuristic.schedule == learnt.schedule
+    everything = Heuristic()
+    for r in rounds:
+        everything.observe(r.drafted, r.accepted)
+    assert everything.schedule != learnt.schedule  # the test could tell the difference
