@@ -1,0 +1,73 @@
+"""`svip_local.load`: the one way the CLI, the TUI and the server make an engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from svip_local import InvalidRequestError, ModelFileError, ModelNotDownloadedError, load
+from svip_local.errors import UnknownModelError
+from tests.support.registry_fakes import FakeHub, hf_source, isolate, pair_toml, sha256
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_target: Path,
+        tiny_draft_noisy: Path) -> Iterator[FakeHub]:
+    """A registry pair "tiny" of the tiny models on a fake hub (settings: n_ctx 512, auto)."""
+    dirs = isolate(tmp_path, monkeypatch)
+    target, draft = tiny_target.read_bytes(), tiny_draft_noisy.read_bytes()
+    with FakeHub() as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        fake.add("org/tiny-GGUF", "t.gguf", target)
+        fake.add("org/tiny-GGUF", "d.gguf", draft)
+        dirs.user_file.write_text(pair_toml(
+            "tiny", ("t.gguf", [hf_source("org/tiny-GGUF", "t.gguf", sha256(target))]),
+            ("d.gguf", [hf_source("org/tiny-GGUF", "d.gguf", sha256(draft))])))
+        yield fake
+
+
+def test_a_missing_pair_is_refused_with_the_command_that_pulls_it(hub: FakeHub) -> None:
+    with pytest.raises(ModelNotDownloadedError, match="svip-local pull tiny"):
+        load("tiny")
+    assert hub.requests == []
+
+
+def test_a_name_pulls_with_consent_and_brings_its_settings(hub: FakeHub) -> None:
+    seen: list[str] = []
+    with load("tiny", pull=True, n_threads=1,
+              progress=lambda label, done, total: seen.append(label)) as engine:
+        assert engine.config.n_ctx == 512 and engine.config.policy == "auto"
+        assert engine.draft_model is not None and seen
+        assert engine.complete("The quick brown fox", max_tokens=4).stats.generated == 4
+    asked = len(hub.requests)
+    # Now on disk: no network, and what the caller sets wins over the pair's settings.
+    with load("tiny", n_ctx=256, policy="svip:0.3", n_threads=1) as engine:
+        assert engine.config.n_ctx == 256 and engine.policy.name == "svip:0.3"
+    assert len(hub.requests) == asked
+
+
+def test_paths_load_a_pair_or_the_target_alone(tiny_target: Path,
+                                               tiny_draft_noisy: Path) -> None:
+    with load(target=tiny_target, draft=tiny_draft_noisy, n_ctx=128, n_threads=1,
+              policy="constant:2") as engine:
+        assert engine.draft_model is not None and engine.config.n_ctx == 128
+        assert engine.complete("The quick", max_tokens=6).stats.drafted > 0
+    with load(str(tiny_target), n_threads=1, n_ctx=None) as alone:  # None: the default
+        assert alone.draft_model is None and alone.config.n_ctx == 4096
+
+
+def test_bad_requests_get_specific_errors(tiny_target: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequestError, match="unknown engine setting.*n_tread"):
+        load(target=tiny_target, n_tread=1)
+    with pytest.raises(InvalidRequestError, match="not both"):
+        load("tiny", target=tiny_target)
+    with pytest.raises(InvalidRequestError, match="name a registry pair"):
+        load()
+    with pytest.raises(UnknownModelError, match="no-such-pair"):
+        load("no-such-pair")
+    with pytest.raises(ModelFileError, match="not found"):
+        load(tmp_path / "missing.gguf")
+    with pytest.raises(InvalidRequestError, match="n_ctx must be at least 16"):
+        load(target=tiny_target, n_ctx=8)
