@@ -147,7 +147,7 @@ import tempfile
 from pathlib import Path
 
 from svip_local import Engine, native
-from tests.tiny_models import write_tiny_model
+from tests.support.tiny_models import write_tiny_model
 
 print("gpu offload:", native.supports_gpu_offload())
 with tempfile.TemporaryDirectory() as d:

@@ -33,7 +33,15 @@ from svip_local.config import EngineConfig
 from svip_local.errors import InvalidRequestError, PromptTooLongError
 from svip_local.events import Done, Event, GenerationStats, Round, Token
 from svip_local.native import Context, Model, Outputs, TextStream
-from svip_local.policies import DraftPolicy, Plan, PolicyContext, Strategy, as_plan, parse_policy
+from svip_local.policies import (
+    DraftPolicy,
+    Plan,
+    PolicyContext,
+    Strategy,
+    as_plan,
+    check_spec,
+    parse_policy,
+)
 from svip_local.round import Speculator
 from svip_local.sampling import SamplingParams
 from svip_local.stops import StopMatcher
@@ -55,6 +63,7 @@ class Engine:
                  draft: str | os.PathLike[str] | None = None, *,
                  config: EngineConfig | None = None, **overrides: Any) -> None:
         self.config = cfg = (config or EngineConfig()).with_overrides(**overrides)
+        check_spec(cfg.policy)  # a typo fails before gigabytes are loaded
         with ExitStack() as stack:
             # Anything loaded before a failure (bad draft, incompatible pair) is freed here.
             self.target_model = Model(target, n_gpu_layers=cfg.n_gpu_layers)
@@ -68,6 +77,7 @@ class Engine:
             self.draft_ctx: Context | None = None
             if self.draft_model is not None:
                 self.draft_ctx = self._context(self.draft_model)
+            self.policy = self.make_policy(cfg.policy)
             stack.pop_all()
         self.n_ctx = self.target_ctx.n_ctx
         self.n_vocab = self.target_model.n_vocab if self.draft_model is None else min(
@@ -76,7 +86,6 @@ class Engine:
                                       self.n_vocab)
         self._cancel = threading.Event()
         self._busy = threading.Lock()
-        self.policy = self.make_policy(cfg.policy)
 
     def _context(self, model: Model) -> Context:
         cfg = self.config

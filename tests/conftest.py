@@ -3,10 +3,12 @@ isolation of every test from the user's own config, cache and data dirs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.registry_fakes import FakeHub, RegistryDirs, isolate, serve_pair
 from tests.support.tiny_models import write_mismatched_vocab_model, write_tiny_model
 
 REAL_PAIR = "qwen2.5-coder-1.5b"
@@ -41,6 +43,28 @@ def tiny_draft_noisy(tiny_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_mismatched(tiny_dir: Path) -> Path:
     return write_mismatched_vocab_model(tiny_dir / "mismatched.gguf")
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RegistryDirs:
+    """Every directory the registry, huggingface_hub and pip use, under this test's tmp_path."""
+    return isolate(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def hub(dirs: RegistryDirs, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """An empty fake Hugging Face hub on 127.0.0.1, which the registry talks to."""
+    with FakeHub() as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        yield fake
+
+
+@pytest.fixture
+def tiny_pair_on_hub(dirs: RegistryDirs, hub: FakeHub, tiny_target: Path,
+                     tiny_draft_noisy: Path) -> FakeHub:
+    """Registry pair "tiny" (the tiny models; settings n_ctx 512, auto), not yet pulled."""
+    serve_pair(dirs, hub, "tiny", tiny_target.read_bytes(), tiny_draft_noisy.read_bytes())
+    return hub
 
 
 @pytest.fixture(scope="session")

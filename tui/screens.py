@@ -115,5 +115,4 @@ class PairScreen(ModalScreen[str | None]):
 def _pair_line(pair: PairStatus) -> str:
     if pair.downloaded:
         return f"{pair.name}\n  downloaded"
-    missing = sum(f.size or 0 for f in (pair.target, pair.draft) if not f.downloaded)
-    return f"{pair.name}\n  not downloaded: Enter downloads {human_size(missing)}"
+    return f"{pair.name}\n  not downloaded: Enter downloads {human_size(pair.missing_bytes)}"

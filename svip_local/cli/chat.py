@@ -77,9 +77,8 @@ def _agree_to_pull(name: str, assume_yes: bool) -> bool:
     if not sys.stdin.isatty():
         raise ModelNotDownloadedError(
             f"{name} is not downloaded. Run: svip-local pull {name} (or pass --yes)")
-    missing = sum(f.size or 0 for f in (pair.target, pair.draft) if not f.downloaded)
     try:
-        answer = input(f"{name} is not downloaded yet ({human_size(missing)}). "
+        answer = input(f"{name} is not downloaded yet ({human_size(pair.missing_bytes)}). "
                        "Download it now? [Y/n] ")
     except EOFError:
         answer = "n"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from svip_local.config import DEFAULT_MAX_DRAFT
@@ -143,12 +143,9 @@ def register(name: str, *params: Param, rule: str, label: str, kind: Kind = "pol
 
 
 def entries(kind: Kind | None = None) -> list[PolicyEntry]:
-    """Registered entries in registration order (`auto` first, then the length rules)."""
+    """Registered entries in registration order (the package imports the length rules
+    first, so `none` leads and calibration's candidates start with the target alone)."""
     return [e for e in _TABLE.values() if kind is None or e.kind == kind]
-
-
-def entry(name: str) -> PolicyEntry:
-    return _TABLE[name]
 
 
 # -- specs ------------------------------------------------------------------------------------
@@ -157,9 +154,8 @@ def entry(name: str) -> PolicyEntry:
 class ParsedSpec:
     """A spec split into its policy and optional proposer, each (entry, arguments)."""
 
-    text: str
     policy: tuple[PolicyEntry, tuple[Arg | None, ...]]
-    proposer: tuple[PolicyEntry, tuple[Arg | None, ...]] | None = field(default=None)
+    proposer: tuple[PolicyEntry, tuple[Arg | None, ...]] | None = None
 
 
 def split_spec(spec: str) -> ParsedSpec:
@@ -176,7 +172,7 @@ def split_spec(spec: str) -> ParsedSpec:
             raise InvalidRequestError(f"bad policy {spec!r}: at most one policy and one "
                                       "proposal source (POLICY+PROPOSER)")
         found[known.kind] = (known, known.parse_args(spec, args))
-    return ParsedSpec(spec, found.get("policy", (_TABLE["none"], ())), found.get("proposer"))
+    return ParsedSpec(found.get("policy", (_TABLE["none"], ())), found.get("proposer"))
 
 
 def check_spec(spec: str) -> str:
@@ -220,7 +216,7 @@ def known_specs() -> str:
 
 
 def help_lines() -> Iterator[str]:
-    """One line per entry: `usage  rule` (CLI help, the README's table, the TUI)."""
+    """One line per entry, `usage: rule`, for the CLI's help."""
     for e in entries():
         prefix = "POLICY+" if e.kind == "proposer" else ""
         yield f"{prefix}{e.usage}: {e.rule}"

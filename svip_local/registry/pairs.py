@@ -77,6 +77,12 @@ class PairStatus:
     def verified(self) -> bool:
         return self.target.verified and self.draft.verified
 
+    @property
+    def missing_bytes(self) -> int | None:
+        """What a pull still has to fetch; None where the registry gives no file size."""
+        sizes = [f.size for f in (self.target, self.draft) if not f.downloaded]
+        return None if None in sizes else sum(s or 0 for s in sizes)
+
 
 @dataclass(frozen=True)
 class Removal:

@@ -45,6 +45,18 @@ def test_bad_draft_file_frees_the_loaded_target(tmp_path: Path, tiny_target: Pat
     gc.collect()
 
 
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"policy": "bogus"}, "unknown policy 'bogus'"),
+    ({"policy": "svip:2"}, "svip threshold h must be in"),
+    ({"n_ctx": 8}, "n_ctx must be at least 16"),
+    ({"n_thread": 2}, "unknown engine setting"),
+])
+def test_bad_engine_settings(tiny_target: Path, setting: dict[str, object],
+                             message: str) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        Engine(tiny_target, **setting)
+
+
 def test_mismatched_vocabularies(tiny_target: Path, tiny_mismatched: Path) -> None:
     pattern = r"cannot speculate for target target.gguf: EOS token \d+ vs \d+"
     with pytest.raises(IncompatiblePairError, match=pattern):

@@ -2,50 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from svip_local import InvalidRequestError, ModelFileError, ModelNotDownloadedError, load
 from svip_local.errors import UnknownModelError
-from tests.support.registry_fakes import FakeHub, hf_source, isolate, pair_toml, sha256
+from tests.support.registry_fakes import FakeHub
 
 
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_target: Path,
-        tiny_draft_noisy: Path) -> Iterator[FakeHub]:
-    """A registry pair "tiny" of the tiny models on a fake hub (settings: n_ctx 512, auto)."""
-    dirs = isolate(tmp_path, monkeypatch)
-    target, draft = tiny_target.read_bytes(), tiny_draft_noisy.read_bytes()
-    with FakeHub() as fake:
-        monkeypatch.setenv("HF_ENDPOINT", fake.url)
-        fake.add("org/tiny-GGUF", "t.gguf", target)
-        fake.add("org/tiny-GGUF", "d.gguf", draft)
-        dirs.user_file.write_text(pair_toml(
-            "tiny", ("t.gguf", [hf_source("org/tiny-GGUF", "t.gguf", sha256(target))]),
-            ("d.gguf", [hf_source("org/tiny-GGUF", "d.gguf", sha256(draft))])))
-        yield fake
-
-
-def test_a_missing_pair_is_refused_with_the_command_that_pulls_it(hub: FakeHub) -> None:
+def test_a_missing_pair_is_refused_with_the_command_that_pulls_it(
+        tiny_pair_on_hub: FakeHub) -> None:
     with pytest.raises(ModelNotDownloadedError, match="svip-local pull tiny"):
         load("tiny")
-    assert hub.requests == []
+    assert tiny_pair_on_hub.requests == []
 
 
-def test_a_name_pulls_with_consent_and_brings_its_settings(hub: FakeHub) -> None:
+def test_a_name_pulls_with_consent_and_brings_its_settings(tiny_pair_on_hub: FakeHub) -> None:
     seen: list[str] = []
     with load("tiny", pull=True, n_threads=1,
               progress=lambda label, done, total: seen.append(label)) as engine:
         assert engine.config.n_ctx == 512 and engine.config.policy == "auto"
         assert engine.draft_model is not None and seen
         assert engine.complete("The quick brown fox", max_tokens=4).stats.generated == 4
-    asked = len(hub.requests)
+    asked = len(tiny_pair_on_hub.requests)
     # Now on disk: no network, and what the caller sets wins over the pair's settings.
     with load("tiny", n_ctx=256, policy="svip:0.3", n_threads=1) as engine:
         assert engine.config.n_ctx == 256 and engine.policy.name == "svip:0.3"
-    assert len(hub.requests) == asked
+    assert len(tiny_pair_on_hub.requests) == asked
 
 
 def test_paths_load_a_pair_or_the_target_alone(tiny_target: Path,

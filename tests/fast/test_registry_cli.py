@@ -7,27 +7,17 @@ import json
 import pytest
 
 from svip_local.cli import main
-from tests.support.registry_fakes import FakeHub, hf_source, isolate, pair_toml, random_bytes
+from tests.support.registry_fakes import random_bytes, serve_pair
 
 TARGET = random_bytes(20_000, seed=7)
 DRAFT = random_bytes(8_000, seed=8)
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    dirs = isolate(tmp_path, monkeypatch)
-    with FakeHub() as fake:
-        monkeypatch.setenv("HF_ENDPOINT", fake.url)
-        fake.add("org/target-GGUF", "t.gguf", TARGET)
-        fake.add("org/draft-GGUF", "d.gguf", DRAFT)
-        dirs.user_file.write_text(
-            pair_toml(
-                "fake",
-                ("t.gguf", [hf_source("org/target-GGUF", "t.gguf")]),
-                ("d.gguf", [hf_source("org/draft-GGUF", "d.gguf")]),
-            )
-        )
-        yield fake
+def hub(dirs, hub):
+    """conftest's hub, serving the pair "fake" (checked against the hub's own sha256)."""
+    serve_pair(dirs, hub, "fake", TARGET, DRAFT, repo="org/target-GGUF", checked=False)
+    return hub
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -10,9 +10,7 @@ import pytest
 from svip_local.errors import DownloadError
 from svip_local.registry import load_registry, pull, resolve, status
 from tests.support.registry_fakes import (
-    FakeHub,
     hf_source,
-    isolate,
     pair_toml,
     random_bytes,
     sha256,
@@ -20,18 +18,6 @@ from tests.support.registry_fakes import (
 
 TARGET = random_bytes(12_000_000, seed=1)  # > huggingface_hub's 10 MiB read chunk: resumable
 DRAFT = random_bytes(200_000, seed=2)
-
-
-@pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    return isolate(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def hub(dirs, monkeypatch):
-    with FakeHub() as fake:
-        monkeypatch.setenv("HF_ENDPOINT", fake.url)
-        yield fake
 
 
 def write_pair(dirs, hub, *, target_sha="hub", cut_at=None, served=TARGET, etag=None):

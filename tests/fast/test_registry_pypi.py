@@ -13,7 +13,6 @@ from tests.support.registry_fakes import (
     FakeHub,
     FakePyPI,
     hf_source,
-    isolate,
     pair_toml,
     pypi_source,
     random_bytes,
@@ -44,11 +43,6 @@ def serve(index: FakePyPI, n: int, data: bytes | None = None, **kwargs: str) -> 
 
 def wheel(n: int) -> str:
     return f"fake_target_part{n}-1.0-py3-none-any.whl"
-
-
-@pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    return isolate(tmp_path, monkeypatch)
 
 
 @pytest.fixture

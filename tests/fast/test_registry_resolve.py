@@ -10,9 +10,7 @@ import pytest
 from svip_local.errors import ModelNotDownloadedError
 from svip_local.registry import load_registry, pull, remove, resolve, status
 from tests.support.registry_fakes import (
-    FakeHub,
     hf_source,
-    isolate,
     pair_toml,
     random_bytes,
     sha256,
@@ -26,18 +24,12 @@ FAKE_PAIR = pair_toml("fake", ("t.gguf", [TARGET_HF]), ("d.gguf", [DRAFT_HF]))
 
 
 @pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    return isolate(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def hub(dirs, monkeypatch):
-    with FakeHub() as fake:
-        monkeypatch.setenv("HF_ENDPOINT", fake.url)
-        fake.add("org/target-GGUF", "t.gguf", TARGET)
-        fake.add("org/draft-GGUF", "d.gguf", DRAFT)
-        dirs.user_file.write_text(FAKE_PAIR)
-        yield fake
+def hub(dirs, hub):
+    """conftest's hub, serving the pair "fake"."""
+    hub.add("org/target-GGUF", "t.gguf", TARGET)
+    hub.add("org/draft-GGUF", "d.gguf", DRAFT)
+    dirs.user_file.write_text(FAKE_PAIR)
+    return hub
 
 
 def test_not_downloaded_fails_with_the_command_to_run(hub):

@@ -8,15 +8,15 @@ import pytest
 
 from svip_local.errors import InvalidRegistryError, RegistryError, UnknownModelError
 from svip_local.registry import HfSource, PypiSource, load_registry, user_registry_file
-from tests.support.registry_fakes import hf_source, isolate, pair_toml
+from tests.support.registry_fakes import hf_source, pair_toml
 
 BAD_FILES = sorted((Path(__file__).parent / "registry_bad_toml").glob("*.toml"))
 REFERENCE = "qwen2.5-coder-1.5b"
 
 
 @pytest.fixture(autouse=True)
-def dirs(tmp_path, monkeypatch):
-    return isolate(tmp_path, monkeypatch)
+def _isolated(dirs):
+    """Every test here reads only the registry files it writes (conftest's `dirs`)."""
 
 
 def test_reference_pair_has_the_mirror_facts_of_shared_models_md():

@@ -294,6 +294,17 @@ def pair_toml(name: str, target: tuple[str, list[dict]], draft: tuple[str, list[
     return "\n".join(lines) + "\n"
 
 
+def serve_pair(dirs: RegistryDirs, hub: FakeHub, name: str, target: bytes, draft: bytes, *,
+               repo: str = "org/pair-GGUF", checked: bool = True) -> None:
+    """Put a pair's two files on `hub` and a models.toml entry `name` for them in the user's
+    file (`checked`: with their sha256, else the hub's own)."""
+    hub.add(repo, "t.gguf", target)
+    hub.add(repo, "d.gguf", draft)
+    shas = (sha256(target), sha256(draft)) if checked else ("hub", "hub")
+    dirs.user_file.write_text(pair_toml(name, ("t.gguf", [hf_source(repo, "t.gguf", shas[0])]),
+                                        ("d.gguf", [hf_source(repo, "d.gguf", shas[1])])))
+
+
 def _toml_value(value: object) -> str:
     if isinstance(value, str):
         return f'"{value}"'
