@@ -2,9 +2,9 @@
 
 `replay_round` is the engine's round (`svip_local.round`) on a trace, step for step, and
 `simulate` repeats it as `Engine.generate` does (a test runs the two rounds side by side).
-`oracle` is the best any draft-length
-policy could do with this pair on this machine: knowing which tokens will be accepted, it
-chooses each round's length (none at all included) to minimise the total time. Sampled traces
+`oracle` is the best any draft-length policy could do with this pair on this machine: knowing
+which tokens will be accepted, it chooses each round's length (none at all included) to
+minimise the total time. Sampled traces
 are replayed through realisations (`realise_all`), the same draws for every policy.
 """
 
