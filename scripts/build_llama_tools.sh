@@ -208,6 +208,17 @@ if [[ -n "$CUDA_ARCH" ]]; then
 else
     CMAKE_ARGS_LIST+=(-DGGML_CUDA=OFF)
 fi
+# Where the CPU has AMX, build without it: svip_local takes llama.cpp's AMX buffer type out
+# (it segfaults on Q4_K batches, llama.cpp issue 20824; see native.UNSAFE_BUFFER_TYPES) and the
+# peer must run the same kernels, CPU_REPACK included. The binaries have no switch for AMX
+# alone, so it is left out at compile time: every other native ISA extension stays.
+# SVIP_LOCAL_AMX=1 (the product keeps AMX then too) builds with it.
+if [[ -z "$CUDA_ARCH" && "${SVIP_LOCAL_AMX:-0}" != "1" ]] && grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+    NO_AMX="-march=native -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    CMAKE_ARGS_LIST+=(-DGGML_NATIVE=OFF -DGGML_AVX512=ON "-DCMAKE_C_FLAGS=$NO_AMX"
+                      "-DCMAKE_CXX_FLAGS=$NO_AMX")
+    log "AMX CPU: building without AMX (as svip_local runs; SVIP_LOCAL_AMX=1 keeps it)"
+fi
 CMAKE_ARGS_LIST+=("${EXTRA_CMAKE[@]}")
 
 STAMP="$BUILD_DIR/.svip-local-config"

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from svip_local.errors import (
         ContextFullError as ContextFullError,
         DecodeError as DecodeError,
+        EngineClosedError as EngineClosedError,
         IncompatiblePairError as IncompatiblePairError,
         InvalidRequestError as InvalidRequestError,
         ModelFileError as ModelFileError,
@@ -48,12 +49,13 @@ if TYPE_CHECKING:
         policy_entries as policy_entries,
         policy_help as policy_help,
     )
-    from svip_local.sampling import SamplingParams as SamplingParams
+    from svip_local.sampling import MAX_SEED as MAX_SEED, SamplingParams as SamplingParams
 
 _EXPORTS = {
     "svip_local.config": ("EngineConfig",),
     "svip_local.engine": ("Engine",),
-    "svip_local.errors": ("ContextFullError", "DecodeError", "IncompatiblePairError",
+    "svip_local.errors": ("ContextFullError", "DecodeError", "EngineClosedError",
+                          "IncompatiblePairError",
                           "InvalidRequestError", "ModelFileError", "ModelNotDownloadedError",
                           "PromptTooLongError", "RegistryError", "SvipError"),
     "svip_local.events": ("Done", "Event", "GenerationStats", "Notice", "Round", "Token"),
@@ -61,7 +63,7 @@ _EXPORTS = {
     "svip_local.policies": ("DraftPolicy", "PerTemperature", "Plan", "StepStats", "Strategy",
                             "Verdict", "check_spec", "parse_policy", "policy_entries",
                             "policy_help"),
-    "svip_local.sampling": ("SamplingParams",),
+    "svip_local.sampling": ("MAX_SEED", "SamplingParams"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -30,7 +30,7 @@ from svip_local.calibration import (
 )
 from svip_local.compat import check_pair
 from svip_local.config import EngineConfig
-from svip_local.errors import InvalidRequestError, PromptTooLongError
+from svip_local.errors import EngineClosedError, InvalidRequestError, PromptTooLongError
 from svip_local.events import Done, Event, GenerationStats, Round, Token
 from svip_local.native import Context, Model, Outputs, TextStream
 from svip_local.policies import (
@@ -80,12 +80,21 @@ class Engine:
             self.policy = self.make_policy(cfg.policy)
             stack.pop_all()
         self.n_ctx = self.target_ctx.n_ctx
+        if self.n_ctx != cfg.n_ctx:  # llama.cpp pads the context to its own granularity
+            log.warning("n_ctx %d became %d: llama.cpp rounds the context up", cfg.n_ctx,
+                        self.n_ctx)
+        if self.n_ctx > self.target_model.n_ctx_train > 0:
+            log.warning("n_ctx %d is longer than %s was trained for (%d tokens): replies past "
+                        "that may lose quality", self.n_ctx, self.target_model.path.name,
+                        self.target_model.n_ctx_train)
         self.n_vocab = self.target_model.n_vocab if self.draft_model is None else min(
             self.target_model.n_vocab, self.draft_model.n_vocab)
         self._speculator = Speculator(self.target_ctx, self.draft_ctx, self.draft_model,
                                       self.n_vocab)
         self._cancel = threading.Event()
-        self._busy = threading.Lock()
+        self._busy = threading.Lock()  # held by the one generation, suspended or running
+        self._native = threading.Lock()  # held while a generation is inside llama.cpp
+        self._closed = False
 
     def _context(self, model: Model) -> Context:
         cfg = self.config
@@ -95,10 +104,26 @@ class Engine:
     # -- lifecycle -----------------------------------------------------------------------
 
     def close(self) -> None:
-        # Models free their contexts first (see native.Context).
-        if self.draft_model is not None:
-            self.draft_model.close()
-        self.target_model.close()
+        """Free both models. A generation running in another thread is stopped at its next
+        round first (never freed under a decode); one left suspended ends as "cancelled"
+        when resumed. Closing twice is harmless."""
+        self._cancel.set()
+        with self._native:
+            if self._closed:
+                return
+            self._closed = True
+            # Models free their contexts first (see native.Context).
+            if self.draft_model is not None:
+                self.draft_model.close()
+            self.target_model.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosedError("the engine is closed: load a new one to generate again")
 
     def __enter__(self) -> Engine:
         return self
@@ -108,6 +133,7 @@ class Engine:
 
     def reset(self) -> None:
         """Empty both KV caches, so the next prompt pays its whole prefill (benchmarks)."""
+        self._check_open()
         self.target_ctx.clear()
         if self.draft_ctx is not None:
             self.draft_ctx.clear()
@@ -145,6 +171,7 @@ class Engine:
 
     def tokenize(self, text: str, *, add_special: bool = True,
                  parse_special: bool = False) -> list[int]:
+        self._check_open()
         return self.target_model.tokenize(text, add_special=add_special,
                                           parse_special=parse_special)
 
@@ -166,6 +193,7 @@ class Engine:
         arguments raise here, before any work; a consumer that stops iterating early leaves
         the engine consistent and reusable.
         """
+        self._check_open()
         if max_tokens <= 0:
             raise InvalidRequestError(f"max_tokens must be positive, got {max_tokens}")
         ids = self.tokenize(prompt, parse_special=parse_special) if isinstance(prompt, str) \
@@ -199,7 +227,10 @@ class Engine:
                   strategy: Strategy, stops: Sequence[str], ignore_eos: bool,
                   cancel: threading.Event | None) -> Generator[Event, None, None]:
         if not self._busy.acquire(blocking=False):
-            raise InvalidRequestError("the engine is already generating; one at a time")
+            raise InvalidRequestError(
+                "the engine is already generating; one generation at a time. A generator that "
+                "was started and not run to its end holds the engine until it is closed: "
+                "iterate it to the end or call its close()")
         self._cancel.clear()
         stats = GenerationStats(policy=strategy.describe(), prompt_tokens=len(ids))
         rng = np.random.default_rng(sampling.seed)
@@ -208,43 +239,51 @@ class Engine:
         budget = min(max_tokens, self.n_ctx - len(ids))
         finish = "length" if budget == max_tokens else "context"
         start = perf_counter()
+        batch: list[Event] = []  # one round's events, reused
         try:
-            stats.prefill_tokens = self._prefill(ids, cancel)
+            with self._native:
+                self._check_open()
+                stats.prefill_tokens = self._prefill(ids, cancel)
             stats.prefill_s = perf_counter() - start
             while finish not in ("eos", "stop"):
                 if self._cancel.is_set() or (cancel is not None and cancel.is_set()):
                     finish = "cancelled"
                     break
                 room = min(self.config.max_draft, budget - len(out) - 1)
-                result = self._speculator.round(seq, room, strategy, sampling, rng)
-                stats.add_round(result)
-                emitted = 0
-                for i, tok in enumerate(result.tokens):
-                    seq.append(tok)
-                    if not ignore_eos and self.target_model.is_eog(tok):
-                        finish = "eos"
-                        break
-                    from_draft = i < result.accepted
-                    out.append(tok)
-                    stats.from_draft.append(from_draft)
-                    emitted += 1
-                    piece = stopper.push(stream.push(tok))
-                    texts.append(piece)
-                    yield Token(tok, piece, from_draft, stats.rounds)
-                    if stopper.hit is not None:
-                        finish = "stop"
-                        break
-                    if len(out) >= budget:
-                        break
-                stats.generated = len(out)
-                yield Round(stats.rounds, len(result.proposed), result.accepted, emitted,
-                            *self.kv_lengths(), copied=result.copied)
+                batch.clear()
+                # Everything that calls llama.cpp happens under the lock, which is free while
+                # the events are yielded: close() from another thread waits one round at most.
+                with self._native:
+                    self._check_open()
+                    result = self._speculator.round(seq, room, strategy, sampling, rng)
+                    stats.add_round(result)
+                    for i, tok in enumerate(result.tokens):
+                        seq.append(tok)
+                        if not ignore_eos and self.target_model.is_eog(tok):
+                            finish = "eos"
+                            break
+                        from_draft = i < result.accepted
+                        out.append(tok)
+                        stats.from_draft.append(from_draft)
+                        piece = stopper.push(stream.push(tok))
+                        texts.append(piece)
+                        batch.append(Token(tok, piece, from_draft, stats.rounds))
+                        if stopper.hit is not None:
+                            finish = "stop"
+                            break
+                        if len(out) >= budget:
+                            break
+                    stats.generated = len(out)
+                    batch.append(Round(stats.rounds, len(result.proposed), result.accepted,
+                                       len(batch), *self.kv_lengths(), copied=result.copied))
+                yield from batch
                 if len(out) >= budget:
                     break
         finally:
-            self.target_ctx.ensure_consistent()
-            if self.draft_ctx is not None:
-                self.draft_ctx.ensure_consistent()
+            with self._native:
+                self.target_ctx.ensure_consistent()  # a no-op once closed
+                if self.draft_ctx is not None:
+                    self.draft_ctx.ensure_consistent()
             stats.generated = len(out)
             stats.wall_s = perf_counter() - start
             self._busy.release()

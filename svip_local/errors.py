@@ -31,6 +31,10 @@ class DecodeError(SvipError, RuntimeError):
     """llama_decode failed; the message names the return code's meaning."""
 
 
+class EngineClosedError(SvipError, RuntimeError):
+    """The engine (or one of its models) was closed: make a new one to go on."""
+
+
 class ContextFullError(DecodeError):
     """The KV cache has no room for the batch (llama_decode returned 1)."""
 

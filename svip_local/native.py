@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from enum import Enum
@@ -26,7 +26,13 @@ import numpy as np
 import numpy.typing as npt
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from svip_local.errors import ContextFullError, DecodeError, ModelFileError
+from svip_local.errors import (
+    ContextFullError,
+    DecodeError,
+    EngineClosedError,
+    InvalidRequestError,
+    ModelFileError,
+)
 
 log = logging.getLogger("svip_local.llama_cpp")
 # Quiet by default: llama.cpp's load chatter is INFO, and only its errors reach the user
@@ -48,8 +54,39 @@ class _LogLine:
     text = ""
 
 
+class _Interrupt:
+    """A Ctrl-C that arrived while llama.cpp was calling back into Python. An exception cannot
+    cross a ctypes callback (Python prints "Exception ignored" and llama.cpp carries on), so
+    the callback notes it, a load's progress callback then asks llama.cpp to stop, and the
+    call that started it raises KeyboardInterrupt once llama.cpp has returned."""
+
+    pending = False
+
+    @classmethod
+    def raise_pending(cls) -> None:
+        if cls.pending:
+            cls.pending = False
+            raise KeyboardInterrupt
+
+
 @C.llama_log_callback  # type: ignore[untyped-decorator]  # llama_cpp ships no types
 def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    try:
+        _log_line(level, text)
+    except KeyboardInterrupt:
+        _Interrupt.pending = True
+
+
+@C.llama_progress_callback  # type: ignore[untyped-decorator]
+def _load_progress(_progress: float, _user_data: ctypes.c_void_p) -> bool:
+    try:
+        return not _Interrupt.pending  # False: llama.cpp abandons the load
+    except KeyboardInterrupt:
+        _Interrupt.pending = True
+        return False
+
+
+def _log_line(level: int, text: bytes) -> None:
     # llama.cpp sends fragments (CONT) and lines with their own '\n': assemble whole lines.
     with _log_lock:
         if level != 5:
@@ -66,6 +103,80 @@ def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
 
 C.llama_log_set(_log_callback, ctypes.c_void_p(0))
 C.llama_backend_init()
+
+
+# -- the CPU's extra buffer types ----------------------------------------------------------------
+# Extra buffer types hold weights repacked for this CPU's kernels: CPU_REPACK (AVX2/AVX-512
+# layouts, llama.cpp's default, +15% decode on an AVX-512 EPYC) and, where the build has AMX
+# and the kernel grants its tile permission, AMX. The AMX one segfaults in
+# ggml_backend_amx_mul_mat on the first multi-token batch of a Q4_K model (llama.cpp issue
+# 20824, open upstream; reproduced on Sapphire Rapids VMs that do grant the permission), so it
+# alone is taken out of the list llama.cpp builds models from. SVIP_LOCAL_EXTRA_BUFTS=0 turns
+# them all off; SVIP_LOCAL_AMX=1 keeps AMX. Read once, when this module loads.
+UNSAFE_BUFFER_TYPES = ("AMX",)
+_CPU_DEVICE = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
+
+
+def buffer_types_to_keep(available: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """Which of the CPU's extra buffer types (llama.cpp's order) models should load with."""
+    if env.get("SVIP_LOCAL_EXTRA_BUFTS", "1") == "0":
+        return []
+    if env.get("SVIP_LOCAL_AMX") == "1":
+        return list(available)
+    return [name for name in available if name not in UNSAFE_BUFFER_TYPES]
+
+
+def _cpu_extra_buffer_types() -> ctypes.Array[ctypes.c_void_p] | None:
+    """llama.cpp's own NULL-terminated list of the CPU's extra buffer types (a static array in
+    ggml-cpu that every model load reads), or None where this build does not expose it."""
+    lib, vp = C._lib, ctypes.c_void_p
+    try:
+        by_type, reg_of = lib.ggml_backend_dev_by_type, lib.ggml_backend_dev_backend_reg
+        proc_of, name_of = lib.ggml_backend_reg_get_proc_address, lib.ggml_backend_buft_name
+    except AttributeError:
+        return None
+    by_type.restype, by_type.argtypes = vp, [ctypes.c_int]
+    reg_of.restype, reg_of.argtypes = vp, [vp]
+    proc_of.restype, proc_of.argtypes = vp, [vp, ctypes.c_char_p]
+    name_of.restype, name_of.argtypes = ctypes.c_char_p, [vp]
+    device = by_type(_CPU_DEVICE)
+    proc = proc_of(reg_of(device), b"ggml_backend_dev_get_extra_bufts") if device else None
+    if not proc:
+        return None
+    first = ctypes.CFUNCTYPE(ctypes.POINTER(vp), vp)(proc)(device)
+    n = 0
+    while first[n]:
+        n += 1
+    return (vp * (n + 1)).from_address(ctypes.addressof(first.contents))
+
+
+def _buffer_type_name(buft: int) -> str:
+    return str(C._lib.ggml_backend_buft_name(buft).decode())
+
+
+def _keep_safe_buffer_types() -> tuple[str, ...]:
+    """Drop the unsafe extra buffer types from llama.cpp's list, in place; return what is left."""
+    table = _cpu_extra_buffer_types() if use_extra_buffer_types() else None
+    if table is None:  # off (every model loads with use_extra_bufts false), or not exposed
+        return ()
+    entries = [b for b in table[:-1] if b is not None]  # non-NULL up to its end
+    names = [_buffer_type_name(b) for b in entries]
+    keep = buffer_types_to_keep(names, os.environ)
+    kept = [b for b, name in zip(entries, names, strict=True) if name in keep]
+    for i, buft in enumerate([*kept, None]):
+        table[i] = buft
+    dropped = sorted(set(names) - set(keep))
+    if dropped:
+        log.info("extra buffer types %s left out (SVIP_LOCAL_AMX=1 keeps AMX)", dropped)
+    return tuple(_buffer_type_name(b) for b in kept)
+
+
+def use_extra_buffer_types() -> bool:
+    """Whether models load with the CPU's extra buffer types (SVIP_LOCAL_EXTRA_BUFTS=0: not)."""
+    return os.environ.get("SVIP_LOCAL_EXTRA_BUFTS", "1") != "0"
+
+
+EXTRA_BUFFER_TYPES = _keep_safe_buffer_types()
 
 
 def _consume_recent_errors() -> str:
@@ -116,10 +227,6 @@ def default_threads() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
-def _use_extra_bufts() -> bool:
-    return os.environ.get("SVIP_LOCAL_EXTRA_BUFTS", "0") == "1"
-
-
 def _check_gguf_file(path: Path) -> None:
     """Fail with a specific message before llama.cpp sees a file it would reject vaguely."""
     if not path.exists():
@@ -165,16 +272,21 @@ class Model:
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.vocab_only = vocab_only
-        # Extra buffer types include ggml's AMX path, which segfaults in llama_decode on our
-        # Sapphire Rapids VMs (ggml_backend_amx_mul_mat); the plain CPU path is safe everywhere.
-        params.use_extra_bufts = _use_extra_bufts()
+        params.use_extra_bufts = use_extra_buffer_types()  # see EXTRA_BUFFER_TYPES
+        params.progress_callback = _load_progress
         _consume_recent_errors()
+        _Interrupt.pending = False
         ptr = C.llama_model_load_from_file(str(self.path).encode(), params)
+        if _Interrupt.pending and ptr:
+            C.llama_model_free(ptr)
+        _Interrupt.raise_pending()  # Ctrl-C while loading: stop here, nothing kept
         if not ptr:
             detail = _consume_recent_errors() or "no detail from llama.cpp"
             raise ModelFileError(f"llama.cpp could not load {self.path}: {detail}")
         self._stack = ExitStack()
+        self._stack.callback(self._mark_closed)
         self._stack.callback(C.llama_model_free, ptr)
+        self.closed = False
         self.ptr = ptr
         self.n_gpu_layers = n_gpu_layers
         self.vocab = C.llama_model_get_vocab(ptr)
@@ -192,6 +304,14 @@ class Model:
     def close(self) -> None:
         self._stack.close()
 
+    def _mark_closed(self) -> None:
+        self.closed = True
+
+    def check_open(self) -> None:
+        """Raise instead of letting llama.cpp touch freed memory (which aborts the process)."""
+        if self.closed:
+            raise EngineClosedError(f"the model {self.path.name} is closed")
+
     def __enter__(self) -> Model:
         return self
 
@@ -203,6 +323,7 @@ class Model:
         self._stack.callback(callback)  # type: ignore[arg-type]
 
     def meta(self, key: str) -> str | None:
+        self.check_open()
         buf = ctypes.create_string_buffer(4096)
         n = C.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
         if n < 0:
@@ -217,12 +338,20 @@ class Model:
         return self.meta("general.name") or self.path.name
 
     def chat_template(self) -> str | None:
+        self.check_open()
         raw = C.llama_model_chat_template(self.ptr, None)
         return raw.decode("utf-8") if raw else None
 
     def tokenize(self, text: str, *, add_special: bool = True,
                  parse_special: bool = False) -> list[int]:
-        data = text.encode("utf-8")
+        self.check_open()
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # lone surrogates: bytes that were not UTF-8
+            raise InvalidRequestError(
+                f"the text is not valid Unicode at character {exc.start} ({exc.reason}): "
+                "undecodable bytes reached it; decode them first (e.g. errors='replace')"
+            ) from exc
         n = C.llama_tokenize(self.vocab, data, len(data), None, 0, add_special, parse_special)
         size = -n if n < 0 else n
         buf = (C.llama_token * max(size, 1))()
@@ -250,6 +379,7 @@ class Model:
 
     def token_text(self, token: int) -> bytes:
         """The raw vocabulary entry (e.g. with BPE 'Ġ' markers): what pair checks compare."""
+        self.check_open()
         return C.llama_vocab_get_text(self.vocab, token) or b""
 
     def is_eog(self, token: int) -> bool:
@@ -349,8 +479,13 @@ class Context:
                                   True: C.LLAMA_FLASH_ATTN_TYPE_ENABLED,
                                   False: C.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]
         params.no_perf = True
+        model.check_open()
         _consume_recent_errors()
+        _Interrupt.pending = False
         ptr = C.llama_init_from_model(model.ptr, params)
+        if _Interrupt.pending and ptr:
+            C.llama_free(ptr)
+        _Interrupt.raise_pending()
         if not ptr:
             detail = _consume_recent_errors() or "no detail from llama.cpp"
             raise ModelFileError(f"llama.cpp could not create a context for {model.path}: {detail}")
@@ -382,6 +517,10 @@ class Context:
             self._closed = True
             self._stack.close()
 
+    def check_open(self) -> None:
+        if self._closed:
+            raise EngineClosedError(f"the context of {self.model.path.name} is closed")
+
     def __enter__(self) -> Context:
         return self
 
@@ -393,6 +532,7 @@ class Context:
 
         With LAST only the final token gets logits; ALL (one chunk at most) gives every row.
         """
+        self.check_open()
         if not tokens:
             return
         if outputs is Outputs.ALL and len(tokens) > self.n_batch:
@@ -426,6 +566,7 @@ class Context:
 
         The view is only valid until the next decode: copy what must outlive it.
         """
+        self.check_open()
         ptr = C.llama_get_logits_ith(self.ptr, index)
         if not ptr:
             raise DecodeError(f"no logits for batch row {index}")
@@ -433,6 +574,7 @@ class Context:
 
     def truncate(self, n_keep: int) -> None:
         """Drop every cached token from position n_keep on (rejected drafts, edited turns)."""
+        self.check_open()
         if n_keep >= len(self.tokens):
             return
         if not C.llama_memory_seq_rm(self._mem, 0, n_keep, -1):
@@ -450,18 +592,23 @@ class Context:
         return keep
 
     def clear(self) -> None:
+        self.check_open()
         C.llama_memory_clear(self._mem, True)
         self.tokens.clear()
 
     def pos_max(self) -> int:
         """Highest position in the KV cache (-1 when empty), straight from llama.cpp."""
+        self.check_open()
         return int(C.llama_memory_seq_pos_max(self._mem, 0))
 
     def ensure_consistent(self) -> None:
         """Make `tokens` and the KV cache agree again after a failed or interrupted decode.
 
         Some ubatches of a failed batch may have landed; llama.cpp's own position is the truth.
+        A closed context has nothing left to agree with.
         """
+        if self._closed:
+            return
         n = self.pos_max() + 1
         if n < len(self.tokens):
             del self.tokens[n:]

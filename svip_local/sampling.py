@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from svip_local.errors import InvalidRequestError
 
+MAX_SEED = 2**64 - 1  # numpy's generators take any non-negative integer; keep it one word
 Logits = npt.NDArray[np.float32]
 Probs = npt.NDArray[np.float64]
 
@@ -38,6 +39,10 @@ class SamplingParams:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_p < 1:
             raise InvalidRequestError(f"min_p must be in [0, 1), got {self.min_p}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed <= MAX_SEED):
+            raise InvalidRequestError(
+                f"seed must be a whole number from 0 to 2**64 - 1 (or none), got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:

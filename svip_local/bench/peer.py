@@ -7,7 +7,6 @@ with its own; their time is prefill + generation, like ours (model load excluded
 
 from __future__ import annotations
 
-import os
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from svip_local.bench import peer_runner
 from svip_local.bench.defaults import DEFAULT_GRID
 from svip_local.bench.runner import BenchItem, RunRecord
 from svip_local.errors import InvalidRequestError
+from svip_local.native import use_extra_buffer_types
 
 PREFIX = "llama.cpp:"
 def spec(n_max: int, p_min: float) -> str:
@@ -42,9 +42,10 @@ class Peer:
                 "(or pass --peer-binary)")
         self.target, self.draft = Path(target), Path(draft)
         self.threads, self.n_ctx, self.n_gpu_layers = threads, n_ctx, n_gpu_layers
-        # Same weight layout as svip_local (native.py turns llama.cpp's repacking off unless
-        # SVIP_LOCAL_EXTRA_BUFTS=1; on some CPUs the AMX repack path crashes).
-        self._extra = [] if os.environ.get("SVIP_LOCAL_EXTRA_BUFTS") == "1" else ["--no-repack"]
+        # The same weight layout as svip_local: repacked for this CPU (native.EXTRA_BUFFER_TYPES)
+        # unless SVIP_LOCAL_EXTRA_BUFTS=0; the binary itself is built without AMX where
+        # svip_local leaves AMX out (scripts/build_llama_tools.sh).
+        self._extra = [] if use_extra_buffer_types() else ["--no-repack"]
 
     def handles(self, name: str) -> bool:
         return name.startswith(PREFIX)

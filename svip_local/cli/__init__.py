@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SvipError as exc:
         print(f"svip-local: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):  # scripts read stdout: the error is JSON there too
+            json.dump({"error": {"type": type(exc).__name__, "message": str(exc)}}, sys.stdout)
+            sys.stdout.write("\n")
         return 1
     except KeyboardInterrupt:
         print("svip-local: interrupted", file=sys.stderr)

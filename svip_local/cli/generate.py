@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from svip_local import Done, InvalidRequestError, SamplingParams, Token, load, policy_help
@@ -44,7 +46,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("generate", help="generate a completion (raw prompt, or --chat)",
                        description="Generate text with speculative decoding.")
     add_model_arguments(p)
-    p.add_argument("--prompt", required=True, help="prompt text (raw, no chat template)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--prompt", help="prompt text (raw, no chat template); - reads stdin")
+    source.add_argument("--prompt-file", type=Path, help="read the prompt from this file")
+    p.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict",
+                   help="prompt bytes that are not UTF-8: refuse them (strict, default) or "
+                        "replace each with U+FFFD")
     p.add_argument("--chat", action="store_true",
                    help="wrap the prompt as a user message in the model's chat template")
     p.add_argument("--max-tokens", type=int, default=256)
@@ -61,18 +68,44 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
+def read_prompt(args: argparse.Namespace) -> str:
+    """The prompt from --prompt (its bytes as the shell passed them), --prompt-file, or stdin
+    (--prompt -, or piped with neither), decoded as UTF-8 by --encoding-errors."""
+    if args.prompt_file is not None:
+        try:
+            data, where = args.prompt_file.read_bytes(), str(args.prompt_file)
+        except OSError as exc:
+            raise InvalidRequestError(f"cannot read the prompt file {args.prompt_file}: "
+                                      f"{exc.strerror}") from exc
+    elif args.prompt is not None and args.prompt != "-":
+        data, where = os.fsencode(args.prompt), "--prompt"  # undoes Python's surrogateescape
+    elif args.prompt == "-" or not sys.stdin.isatty():
+        data, where = sys.stdin.buffer.read(), "standard input"
+    else:
+        raise InvalidRequestError("give the prompt: --prompt TEXT, --prompt-file PATH, or pipe "
+                                  "it on standard input")
+    try:
+        return data.decode("utf-8", errors=args.encoding_errors)
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(
+            f"the prompt ({where}) is not valid UTF-8 at byte {exc.start} "
+            f"({data[exc.start:exc.end]!r}); pass --encoding-errors replace to replace such "
+            "bytes") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                               min_p=args.min_p, seed=args.seed)
+    prompt = read_prompt(args)  # bad input fails before any model loads
     with open_engine(args, policy=args.policy) as engine:
         if args.chat:
             from svip_local.chat import ChatTemplate, prompt_ids as chat_prompt_ids
 
             template = ChatTemplate.for_engine(engine)
-            text = template.render([{"role": "user", "content": args.prompt}])
+            text = template.render([{"role": "user", "content": prompt}])
             prompt_ids = chat_prompt_ids(engine, text)
         else:
-            prompt_ids = engine.tokenize(args.prompt)
+            prompt_ids = engine.tokenize(prompt)
         events = engine.generate(prompt_ids, max_tokens=args.max_tokens, sampling=sampling,
                                  stop=args.stop, ignore_eos=args.ignore_eos)
         done: Done | None = None

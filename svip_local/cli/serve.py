@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"require this Bearer key on /v1 (default: ${API_KEY_ENV}, else none)")
     p.add_argument("--model-name", default=None,
                    help="the model id clients see (default: the pair name or target file)")
+    p.add_argument("--model-alias", action="append", default=[], metavar="NAME",
+                   help="another model id to answer to, for clients that hard-code one "
+                        "(repeatable); any other id gets 404 model_not_found")
     p.add_argument("--policy", default=None,
                    help=policy_help().replace("(default: auto)", "(default: the pair's, else "
                                                                   "auto)"))
@@ -54,11 +57,14 @@ def run(args: argparse.Namespace) -> int:
         limits = {k: v for k, v in (("max_queue", args.max_queue),
                                     ("max_request_bytes", args.max_request_bytes))
                   if v is not None}
-        app = create_app(engine, model_name=name, api_key=api_key, **limits)
+        app = create_app(engine, model_name=name, api_key=api_key, aliases=args.model_alias,
+                         **limits)
+        # One line per request (method, path, status, tokens, seconds), shown by default.
+        logging.getLogger("svip_local.server.access").setLevel(logging.INFO)
         print(f"serving {name} on http://{args.host}:{args.port}/v1", flush=True)
         # A bounded graceful shutdown: Ctrl+C must not wait for a long stream to finish.
         uvicorn.run(app, host=args.host, port=args.port, log_level=_uvicorn_level(),
-                    timeout_graceful_shutdown=5)
+                    access_log=False, timeout_graceful_shutdown=5)  # ours has the tokens
     return 0
 
 

@@ -179,20 +179,38 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
 
 
-def parse_document(data: Mapping[str, Any], origin: str) -> dict[str, PairSpec]:
-    """Parse a whole models.toml (already TOML-decoded) into its pairs, by name."""
+def parse_document(data: Mapping[str, Any], origin: str,
+                   problems: list[str] | None = None) -> dict[str, PairSpec]:
+    """Parse a whole models.toml (already TOML-decoded) into its pairs, by name.
+
+    Without `problems` the first mistake raises InvalidRegistryError. With it, each mistake
+    is appended there and only what it spoils is skipped (that entry, or a stray top-level
+    field), so one broken entry in a user's file leaves the others, and the shipped pairs,
+    usable.
+    """
+    def report(exc: InvalidRegistryError) -> None:
+        if problems is None:
+            raise exc
+        problems.append(str(exc))
+
     doc = _Table(dict(data), "(top level)", origin)
-    pairs_raw = doc.get("pairs", dict, required=False, default={})
-    doc.finish()
+    pairs_raw: dict[str, Any] = {}
+    try:
+        pairs_raw = doc.get("pairs", dict, required=False, default={})
+        doc.finish()
+    except InvalidRegistryError as exc:
+        report(exc)
     pairs: dict[str, PairSpec] = {}
     for name, raw in pairs_raw.items():
         where = f"pairs.{toml_key(name)}"
-        if not _NAME.fullmatch(name):
-            raise InvalidRegistryError(
-                f"{origin}: {where}: invalid name (use lowercase letters, digits, '.', '_', '-',"
-                " starting with a letter or digit)"
-            )
-        pairs[name] = _parse_pair(name, _Table(raw, where, origin))
+        try:
+            if not _NAME.fullmatch(name):
+                raise InvalidRegistryError(
+                    f"{origin}: {where}: invalid name (use lowercase letters, digits, '.', '_',"
+                    " '-', starting with a letter or digit)")
+            pairs[name] = _parse_pair(name, _Table(raw, where, origin))
+        except InvalidRegistryError as exc:
+            report(exc)
     return pairs
 
 

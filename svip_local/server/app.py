@@ -14,7 +14,7 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from svip_local import Done, Engine, Event, Notice, SvipError, Token
 from svip_local.chat import ChatTemplate, stream_chat
+from svip_local.server.access import AccessLog
 from svip_local.server.errors import ApiError, from_engine_error, from_validation_error
 from svip_local.server.responses import Reply, sse
 from svip_local.server.schemas import ChatCompletionRequest, CompletionRequest
@@ -41,11 +42,13 @@ _R = TypeVar("_R", bound=BaseModel)
 
 
 def create_app(engine: Engine, *, model_name: str, api_key: str | None = None,
-               max_queue: int = DEFAULT_MAX_QUEUE,
-               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Starlette:
-    """The server for one loaded pair. `api_key`: when set, /v1 requires it as a Bearer token
-    (/health stays open for supervisors)."""
-    api = _Api(engine, model_name, api_key, GenerationWorker(max_queue), max_request_bytes)
+               aliases: Sequence[str] = (), max_queue: int = DEFAULT_MAX_QUEUE,
+               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> AccessLog:
+    """The server for one loaded pair, answering to `model_name` and `aliases` (any other
+    `model` gets OpenAI's 404 model_not_found). `api_key`: when set, /v1 requires it as a
+    Bearer token (/health stays open for supervisors). Every request is logged (`access`)."""
+    api = _Api(engine, model_name, tuple(aliases), api_key, GenerationWorker(max_queue),
+               max_request_bytes)
     routes = [
         Route("/health", api.health, methods=["GET"]),
         Route("/v1/models", api.list_models, methods=["GET"]),
@@ -55,14 +58,16 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None,
     ]
     handlers: dict[Any, Any] = {ApiError: _api_error, SvipError: _svip_error,
                                 HTTPException: _http_error, Exception: _internal_error}
-    return Starlette(routes=routes, exception_handlers=handlers, lifespan=api.lifespan)
+    return AccessLog(Starlette(routes=routes, exception_handlers=handlers,
+                               lifespan=api.lifespan))
 
 
 class _Api:
-    def __init__(self, engine: Engine, model_name: str, api_key: str | None,
-                 worker: GenerationWorker, max_request_bytes: int) -> None:
+    def __init__(self, engine: Engine, model_name: str, aliases: tuple[str, ...],
+                 api_key: str | None, worker: GenerationWorker, max_request_bytes: int) -> None:
         self.engine = engine
         self.model_name = model_name
+        self.names = {model_name, *aliases}
         self.api_key = api_key
         self.worker = worker
         self.max_request_bytes = max_request_bytes
@@ -87,11 +92,15 @@ class _Api:
 
     async def get_model(self, request: Request) -> Response:
         self._authorize(request)
-        name = request.path_params["model"]
-        if name != self.model_name:
-            raise ApiError(404, f"The model '{name}' does not exist; this server serves "
-                                f"'{self.model_name}'", param="model", code="model_not_found")
+        self._check_model(request.path_params["model"])
         return JSONResponse(self._model_object())
+
+    def _check_model(self, name: str | None) -> None:
+        if name is not None and name not in self.names:
+            also = sorted(self.names - {self.model_name})
+            known = f"'{self.model_name}'" + (f" (also as {', '.join(also)})" if also else "")
+            raise ApiError(404, f"The model '{name}' does not exist; this server serves "
+                                f"{known}", param="model", code="model_not_found")
 
     def _model_object(self) -> dict[str, Any]:
         return {"id": self.model_name, "object": "model", "created": self.created,
@@ -102,6 +111,7 @@ class _Api:
     async def chat_completions(self, request: Request) -> Response:
         self._authorize(request)
         req = await self._parse(request, ChatCompletionRequest)
+        self._check_model(req.model)
         sampling, stops, messages = req.sampling(), req.stops(), req.template_messages()
         max_tokens = req.token_limit() or self.engine.n_ctx
 
@@ -115,6 +125,7 @@ class _Api:
     async def completions(self, request: Request) -> Response:
         self._authorize(request)
         req = await self._parse(request, CompletionRequest)
+        self._check_model(req.model)
         sampling, stops, prompt = req.sampling(), req.stops(), req.engine_prompt()
 
         def generation(cancel: threading.Event) -> Iterator[Event]:
@@ -139,7 +150,7 @@ class _Api:
                     prompt = "messages" if reply.chat else "prompt"
                     raise from_engine_error(exc, prompt) from exc
                 if not req.stream:
-                    done, notices = await _until_done(job, first)
+                    done, notices = await _until_done(job, first, request)
                     if done is None:
                         return _client_gone()
                     return JSONResponse(reply.complete(done, notices))
@@ -149,7 +160,8 @@ class _Api:
         if first is None:
             return _client_gone()
         return StreamingResponse(
-            _event_stream(job, first, reply, req.include_usage), media_type="text/event-stream",
+            _event_stream(job, first, reply, req.include_usage, request),
+            media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     # -- request plumbing ------------------------------------------------------------------
@@ -202,7 +214,8 @@ async def _cancel_on_disconnect(request: Request, job: Job) -> AsyncIterator[Non
         watcher.cancel()
 
 
-async def _until_done(job: Job, first: Event | None) -> tuple[Done | None, list[str]]:
+async def _until_done(job: Job, first: Event | None, request: Request
+                      ) -> tuple[Done | None, list[str]]:
     """The generation's Done (None if it never came) and its notices' messages."""
     notices: list[str] = []
     event = first
@@ -211,12 +224,12 @@ async def _until_done(job: Job, first: Event | None) -> tuple[Done | None, list[
             notices.append(event.message)
         event = await job.next_event()
     if event is not None:
-        _log_done(event)
+        _log_done(event, request)
     return event, notices
 
 
-async def _event_stream(job: Job, first: Event, reply: Reply,
-                        include_usage: bool) -> AsyncIterator[bytes]:
+async def _event_stream(job: Job, first: Event, reply: Reply, include_usage: bool,
+                        request: Request) -> AsyncIterator[bytes]:
     """SSE chunks: text deltas, the finish chunk, then `[DONE]`.
 
     A client that disconnects makes Starlette cancel this generator: `finally` cancels the
@@ -243,7 +256,7 @@ async def _event_stream(job: Job, first: Event, reply: Reply,
                     yield sse(reply.delta(tail))
                 for chunk in reply.closing(event, notices, include_usage=include_usage):
                     yield sse(chunk)
-                _log_done(event)
+                _log_done(event, request)
                 break
             event = await job.next_event()
         yield sse("[DONE]")
@@ -258,8 +271,9 @@ async def _event_stream(job: Job, first: Event, reply: Reply,
         job.cancel()  # a no-op once the generation has ended
 
 
-def _log_done(done: Done) -> None:
+def _log_done(done: Done, request: Request) -> None:
     s = done.stats
+    request.state.generated = s.generated  # for the access log
     log.info("%s: %d+%d tokens (%d from cache), %.1f tok/s, acceptance %.0f%%",
              done.finish_reason, s.prompt_tokens, s.generated, s.prompt_tokens - s.prefill_tokens,
              s.tokens_per_second, 100 * s.acceptance_rate)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from svip_local import SamplingParams
+from svip_local import MAX_SEED, SamplingParams
 
 
 class _Strict(BaseModel):
@@ -45,13 +45,14 @@ class ChatMessage(_Strict):
 class _GenerationRequest(_Strict):
     """Parameters shared by both endpoints; defaults are OpenAI's."""
 
-    # One pair per server: any model name is answered by it (clients often hard-code one).
+    # One pair per server: its name or one of its aliases (`svip-local serve --model-alias`
+    # for clients that hard-code a name); omitted, it means the served pair.
     model: str | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)  # extension, as llama.cpp's server: 0 = off
     min_p: float = Field(0.0, ge=0, lt=1)  # extension, as llama.cpp's server
-    seed: int | None = Field(None, ge=-1)  # -1: llama.cpp's spelling of "no seed"
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stop: str | list[str] | None = Field(None, max_length=4)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -69,9 +70,8 @@ class _GenerationRequest(_Strict):
         return value
 
     def sampling(self) -> SamplingParams:
-        seed = None if self.seed is None or self.seed < 0 else self.seed
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                              min_p=self.min_p, seed=seed)
+                              min_p=self.min_p, seed=self.seed)
 
     def stops(self) -> list[str]:
         if self.stop is None:

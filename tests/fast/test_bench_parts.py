@@ -146,10 +146,24 @@ def test_peer_runs_are_records_and_the_sweep_picks_the_fastest(tmp_path: Path) -
     assert rec.tokens_per_second == pytest.approx(64 / (8.0 / 3))
     assert (rec.drafted, rec.accepted, rec.rounds) == (40, 30, 34)
     assert calls[0]["n_max"] == 4 and calls[0]["p_min"] == 0.5 and calls[0]["seed"] == 7
-    assert "--ignore-eos" in calls[0]["extra_args"] and "--no-repack" in calls[0]["extra_args"]
+    assert "--ignore-eos" in calls[0]["extra_args"]
+    assert "--no-repack" not in calls[0]["extra_args"]  # repacked weights, as svip_local loads
     best, table = peer.sweep(p, [item], [(1, 0.0), (3, 0.0), (8, 0.75)])
     assert best in ("llama.cpp:3:0", "llama.cpp:8:0.75") and len(table) == 3
     assert peer.parse_spec(best)[0] in (3, 8)
+
+
+def test_the_peer_turns_repacking_off_with_the_product(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SVIP_LOCAL_EXTRA_BUFTS", "0")
+    binary = tmp_path / "llama-speculative-simple"
+    binary.write_text("")
+    calls: list[dict] = []
+    p = peer.Peer(tmp_path / "t.gguf", tmp_path / "d.gguf", threads=2, n_ctx=4096,
+                  binary=binary, runner=fake_runner(calls))  # type: ignore[arg-type]
+    p.run(BenchItem("specbench", "qa", Prompt("1", "qa", "Hi"), 8, False), peer.spec(2, 0), 0.0,
+          0, 0)
+    assert calls[0]["extra_args"] == ["--no-repack"]
 
 
 def test_peer_without_its_binary_says_how_to_build_it(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -68,8 +69,9 @@ def test_unknown_name_is_a_clean_error(hub, capsys):
     assert err.startswith("svip-local: error: unknown model 'nope'.") and "fake" in err
 
 
-def test_bad_user_file_is_reported_with_entry_and_field(hub, capsys, tmp_path):
+def test_bad_user_entry_is_reported_with_entry_and_field(hub, capsys, caplog, tmp_path):
     (tmp_path / "config" / "models.toml").write_text('[pairs.x]\nverified = "yes"\n')
-    code, _, err = run(capsys, "list")
-    assert code == 1
-    assert "models.toml: pairs.x.verified: must be a boolean, not a string" in err
+    with caplog.at_level(logging.WARNING):
+        code, out, _ = run(capsys, "list")
+    assert code == 0 and "qwen2.5-coder-1.5b" in out  # the shipped pairs stay usable
+    assert "models.toml: pairs.x.verified: must be a boolean, not a string" in caplog.text

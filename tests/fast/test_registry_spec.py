@@ -107,7 +107,7 @@ def test_explicit_user_file_must_exist(tmp_path):
 def test_bad_user_file_names_file_entry_and_field(path):
     expected = path.read_text().splitlines()[0].removeprefix("# error: ")
     with pytest.raises(InvalidRegistryError) as caught:
-        load_registry(user_file=path)
+        load_registry(user_file=path, strict=True)
     assert str(caught.value).startswith(f"{path}: ")
     assert expected in str(caught.value)
 

@@ -4,6 +4,8 @@ queue, and clients that go away mid-generation."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -45,8 +47,8 @@ def paused(engine: Engine) -> PausableEngine:
 
 @pytest.fixture(scope="module")
 def base_url(paused: PausableEngine, reference: Done) -> Iterator[str]:
-    app = create_app(paused, model_name="tiny", max_queue=1,  # type: ignore[arg-type]
-                     max_request_bytes=MAX_BYTES)
+    app = create_app(paused, model_name="tiny", aliases=["gpt-4o-mini"],  # type: ignore[arg-type]
+                     max_queue=1, max_request_bytes=MAX_BYTES)
     with running_server(app) as url:
         yield url
 
@@ -105,6 +107,9 @@ def test_invalid_json_is_400(base_url: str, body: bytes) -> None:
     (TEXT, {"prompt": "x", "top_p": 0}, "top_p"),
     (TEXT, {"prompt": "x", "temperature": -1}, "temperature"),
     (TEXT, {"prompt": "x", "seed": -5}, "seed"),
+    (TEXT, {"prompt": "x", "seed": -1}, "seed"),  # llama.cpp's "random" is not OpenAI's
+    (TEXT, {"prompt": "x", "seed": 2**64}, "seed"),
+    (TEXT, {"prompt": "x", "seed": 1.5}, "seed"),
     (TEXT, {"prompt": "x", "top_k": -1}, "top_k"),
     (TEXT, {"prompt": "x", "logprobs": 2}, "logprobs"),
     (TEXT, {"prompt": [10**6]}, None),  # out of the vocabulary: found by the engine
@@ -115,6 +120,42 @@ def test_bad_parameters_are_400(base_url: str, path: str, body: dict[str, Any],
     error = assert_error(httpx.post(f"{base_url}{path}", json=body), 400, param=param)
     if param is not None:
         assert param.split("[")[0] in error["message"]
+
+
+@pytest.mark.parametrize(("path", "body", "status"), [
+    (TEXT, {"prompt": "x", "max_tokens": 2, "model": "tiny"}, 200),
+    (TEXT, {"prompt": "x", "max_tokens": 2, "model": "gpt-4o-mini"}, 200),  # an alias
+    (TEXT, {"prompt": "x", "max_tokens": 2}, 200),  # omitted: the served pair
+    (TEXT, {"prompt": "x", "max_tokens": 2, "model": "gpt-4"}, 404),
+    (CHAT, {"messages": USER, "max_tokens": 2, "model": "llama-3"}, 404),
+    ("/v1/models/gpt-4", None, 404),
+    ("/v1/models/gpt-4o-mini", None, 200),
+])
+def test_only_the_served_model_and_its_aliases_answer(base_url: str, path: str,
+                                                      body: dict[str, Any] | None,
+                                                      status: int) -> None:
+    resp = httpx.post(f"{base_url}{path}", json=body, timeout=30) if body is not None \
+        else httpx.get(f"{base_url}{path}")
+    if status == 404:
+        error = assert_error(resp, 404, param="model", code="model_not_found")
+        assert "'tiny'" in error["message"] and "gpt-4o-mini" in error["message"]
+    else:
+        assert resp.status_code == 200, resp.text
+
+
+def test_every_request_is_logged_with_status_tokens_and_time(
+        base_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="svip_local.server.access"):
+        ok = httpx.post(f"{base_url}{TEXT}", json={"prompt": PROMPT, "max_tokens": 5,
+                                                   "temperature": 0}, timeout=30)
+        streamed = httpx.post(f"{base_url}{TEXT}", json={"prompt": PROMPT, "max_tokens": 4,
+                                                         "stream": True}, timeout=30)
+        missing = httpx.get(f"{base_url}/v1/nowhere")
+    assert (ok.status_code, streamed.status_code, missing.status_code) == (200, 200, 404)
+    lines = [r.getMessage() for r in caplog.records if r.name == "svip_local.server.access"]
+    assert re.fullmatch(r"POST /v1/completions 200 5 tokens \d+\.\d{3}s", lines[0]), lines
+    assert re.fullmatch(r"POST /v1/completions 200 4 tokens \d+\.\d{3}s", lines[1]), lines
+    assert re.fullmatch(r"GET /v1/nowhere 404 - \d+\.\d{3}s", lines[2]), lines
 
 
 def test_oversize_requests_are_413(base_url: str, reference: Done) -> None:

@@ -61,7 +61,7 @@ def test_models_and_health(client: openai.OpenAI, base_url: str) -> None:
 
 def test_chat_matches_the_library(client: openai.OpenAI, expected: dict[str, Done]) -> None:
     want = expected["chat"]
-    resp = client.chat.completions.create(model="any-name", messages=MESSAGES,
+    resp = client.chat.completions.create(model=NAME, messages=MESSAGES,
                                           max_tokens=24, temperature=0)
     choice = resp.choices[0]
     assert resp.object == "chat.completion" and resp.model == NAME

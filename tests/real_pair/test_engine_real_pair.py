@@ -60,3 +60,25 @@ def test_real_pair_drafts_are_mostly_accepted(engine: Engine) -> None:
     done = engine.complete(PROMPTS[0], max_tokens=MAX_TOKENS, policy="svip")
     assert done.stats.acceptance_rate > 0.5
     assert done.stats.drafted > 0
+
+
+def test_weights_are_repacked_for_this_cpu_and_batches_run(real_pair: tuple[Path, Path],
+                                                           caplog: pytest.LogCaptureFixture
+                                                           ) -> None:
+    """Q4_K weights load into llama.cpp's CPU_REPACK buffer where the CPU has those kernels,
+    never into AMX's (whose multi-token matmul segfaults on Sapphire Rapids), and a batch of
+    verification rows runs."""
+    import logging
+
+    from svip_local import native
+
+    target, _ = real_pair
+    with caplog.at_level(logging.INFO, logger="svip_local.llama_cpp"):
+        with Engine(target, n_ctx=256, n_threads=2) as alone:
+            done = alone.complete("def add(a, b):", max_tokens=8, ignore_eos=True)
+            alone.target_ctx.decode(list(done.tokens), Outputs.ALL)  # a batch of 8 rows
+    buffers = [r.getMessage() for r in caplog.records if "model buffer size" in r.getMessage()]
+    assert not any("AMX" in line for line in buffers)
+    assert any("CPU_REPACK" in line for line in buffers) == ("CPU_REPACK" in
+                                                             native.EXTRA_BUFFER_TYPES)
+    assert done.stats.generated == 8

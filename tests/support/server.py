@@ -16,14 +16,13 @@ from typing import Any
 
 import httpx
 import uvicorn
-from starlette.applications import Starlette
 
 from svip_local.engine import Engine
 from svip_local.events import Done, Event
 
 
 @contextmanager
-def running_server(app: Starlette) -> Iterator[str]:
+def running_server(app: Any) -> Iterator[str]:
     """Serve `app` on 127.0.0.1:<free port>; yields the base URL, stops the server after."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                           timeout_graceful_shutdown=2))
