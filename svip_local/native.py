@@ -107,12 +107,13 @@ C.llama_backend_init()
 
 # -- the CPU's extra buffer types ----------------------------------------------------------------
 # Extra buffer types hold weights repacked for this CPU's kernels: CPU_REPACK (AVX2/AVX-512
-# layouts, llama.cpp's default, +15% decode on an AVX-512 EPYC) and, where the build has AMX
-# and the kernel grants its tile permission, AMX. The AMX one segfaults in
-# ggml_backend_amx_mul_mat on the first multi-token batch of a Q4_K model (llama.cpp issue
-# 20824, open upstream; reproduced on Sapphire Rapids VMs that do grant the permission), so it
-# alone is taken out of the list llama.cpp builds models from. SVIP_LOCAL_EXTRA_BUFTS=0 turns
-# them all off; SVIP_LOCAL_AMX=1 keeps AMX. Read once, when this module loads.
+# layouts, llama.cpp's default: +15% decode on an AVX-512 EPYC, +44% on a Sapphire Rapids
+# Xeon, scripts/bench_parity.py) and, where the build has AMX and the kernel grants its tile
+# permission, AMX. The AMX one segfaults in ggml_backend_amx_mul_mat on the first multi-token
+# batch of a Q4_K model (llama.cpp issue 20824, open upstream; reproduced on Sapphire Rapids
+# VMs that do grant the permission), so it alone is taken out of the list llama.cpp builds
+# models from. SVIP_LOCAL_AMX=1 (read once, when this module loads) keeps it;
+# SVIP_LOCAL_EXTRA_BUFTS=0 (read at each model load) turns them all off.
 UNSAFE_BUFFER_TYPES = ("AMX",)
 _CPU_DEVICE = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
 
