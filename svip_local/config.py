@@ -25,6 +25,9 @@ class EngineConfig:
     max_draft: int = DEFAULT_MAX_DRAFT
     policy: str = "auto"
     chat_template: str = "gguf"  # the GGUF's own, or a llama.cpp built-in by name
+    # Time this machine for a few seconds at start-up when `auto` has nothing stored to
+    # start from (no calibration, no live estimates of an earlier session).
+    probe: bool = True
 
     def __post_init__(self) -> None:
         if self.n_ctx < 16:

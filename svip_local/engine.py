@@ -28,6 +28,7 @@ from svip_local.calibration import (
     fingerprint,
     store as calibration_store,
 )
+from svip_local.calibration.live import LiveModel
 from svip_local.compat import check_pair
 from svip_local.config import EngineConfig
 from svip_local.errors import EngineClosedError, InvalidRequestError, PromptTooLongError
@@ -42,6 +43,8 @@ from svip_local.policies import (
     check_spec,
     parse_policy,
 )
+from svip_local.policies.live import prior_model
+from svip_local.probe import probe_costs
 from svip_local.round import Speculator
 from svip_local.sampling import SamplingParams
 from svip_local.stops import StopMatcher
@@ -49,6 +52,9 @@ from svip_local.stops import StopMatcher
 log = logging.getLogger(__name__)
 
 GREEDY = SamplingParams()
+# Ordinary text for the probe's decodes (any real tokens do; cycled to the length needed).
+_PROBE_TEXT = ("Speculative decoding drafts a few tokens with a small model and lets the large "
+               "model check them all in one batch, so a reply comes faster at no loss. ")
 PolicyLike = str | DraftPolicy | Plan
 
 
@@ -77,7 +83,10 @@ class Engine:
             self.draft_ctx: Context | None = None
             if self.draft_model is not None:
                 self.draft_ctx = self._context(self.draft_model)
-            self.policy = self.make_policy(cfg.policy)
+            self.n_vocab = self.target_model.n_vocab if self.draft_model is None else min(
+                self.target_model.n_vocab, self.draft_model.n_vocab)
+            self._live: LiveModel | None = None
+            self.policy = self.make_policy(cfg.policy)  # `auto` may probe the machine here
             stack.pop_all()
         self.n_ctx = self.target_ctx.n_ctx
         if self.n_ctx != cfg.n_ctx:  # llama.cpp pads the context to its own granularity
@@ -87,8 +96,6 @@ class Engine:
             log.warning("n_ctx %d is longer than %s was trained for (%d tokens): replies past "
                         "that may lose quality", self.n_ctx, self.target_model.path.name,
                         self.target_model.n_ctx_train)
-        self.n_vocab = self.target_model.n_vocab if self.draft_model is None else min(
-            self.target_model.n_vocab, self.draft_model.n_vocab)
         self._speculator = Speculator(self.target_ctx, self.draft_ctx, self.draft_model,
                                       self.n_vocab)
         self._cancel = threading.Event()
@@ -150,22 +157,61 @@ class Engine:
         return fingerprint(self.config, gpu=native.gpu_name(),
                            default_threads=native.default_threads())
 
+    @property
+    def pair(self) -> PairIdentity:
+        """The files this engine runs (a target alone has an empty draft)."""
+        if self.draft_model is None:
+            t = self.target_model.path
+            return PairIdentity(t.name, t.stat().st_size, "", 0)
+        return PairIdentity.of(self.target_model.path, self.draft_model.path)
+
     def calibration(self) -> Calibration | None:
         """This pair's stored calibration on this machine (None without one or a draft)."""
         if self.draft_model is None:
             return None
-        pair = PairIdentity.of(self.target_model.path, self.draft_model.path)
-        return calibration_store.load(pair, self.machine)
+        return calibration_store.load(self.pair, self.machine)
+
+    def live_model(self) -> LiveModel:
+        """What `auto` knows about this machine and pair, learnt as it generates: from the
+        estimates an earlier session stored, else the calibration, else a probe of a few
+        seconds (`EngineConfig.probe`), else defaults the first rounds correct."""
+        if self._live is None:
+            self._live = self._start_live()
+        return self._live
+
+    def _start_live(self) -> LiveModel:
+        cal = self.calibration()
+        stored = calibration_store.load_live(self.pair, self.machine, cal)
+        if stored is not None:
+            return stored
+        if cal is not None or not self.config.probe:
+            return prior_model(cal)
+        log.info("timing this machine for `auto` (a few seconds, once per pair and machine; "
+                 "probe=False skips it)")
+        tokens = self.target_model.tokenize(_PROBE_TEXT, add_special=False)
+        costs = probe_costs(self.target_ctx, self.draft_ctx, tokens, self.n_vocab)
+        return LiveModel.start(costs, "probe")
+
+    def save_live(self) -> None:
+        """Store what `auto` learnt (atomically), so the next session starts warm. A failure
+        (full disk, read-only cache) is reported and costs only that warm start."""
+        if self._live is None:
+            return
+        try:
+            calibration_store.save_live(self.pair, self.machine, self._live)
+        except OSError as exc:
+            log.warning("could not store auto's live estimates (%s): the next session "
+                        "starts from the calibration or a probe again", exc)
 
     def make_policy(self, spec: PolicyLike) -> Plan:
-        """The plan a spec names for this engine (`auto` and `svip-cost` read this machine's
-        calibration); a policy object or plan is used as it is."""
+        """The plan a spec names for this engine (`auto`, `calibrated` and `svip-cost` read
+        this machine's calibration; `auto` learns live); a policy object or plan is used as
+        it is."""
         if not isinstance(spec, str):
             return as_plan(spec)
-        offloaded = self.config.n_gpu_layers != 0 and native.supports_gpu_offload()
         return parse_policy(spec, PolicyContext(
             max_draft=self.config.max_draft, has_draft=self.draft_model is not None,
-            offloaded=offloaded, calibration=self.calibration))
+            calibration=self.calibration, live=self.live_model))
 
     # -- prompts ---------------------------------------------------------------------------
 
@@ -286,6 +332,10 @@ class Engine:
                     self.draft_ctx.ensure_consistent()
             stats.generated = len(out)
             stats.wall_s = perf_counter() - start
+            stats.live = strategy.report()
+            if stats.live is not None:  # what it ran is known now, not when it started
+                stats.policy = strategy.describe()
+                self.save_live()
             self._busy.release()
         if stopper.hit is None:
             texts.append(stopper.push(stream.flush()) + stopper.flush())

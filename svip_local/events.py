@@ -61,6 +61,7 @@ class GenerationStats:
     draft_lengths: list[int] = field(default_factory=list)
     accepted_lengths: list[int] = field(default_factory=list)
     from_draft: list[bool] = field(default_factory=list)
+    live: dict[str, Any] | None = None  # the live `auto`'s choices and estimates
 
     def add_round(self, result: RoundResult) -> None:
         """Count one round's proposal, acceptance and time."""

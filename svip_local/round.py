@@ -43,6 +43,9 @@ class RoundResult:
     copied: bool
     draft_s: float  # proposing (draft decodes and policy), seconds
     verify_s: float  # the target's batch and the acceptance test
+    draft_steps: int = 0  # the length policy's verdicts (one per draft decode read)
+    catchup: int = 0  # tokens the draft decoded to catch up before its first step
+    catchup_s: float = 0.0
 
     @property
     def tokens(self) -> tuple[int, ...]:
@@ -63,31 +66,45 @@ class Speculator:
         """One round after `seq` (everything so far; the target's cache holds all but its
         last token), proposing at most `room` tokens."""
         t0 = perf_counter()
+        strategy.begin_round(seq, room)
         proposed = strategy.proposer.propose(seq, room) \
             if strategy.proposer is not None and room > 0 else []
         copied = bool(proposed)
         qs: list[Probs | None] = [None] * len(proposed)  # a copy has no draft distribution
+        steps = catchup = 0
+        catchup_s = 0.0
         if not copied:
             cap = min(strategy.policy.round_limit(), room) if self.draft is not None else 0
-            proposed, qs = self._draft(seq, cap, strategy.policy, sampling, rng)
+            proposed, qs, steps, catchup, catchup_s = self._draft(seq, cap, strategy.policy,
+                                                                  sampling, rng)
         t1 = perf_counter()
         accepted, nxt = self._verify(seq, proposed, qs, sampling, rng)
         if not copied:  # only the draft model's rounds say anything about its policy
             strategy.policy.observe(len(proposed), accepted)
-        return RoundResult(tuple(proposed), accepted, nxt, copied, t1 - t0, perf_counter() - t1)
+        result = RoundResult(tuple(proposed), accepted, nxt, copied, t1 - t0,
+                             perf_counter() - t1, steps, catchup, catchup_s)
+        strategy.learn(result)
+        return result
 
     def _draft(self, seq: list[int], cap: int, policy: DraftPolicy, sampling: SamplingParams,
-               rng: np.random.Generator) -> tuple[list[int], list[Probs | None]]:
-        """Propose up to `cap` tokens after `seq`, asking the policy after each one."""
+               rng: np.random.Generator
+               ) -> tuple[list[int], list[Probs | None], int, int, float]:
+        """Propose up to `cap` tokens after `seq`, asking the policy after each one. Returns
+        the tokens, their draft distributions (sampling), the policy's verdicts, and the
+        catch-up decode's size and seconds."""
         if cap <= 0 or self.draft is None or self.draft_model is None:
-            return [], []
+            return [], [], 0, 0, 0.0
         ctx = self.draft
         # Usually one token (the last accepted); two after an all-accepted round, because the
         # last draft token was never decoded; the whole catch-up after a target-only stretch.
-        ctx.decode(seq[ctx.keep_prefix(seq, len(seq) - 1):], Outputs.LAST)
+        t0 = perf_counter()
+        catchup = seq[ctx.keep_prefix(seq, len(seq) - 1):]
+        ctx.decode(catchup, Outputs.LAST)
+        catchup_s = perf_counter() - t0
         drafts: list[int] = []
         qs: list[Probs | None] = []
         stats = policy.wants_entropy or policy.wants_top_prob
+        n = 0
         for n in range(1, cap + 1):
             logits = ctx.logits()[: self.n_vocab]
             if sampling.greedy:
@@ -106,7 +123,7 @@ class Speculator:
             if verdict is Verdict.STOP or n == cap or self.draft_model.is_eog(tok):
                 break
             ctx.decode([tok], Outputs.LAST)
-        return drafts, qs
+        return drafts, qs, n, len(catchup), catchup_s
 
     def _verify(self, seq: list[int], drafts: list[int], qs: list[Probs | None],
                 sampling: SamplingParams, rng: np.random.Generator) -> tuple[int, int]:

@@ -279,8 +279,9 @@ class ChatApp(App[None]):
         speedup = decode_rate(stats) / self.baseline if self.baseline and stats.generated \
             else None
         status_bar = self.query_one(StatusBar)
-        # Adaptive policies change as they learn.
-        status_bar.policy = self.policy.for_sampling(self.settings.sampling).describe()
+        # Adaptive policies change as they learn; `auto` says what this reply ran.
+        status_bar.policy = stats.policy if stats.live is not None else \
+            self.policy.for_sampling(self.settings.sampling).describe()
         status_bar.show_final(stats, speedup)
 
     # -- actions -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 from svip_local.calibration.costs import MAX_VERIFY, CostModel, nondecreasing
 from svip_local.native import Context, Outputs
 from svip_local.policies import entropy_and_top_prob, entropy_scratch
+from svip_local.probe import decode_times
 from svip_local.sampling import SamplingParams, distribution, sample
 
 if TYPE_CHECKING:
@@ -37,13 +38,13 @@ def measure_costs(engine: Engine, tokens: Sequence[int], *, repeats: int = 5, wa
     prefill_sizes = sorted({min(n, n_ctx - 1) for n in prefill_sizes})
 
     say("target verification")
-    tgt = _decode_times(engine.target_ctx, ids, depth, range(1, max_verify + 1), Outputs.ALL,
+    tgt = decode_times(engine.target_ctx, ids, depth, range(1, max_verify + 1), Outputs.ALL,
                         repeats, warmup)
-    tgt_deep = _decode_times(engine.target_ctx, ids, deep, [1], Outputs.ALL, repeats, warmup)
+    tgt_deep = decode_times(engine.target_ctx, ids, deep, [1], Outputs.ALL, repeats, warmup)
     say("draft decode")
-    dft = _decode_times(engine.draft_ctx, ids, depth, range(1, 5), Outputs.LAST, repeats,
+    dft = decode_times(engine.draft_ctx, ids, depth, range(1, 5), Outputs.LAST, repeats,
                         warmup)
-    dft_deep = _decode_times(engine.draft_ctx, ids, deep, [1], Outputs.LAST, repeats, warmup)
+    dft_deep = decode_times(engine.draft_ctx, ids, deep, [1], Outputs.LAST, repeats, warmup)
     # A bigger batch never costs less: noise that says otherwise would mislead the policies.
     tgt, dft = nondecreasing(tgt), nondecreasing(dft)
     t_slope = max(0.0, (tgt_deep[0] - tgt[0]) / (deep - depth))
@@ -58,24 +59,6 @@ def measure_costs(engine: Engine, tokens: Sequence[int], *, repeats: int = 5, wa
     engine.reset()
     return CostModel(tuple(tgt), tuple(dft), argmax_s, entropy_s, t_curve, d_curve, t_slope,
                      d_slope, depth, sample_s=sample_s)
-
-
-def _decode_times(ctx: Context, ids: Sequence[int], depth: int, sizes: Sequence[int] | range,
-                  outputs: Outputs, repeats: int, warmup: int) -> list[float]:
-    """Median time of decoding `b` tokens on top of `depth` cached ones, for each b."""
-    ctx.clear()
-    ctx.decode(ids[:depth], Outputs.NONE)
-    samples: dict[int, list[float]] = {b: [] for b in sizes}
-    for r in range(warmup + repeats):
-        for b in sizes:
-            batch = ids[depth:depth + b]
-            t0 = perf_counter()
-            ctx.decode(batch, outputs)
-            dt = perf_counter() - t0
-            ctx.truncate(depth)
-            if r >= warmup:
-                samples[b].append(dt)
-    return [median(samples[b]) for b in sizes]
 
 
 def _prefill_curve(ctx: Context, ids: Sequence[int], sizes: Sequence[int], outputs: Outputs,

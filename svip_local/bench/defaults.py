@@ -6,7 +6,7 @@ from __future__ import annotations
 COST_POLICY = "svip-cost"
 DEFAULT_POLICIES = ("none", "constant:1", "constant:2", "constant:3", "constant:4", "constant:6",
                     "constant:8", "heuristic", "pmin:0.75", "adaedl", "svip:0.3", COST_POLICY,
-                    "auto")
+                    "calibrated", "auto")
 # llama.cpp's sweep: n_max 1-16 at p_min 0 (llama.cpp's current default), and p_min 0.3-0.9
 # at n_max 8 and 16.
 DEFAULT_GRID: tuple[tuple[int, float], ...] = (

@@ -151,17 +151,19 @@ def _headline(result: BenchResult, suite: str, temp: float) -> list[str]:
 
     named = [("best constant", pick("constant:")),
              ("SVIP", rows.get("svip:0.3") or pick("svip:")),
-             ("cost-aware SVIP", pick("svip-cost")), ("auto", rows.get("auto")),
+             ("cost-aware SVIP", pick("svip-cost")), ("calibrated", rows.get("calibrated")),
+             ("auto", rows.get("auto")),
              ("llama.cpp best", pick("llama.cpp:")), ("oracle", rows.get(ORACLE))]
     parts = [f"target alone {base.mean_tps:.2f} tok/s"]
     parts += [f"{label(s.policy, s.resolved)} x{s.speedup:.2f}" for _, s in named
               if s is not None and s.speedup is not None]
     found = dict(named)
-    for a, b in (("SVIP", "best constant"), ("cost-aware SVIP", "SVIP"), ("auto", "SVIP"),
+    for a, b in (("SVIP", "best constant"), ("cost-aware SVIP", "SVIP"),
+                 ("calibrated", "SVIP"), ("auto", "SVIP"), ("auto", "calibrated"),
                  ("SVIP", "llama.cpp best"), ("auto", "llama.cpp best")):
         x, y = found.get(a), found.get(b)
         if x and y and x.speedup and y.speedup:
-            # auto that resolved to the very policy it is compared with can only differ by noise
+            # a calibrated choice that is the very policy it is compared with differs by noise
             same = " (same policy: run-to-run spread)" if x.resolved == y.policy else ""
             parts.append(f"{a} vs {b}: {x.speedup / y.speedup - 1:+.1%}{same}")
     return [f"- {SUITES[suite]}, {temperature_label(temp)}: " + "; ".join(parts)]

@@ -85,7 +85,9 @@ def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, stat
     """
     policy, j, seq_len = strategy.policy, state.j, state.seq_len
     n_pos = len(trace.target)
-    draft_s = 0.0
+    draft_s = catchup_s = 0.0
+    steps = catchup = 0
+    strategy.begin_round(None if context is None else context[:seq_len], room)
     proposed = strategy.proposer.propose(context[:seq_len], room) \
         if strategy.proposer is not None and context is not None and room > 0 else []
     copied = bool(proposed)
@@ -100,10 +102,12 @@ def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, stat
             wants_stats = policy.wants_entropy or policy.wants_top_prob
             step_s = costs.step_s + costs.argmax_s + (costs.entropy_s if wants_stats else 0.0)
             keep = min(state.draft_ok, seq_len - 1)
-            draft_s += costs.draft(seq_len - keep, keep)
+            catchup, catchup_s = seq_len - keep, costs.draft(seq_len - keep, keep)
+            draft_s += catchup_s
             for n in range(1, cap + 1):
                 pos = min(j + n - 1, n_pos - 1)  # past the end: the last known statistics
                 draft_s += step_s
+                steps = n
                 verdict = policy.judge(StepStats(n, float(trace.entropy[pos]),
                                                  float(trace.top_prob[pos])))
                 if verdict is Verdict.DROP:
@@ -122,7 +126,10 @@ def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, stat
     # Rows read: up to and including the first mismatch, or all plus the bonus row.
     verify_s = costs.verify(len(proposed) + 1, seq_len - 1) + costs.argmax_s * (accepted + 1)
     nxt = int(trace.target[j + accepted]) if j + accepted < n_pos else -1
-    return RoundResult(tuple(proposed), accepted, nxt, copied, draft_s, verify_s)
+    result = RoundResult(tuple(proposed), accepted, nxt, copied, draft_s, verify_s, steps,
+                         catchup, catchup_s)
+    strategy.learn(result)
+    return result
 
 
 def simulate(trace: PromptTrace, plan: Plan | DraftPolicy, costs: CostModel, *,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from svip_local.bench.calibrate import calibrate
-from svip_local.bench.defaults import COST_POLICY, DEFAULT_GRID, DEFAULT_POLICIES
+from svip_local.bench.defaults import DEFAULT_GRID, DEFAULT_POLICIES
 from svip_local.bench.peer import Peer, sweep
 from svip_local.bench.prompts import Prompt, select
 from svip_local.bench.report import BenchResult
@@ -28,6 +28,7 @@ from svip_local.bench.runner import (
 from svip_local.bench.validate import compare, predict
 from svip_local.calibration import Calibration, store as calibration_store
 from svip_local.errors import InvalidRequestError
+from svip_local.policies.table import split_spec
 
 if TYPE_CHECKING:
     from svip_local.engine import Engine
@@ -79,9 +80,10 @@ def run_bench(engine: Engine, opts: BenchOptions) -> BenchResult:
     if cal is None and opts.calibrate:
         cal = _calibrate(engine, opts, {p.id for p in (i.prompt for i in items)})
     specs = list(dict.fromkeys([BASELINE, *opts.policies]))
-    if cal is None and COST_POLICY in specs:
-        log.warning("no calibration: leaving out %s (it needs the cost model)", COST_POLICY)
-        specs.remove(COST_POLICY)
+    uncalibrated = [s for s in specs if split_spec(s).policy[0].needs_calibration]
+    if cal is None and uncalibrated:
+        log.warning("no calibration: leaving out %s (needs it)", ", ".join(uncalibrated))
+        specs = [s for s in specs if s not in uncalibrated]
     peer: Peer | None = None
     peer_table: list[dict[str, float | str]] = []
     if opts.peer:

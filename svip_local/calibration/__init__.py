@@ -4,11 +4,12 @@
     machine     Fingerprint (CPU, GPU, offload, threads) and PairIdentity (the files)
     acceptance  AcceptanceMap: draft entropy -> chance the target accepts the token
     record      Calibration and TemperatureChoice: what `svip-local calibrate` chose
-    store       one JSON file per (pair, machine): load, save, find
+    live        LiveModel: the running estimates the live `auto` learns round by round
+    store       one JSON file per (pair, machine): load, save; the live estimates beside it
 
 Nothing here runs a model: measuring is `svip_local.bench`'s job, and so is the search. The
-engine reads a stored calibration through `store.find` when a policy (`auto`, `svip-cost`)
-asks for it, and never otherwise.
+engine reads a stored calibration through `store.load` when a policy (`auto`, `calibrated`,
+`svip-cost`) asks for it, and never otherwise.
 """
 
 from svip_local.calibration.acceptance import AcceptanceMap

@@ -71,11 +71,11 @@ class AcceptanceMap:
             nsel = (nxt_e >= lo) & ((nxt_e <= hi) if last else (nxt_e < hi))
             after.append(float(nxt_a[nsel].mean()) if nsel.any() else overall_next)
             w_after.append(float(max(1, nsel.sum())))
-        return cls(tuple(knots), tuple(_nonincreasing(now, w_now)),
-                   tuple(_nonincreasing(after, w_after)))
+        return cls(tuple(knots), tuple(nonincreasing(now, w_now)),
+                   tuple(nonincreasing(after, w_after)))
 
 
-def _nonincreasing(values: Sequence[float], weights: Sequence[float]) -> list[float]:
+def nonincreasing(values: Sequence[float], weights: Sequence[float]) -> list[float]:
     return [-v for v in nondecreasing([-v for v in values], weights)]
 
 

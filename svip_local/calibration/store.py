@@ -17,6 +17,7 @@ from pathlib import Path
 
 import platformdirs
 
+from svip_local.calibration.live import LiveModel
 from svip_local.calibration.machine import Fingerprint, PairIdentity
 from svip_local.calibration.record import Calibration
 
@@ -37,14 +38,44 @@ def calibration_path(pair: PairIdentity, machine: Fingerprint) -> Path:
     return calibration_dir() / f"{stem}-{digest}.json"
 
 
+def live_path(pair: PairIdentity, machine: Fingerprint) -> Path:
+    """Where the live `auto`'s estimates for this pair on this machine are kept."""
+    return calibration_path(pair, machine).with_suffix(".live.json")
+
+
 def save(cal: Calibration) -> Path:
-    """Write atomically (temporary name, then rename): a reader never sees half a file."""
-    path = calibration_path(cal.pair, cal.machine)
+    return _write(calibration_path(cal.pair, cal.machine), cal.to_dict())
+
+
+def save_live(pair: PairIdentity, machine: Fingerprint, model: LiveModel) -> Path:
+    return _write(live_path(pair, machine), model.to_dict())
+
+
+def _write(path: Path, data: dict[str, object]) -> Path:
+    """Write atomically (temporary name, then rename): a reader never sees half a file, and
+    a full disk leaves the old file as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(cal.to_dict(), indent=1), encoding="utf-8")
-    tmp.replace(path)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def load_live(pair: PairIdentity, machine: Fingerprint,
+              calibration: Calibration | None = None) -> LiveModel | None:
+    """The live estimates a previous session stored, or None (missing or unreadable)."""
+    path = live_path(pair, machine)
+    try:
+        return LiveModel.from_dict(json.loads(path.read_text(encoding="utf-8")), calibration)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring live estimates %s (%s): auto starts afresh", path, exc)
+        return None
 
 
 def load(pair: PairIdentity, machine: Fingerprint) -> Calibration | None:

@@ -28,6 +28,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per model")
     parser.add_argument("--pull", action="store_true",
                         help="download the registry pair first if it is missing")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="skip the few seconds of timing `auto` does on a machine it has "
+                             "no record of (it then starts from defaults and learns)")
 
 
 def open_engine(args: argparse.Namespace, *, policy: str | None = None) -> Engine:
@@ -39,7 +42,7 @@ def open_engine(args: argparse.Namespace, *, policy: str | None = None) -> Engin
     return load(args.name, target=args.target, draft=args.draft, pull=args.pull,
                 n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers,
                 draft_n_gpu_layers=args.draft_n_gpu_layers, n_threads=args.threads,
-                policy=policy)
+                policy=policy, probe=False if args.no_probe else None)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -6,13 +6,14 @@ table they are registered in.
     rules     none, constant, heuristic, svip, pmin, adaedl
     cost      svip-cost: SVIP priced with this machine's calibrated costs
     lookup    prompt lookup, a proposal source
-    auto      the calibrated choice per sampling temperature
+    auto      `calibrated`: the calibrated choice per sampling temperature, fixed
+    live      `auto`: the fastest choice each round, by costs and acceptance learnt live
     strategy  Strategy (policy + proposer) and PerTemperature: what a generation runs
 """
 
 # Importing the modules registers their entries, in this order (the help lists them so).
 from svip_local.policies import rules  # noqa: F401, I001 (registration order)
-from svip_local.policies import cost, lookup, auto  # noqa: F401
+from svip_local.policies import cost, lookup, auto, live  # noqa: F401
 from svip_local.policies.base import (
     DraftPolicy,
     Proposer,

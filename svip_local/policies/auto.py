@@ -1,16 +1,14 @@
-"""`auto`: the strategy `svip-local calibrate` chose for this pair on this machine.
+"""`calibrated`: the strategy `svip-local calibrate` chose for this pair on this machine, fixed.
 
 It uses the stored choices for this pair's files on this machine (CPU, GPU, offload,
 threads), one per calibrated sampling temperature — possibly `none`, where speculation does
-not pay. Without a calibration it falls back to a default that cannot go far wrong, and says
-so: the target alone on a CPU-only run (a verification batch there costs nearly as much per
-token as single decodes, so speculation usually loses), SVIP with the paper's h where layers
-are offloaded to a GPU.
+not pay. `auto` (`policies.live`) chooses round by round instead; this is the calibrated
+snapshot it is measured against, and the helpers here read a calibration's choices for both
+and for `svip-cost`.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -22,28 +20,22 @@ from svip_local.policies.strategy import PerTemperature, Plan, Strategy
 from svip_local.policies.table import PolicyContext, parse_policy, register, split_spec
 from svip_local.sampling import SamplingParams
 
-log = logging.getLogger(__name__)
 
-CPU_DEFAULT = "none"
-GPU_DEFAULT = "svip:0.3"
-
-
-@register("auto", rule="the choice `svip-local calibrate` made for this pair on this "
-                       "machine, at the calibrated temperature nearest the generation's "
-                       "(uncalibrated: none on a CPU, svip:0.3 with GPU offload)",
-          label="auto (→ {resolved})", grid=())
-def auto(args: tuple[Any, ...], context: PolicyContext) -> Plan:
+@register("calibrated", rule="the choice `svip-local calibrate` made for this pair on this "
+                             "machine, fixed, at the calibrated temperature nearest the "
+                             "generation's (needs `svip-local calibrate`)",
+          label="calibrated (→ {resolved})", grid=(), needs_calibration=True)
+def calibrated(args: tuple[Any, ...], context: PolicyContext) -> Plan:
     if context.temperature is not None:
-        raise InvalidRequestError("a calibrated choice cannot be `auto` itself: run "
+        raise InvalidRequestError("a calibrated choice cannot be `calibrated` itself: run "
                                   "`svip-local calibrate` again")
     if not context.has_draft:
         return Strategy(NoDraft(max_draft=context.max_draft))
     cal = context.calibration()
     if cal is None:
-        default = GPU_DEFAULT if context.offloaded else CPU_DEFAULT
-        log.warning("no calibration for this pair on this machine: auto uses %s (run "
-                    "`svip-local calibrate` to choose by measurement)", default)
-        return parse_policy(default, context)
+        raise InvalidRequestError(
+            "`calibrated` needs this pair's calibration on this machine: run `svip-local "
+            "calibrate` first (with the same files, threads and GPU offload), or use `auto`")
     return per_temperature(cal, lambda c: c.choice, context)
 
 

@@ -17,6 +17,7 @@ depend on the policy, and counting it would value time too cheaply and draft too
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from svip_local.calibration import AcceptanceMap, CostModel, TemperatureChoice
@@ -46,14 +47,23 @@ class CostAwareSvip(DraftPolicy):
         if not rate > 0:
             raise InvalidRequestError(f"svip-cost rate must be positive tokens/s, got {rate}")
         super().__init__(rate, max_draft=max_draft)
+        d = costs.base_depth
+        self._p = 1.0
+        self.set_prices([costs.verify(b, d) for b in range(1, max_draft + 3)],
+                        costs.draft(1, d) + costs.step_s + costs.argmax_s + costs.entropy_s,
+                        acceptance, rate)
+
+    def set_prices(self, verify: Sequence[float], step_s: float, acceptance: AcceptanceMap,
+                   rate: float) -> None:
+        """Price the rule: `verify[b-1]` seconds to verify b tokens (b up to max_draft + 2),
+        `step_s` per draft step, acceptance chances from `acceptance`, and the rate R. The
+        live `auto` calls this each round with what it has just learnt."""
         self.acceptance = acceptance
         self.rate = rate
-        d = costs.base_depth
         # keep[n]: extra verification cost of the n-th draft token (index 0 unused).
-        self._keep = [0.0] + [max(0.0, costs.verify(n + 1, d) - costs.verify(n, d))
-                              for n in range(1, max_draft + 2)]
-        self._step = costs.draft(1, d) + costs.step_s + costs.argmax_s + costs.entropy_s
-        self._p = 1.0
+        self._keep = [0.0] + [max(0.0, verify[n] - verify[n - 1])
+                              for n in range(1, self.max_draft + 2)]
+        self._step = step_s
 
     def judge(self, step: StepStats) -> Verdict:
         n = step.n_drafted

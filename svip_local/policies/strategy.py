@@ -9,10 +9,17 @@ outcome says nothing about the draft).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
 
 from svip_local.policies.base import DraftPolicy, Proposer
 from svip_local.policies.rules import NoDraft
 from svip_local.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from svip_local.round import RoundResult
 
 
 class Strategy:
@@ -53,6 +60,19 @@ class Strategy:
     def with_proposer(self, proposer: Proposer) -> Strategy:
         """The same policy object (its learnt state included) with `proposer` instead."""
         return Strategy(self.policy, proposer)
+
+    # Hooks of a strategy that decides each round as it goes (the live `auto`):
+    def begin_round(self, context: Sequence[int] | npt.NDArray[np.int32] | None,
+                    room: int) -> None:
+        """Called before the proposer and the policy are asked (context: everything so far,
+        None in a replay without the prompt)."""
+
+    def learn(self, result: RoundResult) -> None:
+        """Called with each round's outcome and timings."""
+
+    def report(self) -> dict[str, Any] | None:
+        """What it chose and estimated, for the generation's statistics (None: nothing)."""
+        return None
 
 
 class PerTemperature:

@@ -21,6 +21,7 @@ from svip_local.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from svip_local.calibration import Calibration
+    from svip_local.calibration.live import LiveModel
     from svip_local.policies.base import Arg, Proposer
     from svip_local.policies.strategy import Plan
 
@@ -35,14 +36,15 @@ def _no_calibration() -> Calibration | None:
 @dataclass(frozen=True)
 class PolicyContext:
     """What building a policy may need from the engine it will run in. `calibration` loads
-    this pair's stored calibration on this machine (only `auto` and `svip-cost` call it);
+    this pair's stored calibration on this machine (`calibrated`, `svip-cost` and `auto`
+    call it); `live` gives the engine's live estimates, which `auto` learns into;
     `temperature` is set while building one calibrated temperature's choice."""
 
     max_draft: int = DEFAULT_MAX_DRAFT
     has_draft: bool = True
-    offloaded: bool = False  # layers on a GPU: what `auto` falls back to differs
     calibration: Callable[[], Calibration | None] = _no_calibration
     temperature: float | None = None
+    live: Callable[[], LiveModel] | None = None  # the engine's live estimates (`auto`)
 
 
 @dataclass(frozen=True)

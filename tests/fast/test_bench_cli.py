@@ -60,7 +60,7 @@ def test_bench_writes_tables_json_and_plots(tiny_target: Path, tiny_draft_noisy:
                     "Calibration, temperature 1"):
         assert heading in report
     for name in ("target alone", "constant k=8", "HF heuristic", "p_min 0.75", "AdaEDL",
-                 "SVIP h=0.3", "cost-aware SVIP", "auto (→", "oracle (simulated)"):
+                 "SVIP h=0.3", "cost-aware SVIP", "auto →", "oracle (simulated)"):
         assert name in report
 
     data = json.loads((out / "bench.json").read_text())

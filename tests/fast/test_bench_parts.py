@@ -113,22 +113,25 @@ def test_sampled_runs_are_fixed_length_and_greedy_ones_stop_at_end_of_text() -> 
     assert engine.calls == [(0.0, False), (1.0, True)]
 
 
-def test_headline_says_when_auto_ran_the_policy_it_is_compared_with() -> None:
+def test_headline_says_when_calibrated_ran_the_policy_it_is_compared_with() -> None:
     def headline(auto_as: str) -> str:
-        auto = record("auto", "a", 100, 4.2)
+        auto = record("calibrated", "a", 100, 4.2)
         auto.resolved = auto_as
         recs = [record("none", "a", 100, 10.0), record("constant:2", "a", 100, 5.0),
                 record("svip:0.3", "a", 100, 4.0), auto]
         result = BenchResult({}, recs, [], summarize(recs), [], [r.policy for r in recs])
-        return next(line for line in markdown(result).splitlines() if "auto vs SVIP" in line)
+        return next(line for line in markdown(result).splitlines()
+                    if "calibrated vs SVIP" in line)
 
-    assert "auto vs SVIP: -4.8% (same policy: run-to-run spread)" in headline("svip:0.3")
-    assert headline("constant:2").endswith("auto vs SVIP: -4.8%")
+    assert "calibrated vs SVIP: -4.8% (same policy: run-to-run spread)" in headline("svip:0.3")
+    other = headline("constant:2")
+    assert "calibrated vs SVIP: -4.8%" in other and "same policy" not in other
 
 
 def test_labels_read_like_the_paper() -> None:
     assert label("none") == "target alone"
-    assert label("auto", "constant:2") == "auto (→ constant:2)"
+    assert label("calibrated", "constant:2") == "calibrated (→ constant:2)"
+    assert label("auto", "auto → lookup") == "auto → lookup"
     assert label("llama.cpp:16:0.75") == "llama.cpp n_max=16 p_min=0.75"
     assert label("svip:0.3") == "SVIP h=0.3" and label("constant:4") == "constant k=4"
     assert label("svip:0.3+lookup:4:8") == "SVIP h=0.3 + prompt lookup 4:8"

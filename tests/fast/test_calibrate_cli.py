@@ -1,4 +1,4 @@
-"""`svip-local calibrate` end to end on tiny models: measures, stores, and `auto` uses it."""
+"""`svip-local calibrate` end to end on tiny models: measures, stores, and `calibrated` uses it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def pair_args(target: Path, draft: Path) -> list[str]:
     return ["--target", str(target), "--draft", str(draft), "--threads", "1", "--n-ctx", "512"]
 
 
-def test_calibrate_stores_a_choice_that_auto_then_uses(
+def test_calibrate_stores_a_choice_that_calibrated_then_uses(
         tiny_target: Path, tiny_draft_noisy: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     code = main(["calibrate", *pair_args(tiny_target, tiny_draft_noisy), "--per-category", "1",
@@ -46,7 +46,8 @@ def test_calibrate_stores_a_choice_that_auto_then_uses(
     assert not any("lookup" in c["policy"] for c in sampled["simulated"])
 
     with caplog.at_level(logging.WARNING), \
-            Engine(tiny_target, tiny_draft_noisy, n_ctx=512, n_threads=1) as engine:
+            Engine(tiny_target, tiny_draft_noisy, n_ctx=512, n_threads=1,
+                   policy="calibrated") as engine:
         greedy = engine.policy.for_sampling(SamplingParams())
         assert greedy.name == engine.make_policy(cal["choice"]).name == cal["choice"]
     assert "no calibration" not in caplog.text

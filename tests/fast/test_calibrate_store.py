@@ -1,4 +1,4 @@
-"""The calibration store, and `auto` / `svip-cost` resolving through it."""
+"""The calibration store, and `calibrated` / `svip-cost` resolving through it."""
 
 from __future__ import annotations
 
@@ -99,29 +99,26 @@ def test_a_damaged_file_is_ignored_with_a_warning(engine: Engine,
     assert "calibrate" in caplog.text
 
 
-def test_auto_without_calibration_is_the_target_alone_on_a_cpu_and_says_so(
-        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
-        policy = current(engine.make_policy("auto"))
-    assert isinstance(policy, NoDraft)
-    assert "no calibration" in caplog.text and "svip-local calibrate" in caplog.text
+def test_calibrated_without_a_calibration_says_how_to_make_one(engine: Engine) -> None:
+    with pytest.raises(InvalidRequestError, match="svip-local calibrate.*or use `auto`"):
+        engine.make_policy("calibrated")
 
 
 @pytest.mark.parametrize(("choice", "kind"), [("none", NoDraft), ("constant:3", Constant),
                                               ("svip:0.2", Svip),
                                               ("svip-cost:9.5", CostAwareSvip)])
-def test_auto_uses_the_stored_choice(engine: Engine, choice: str, kind: type,
+def test_calibrated_uses_the_stored_choice(engine: Engine, choice: str, kind: type,
                                      caplog: pytest.LogCaptureFixture) -> None:
     store.save(calibration(engine, choice))
     with caplog.at_level(logging.WARNING):
-        policy = current(engine.make_policy("auto"))
+        policy = current(engine.make_policy("calibrated"))
     assert isinstance(policy, kind) and policy.name == choice
     assert "no calibration" not in caplog.text
 
 
-def test_auto_runs_the_choice_of_the_nearest_calibrated_temperature(engine: Engine) -> None:
+def test_calibrated_runs_the_choice_of_the_nearest_calibrated_temperature(engine: Engine) -> None:
     store.save(calibration(engine, "constant:3", {1.0: "svip:0.2"}))
-    auto = engine.make_policy("auto")
+    auto = engine.make_policy("calibrated")
     ran = {t: engine.complete("The quick brown fox", max_tokens=8, policy=auto,
                               sampling=SamplingParams(temperature=t, seed=1)).stats.policy
            for t in (0.0, 0.3, 0.8, 1.0, 1.5)}
@@ -149,22 +146,23 @@ def test_svip_cost_needs_a_calibration(engine: Engine) -> None:
 def test_a_new_engine_starts_with_the_calibrated_policy(engine: Engine, tiny_target: Path,
                                                         tiny_draft_noisy: Path) -> None:
     store.save(calibration(engine, "constant:2"))
-    with Engine(tiny_target, tiny_draft_noisy, n_ctx=256, n_threads=1) as fresh:
+    with Engine(tiny_target, tiny_draft_noisy, n_ctx=256, n_threads=1,
+                policy="calibrated") as fresh:
         assert current(fresh.policy).name == "constant:2"
 
 
-def test_auto_without_a_draft_is_the_target_alone(tiny_target: Path) -> None:
-    with Engine(tiny_target, n_ctx=256, n_threads=1) as alone:
+def test_calibrated_without_a_draft_is_the_target_alone(tiny_target: Path) -> None:
+    with Engine(tiny_target, n_ctx=256, n_threads=1, policy="calibrated") as alone:
         assert isinstance(current(alone.policy), NoDraft)
 
 
-def test_auto_without_sampled_choices_copies_only_in_greedy_generations(engine: Engine
+def test_calibrated_without_sampled_choices_copies_only_in_greedy_generations(engine: Engine
                                                                        ) -> None:
     """A calibration from before sampled traces measured copies on greedy traces only: a
-    sampled generation under auto drafts with the inner policy alone, while an explicit
+    sampled generation under `calibrated` drafts with the inner policy alone, while an explicit
     lookup copies whatever the sampling."""
     store.save(calibration(engine, "svip-cost:9.5+lookup:1:8"))
-    auto = engine.make_policy("auto")
+    auto = engine.make_policy("calibrated")
     greedy_strategy = auto.for_sampling(SamplingParams())
     assert isinstance(greedy_strategy.proposer, PromptLookup)
     assert isinstance(greedy_strategy.policy, CostAwareSvip)

@@ -1,0 +1,303 @@
+"""What the live `auto` knows about this machine and this pair, learnt from the rounds it runs.
+
+A calibration is a snapshot: machines drift (the same host ran 25-30% slower from one session
+to the next) and texts differ (a summary copies its input, a poem does not). So every round
+updates running estimates of what it just paid and got:
+
+* `LiveCosts`: a target verification of b tokens, one draft step. Sizes not seen yet are
+  predicted from a prior curve (stored calibration, else the engine's start-up probe) scaled
+  by how this machine compares with it now.
+* `LiveAcceptance`, per sampling temperature: the draft's entropy -> acceptance map, copied
+  tokens' acceptance by position, the realised gain of drafting rounds.
+
+Every estimate is a running mean whose weight is capped, so old evidence decays at a known
+pace and a round costs a few additions. The state is stored beside the calibration after each
+generation (`calibration.store.save_live`), so the next session starts warm.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from svip_local.calibration.acceptance import AcceptanceMap, nonincreasing
+from svip_local.calibration.costs import MAX_VERIFY, CostModel, nondecreasing
+from svip_local.calibration.record import Calibration, TemperatureChoice
+
+FORMAT = 1
+# Entropy bins (nats) of the acceptance map: fine near 0, where most greedy steps fall.
+ENTROPY_EDGES = (0.0, 0.05, 0.15, 0.3, 0.5, 0.8, 1.2, 1.8, 2.6, 3.6, 5.0)
+COST_WEIGHT = 30.0  # the most observations a cost estimate averages over
+ACCEPT_WEIGHT = 200.0  # per entropy bin or copy position
+GAIN_WEIGHT = 20.0  # drafting rounds behind the realised-gain estimate: follows the text
+PRIOR_WEIGHT = 2.0  # how many observations a prior counts for
+SPIKE = 4.0  # an observation above SPIKE x the estimate counts as SPIKE x (a pause, a neighbour)
+
+
+def running(value: float, weight: float, x: float, cap: float) -> tuple[float, float]:
+    """One step of a mean over at most `cap` observations: (new value, new weight)."""
+    weight = min(weight + 1.0, cap)
+    return value + (x - value) / weight, weight
+
+
+@dataclass
+class LiveCosts:
+    """Seconds of a target verification of b = 1..MAX_VERIFY tokens and of one draft step
+    (decode + per-step work), as this machine runs them now."""
+
+    prior: list[float]  # the curve's shape: verify(b) for b = 1.., from calibration or probe
+    verify: list[float] = field(default_factory=list)
+    weight: list[float] = field(default_factory=list)  # observations behind each verify[b]
+    scale: float = 1.0  # observed / prior, for sizes not seen yet
+    scale_weight: float = 0.0
+    step: float = 0.0
+    step_weight: float = 0.0
+    catchup: float = 0.0  # per token of a draft catch-up decode (after target-alone rounds)
+    catchup_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.verify:
+            self.verify = list(self.prior)
+            self.weight = [0.0] * len(self.prior)
+
+    def verify_at(self, b: int) -> float:
+        i = min(b, len(self.prior)) - 1
+        seen = self.weight[i] > 0
+        v = self.verify[i] if seen else self.prior[i] * self.scale
+        if b > len(self.prior):  # past the table: its last slope
+            v += (v - self.verify_at(len(self.prior) - 1)) * (b - len(self.prior))
+        return v
+
+    def table(self, n: int) -> list[float]:
+        """verify(1..n), made non-decreasing (a bigger batch never costs less)."""
+        return nondecreasing([self.verify_at(b) for b in range(1, n + 1)])
+
+    def observe_verify(self, b: int, seconds: float) -> None:
+        i = min(b, len(self.prior)) - 1
+        if i != b - 1:
+            return
+        current = self.verify_at(b)
+        x = min(seconds, SPIKE * current) if current > 0 else seconds
+        if self.weight[i] == 0:
+            self.verify[i] = x
+        self.verify[i], self.weight[i] = running(self.verify[i], self.weight[i], x, COST_WEIGHT)
+        if self.prior[i] > 0:
+            self.scale, self.scale_weight = running(self.scale, self.scale_weight,
+                                                    x / self.prior[i], COST_WEIGHT)
+
+    def observe_step(self, seconds: float) -> None:
+        x = min(seconds, SPIKE * self.step) if self.step > 0 else seconds
+        self.step, self.step_weight = running(self.step, self.step_weight, x, COST_WEIGHT)
+
+    def observe_catchup(self, tokens: int, seconds: float) -> None:
+        self.catchup, self.catchup_weight = running(self.catchup, self.catchup_weight,
+                                                    seconds / tokens, COST_WEIGHT)
+
+    @classmethod
+    def from_model(cls, costs: CostModel) -> LiveCosts:
+        """The prior a calibration gives: its tables at its depth, each row's argmax
+        included (the live times include them too)."""
+        d = costs.base_depth
+        prior = [costs.verify(b, d) + costs.argmax_s * b for b in range(1, MAX_VERIFY + 1)]
+        step = costs.draft(1, d) + costs.step_s + costs.argmax_s + costs.entropy_s
+        return cls(prior, step=step, step_weight=PRIOR_WEIGHT,
+                   catchup=costs.draft_prefill_s[1], catchup_weight=PRIOR_WEIGHT)
+
+    @classmethod
+    def from_probe(cls, sizes: Sequence[int], verify_s: Sequence[float], step_s: float,
+                   catchup_s: float) -> LiveCosts:
+        """The prior a probe gives: verification at a few sizes, linear between them."""
+        prior = [_interp(sizes, verify_s, b) for b in range(1, MAX_VERIFY + 1)]
+        return cls(prior, step=step_s, step_weight=PRIOR_WEIGHT, catchup=catchup_s,
+                   catchup_weight=PRIOR_WEIGHT)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LiveCosts:
+        out = cls(**_floats(data))
+        if not (len(out.prior) == len(out.verify) == len(out.weight) >= 2):
+            raise ValueError("live cost tables have the wrong shape")
+        return out
+
+
+def default_costs() -> LiveCosts:
+    """Costs before anything was measured (no calibration, probe skipped): a CPU-like curve
+    whose scale the first rounds correct."""
+    return LiveCosts([0.05 * (1 + 0.5 * (b - 1)) for b in range(1, MAX_VERIFY + 1)],
+                     step=0.02, step_weight=1.0, catchup=0.005, catchup_weight=1.0)
+
+
+@dataclass
+class LiveAcceptance:
+    """How often the target accepts, at one sampling temperature, learnt from every round."""
+
+    hits: list[float]  # per entropy bin: accepted drafted tokens (prior included)
+    tries: list[float]  # drafted tokens verified with all before them accepted
+    next_hits: list[float]  # per bin of an ACCEPTED token: its successor accepted
+    next_tries: list[float]
+    copy_hits: list[float]  # per position of a copied proposal
+    copy_tries: list[float]
+    gain: float = 0.0  # realised tokens gained per drafting round over the target alone
+    gain_weight: float = 0.0
+
+    @classmethod
+    def prior(cls, amap: AcceptanceMap | None, temperature: float) -> LiveAcceptance:
+        """Pseudo-observations worth PRIOR_WEIGHT per bin: the calibration's map, else a
+        falling guess (greedy drafts of a paired draft model mostly match when it is sure)."""
+        centers = bin_centers()
+        top = 0.9 if temperature == 0 else 0.8
+        if amap is not None:
+            now = [amap.accept(h) for h in centers]
+            after = [amap.accept_next(h) for h in centers]
+        else:
+            now = [max(0.05, top - 0.2 * h) for h in centers]
+            after = [0.7 if temperature == 0 else 0.6] * len(centers)
+        copy = [0.5] + [0.8] * (MAX_VERIFY - 2)
+        w = PRIOR_WEIGHT
+        return cls([w * p for p in now], [w] * len(now), [w * p for p in after],
+                   [w] * len(after), [w * p for p in copy], [w] * len(copy))
+
+    def acceptance_map(self) -> AcceptanceMap:
+        now = [h / t for h, t in zip(self.hits, self.tries, strict=True)]
+        after = [h / t for h, t in zip(self.next_hits, self.next_tries, strict=True)]
+        return AcceptanceMap(tuple(bin_centers()), tuple(nonincreasing(now, self.tries)),
+                             tuple(nonincreasing(after, self.next_tries)))
+
+    def copy_accept(self, position: int) -> float:
+        """P(copied token `position` (1-based) accepted | all before it were)."""
+        i = min(position, len(self.copy_hits)) - 1
+        return self.copy_hits[i] / self.copy_tries[i]
+
+    def mean_accept(self) -> float:
+        """Acceptance of a drafted token over the entropies seen (observations only: the
+        prior's flat weight would count rare bins as often as common ones)."""
+        seen = [t - PRIOR_WEIGHT for t in self.tries]
+        total = sum(s for s in seen if s > 0)
+        if total < 1:
+            return sum(self.hits) / sum(self.tries)
+        return sum(h / t * s for h, t, s in zip(self.hits, self.tries, seen, strict=True)
+                   if s > 0) / total
+
+    def observe_draft(self, entropies: Sequence[float], drafted: int, accepted: int) -> None:
+        """A drafted round: tokens before `accepted` matched, the one at it was rejected."""
+        for i in range(min(drafted, accepted + 1, len(entropies))):
+            b = entropy_bin(entropies[i])
+            ok = i < accepted
+            self.hits[b], self.tries[b] = _count(self.hits[b], self.tries[b], ok)
+            if ok and i + 1 < drafted:
+                self.next_hits[b], self.next_tries[b] = _count(
+                    self.next_hits[b], self.next_tries[b], i + 1 < accepted)
+
+    def observe_copy(self, proposed: int, accepted: int) -> None:
+        for i in range(min(proposed, accepted + 1, len(self.copy_hits))):
+            self.copy_hits[i], self.copy_tries[i] = _count(self.copy_hits[i],
+                                                           self.copy_tries[i], i < accepted)
+
+    def observe_gain(self, tokens: float) -> None:
+        self.gain, self.gain_weight = running(self.gain, self.gain_weight, tokens, GAIN_WEIGHT)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LiveAcceptance:
+        out = cls(**_floats(data))
+        n = len(ENTROPY_EDGES)
+        if not (len(out.hits) == len(out.tries) == len(out.next_hits) == n
+                and len(out.copy_hits) == len(out.copy_tries) >= 1):
+            raise ValueError("live acceptance tables have the wrong shape")
+        return out
+
+
+def _floats(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored table's fields as floats (lists of them), whatever JSON made of them."""
+    return {k: (list(map(float, v)) if isinstance(v, list) else float(v))
+            for k, v in data.items()}
+
+
+def _count(hits: float, tries: float, ok: bool) -> tuple[float, float]:
+    """Add one outcome; beyond ACCEPT_WEIGHT both counts shrink, so old text fades."""
+    hits, tries = hits + ok, tries + 1.0
+    if tries > ACCEPT_WEIGHT:
+        f = ACCEPT_WEIGHT / tries
+        hits, tries = hits * f, ACCEPT_WEIGHT
+    return hits, tries
+
+
+def entropy_bin(h: float) -> int:
+    return max(0, bisect_right(ENTROPY_EDGES, h) - 1)
+
+
+def bin_centers() -> list[float]:
+    edges = ENTROPY_EDGES
+    return [(lo + hi) / 2 for lo, hi in zip(edges, edges[1:], strict=False)] + [edges[-1] + 1]
+
+
+def temperature_key(temperature: float) -> str:
+    """Acceptance is learnt per temperature, to 0.1 (0 is greedy)."""
+    return f"{round(max(0.0, temperature), 1):g}"
+
+
+@dataclass
+class LiveModel:
+    """The live estimates of one engine: costs for greedy and sampled generation (a sampled
+    row or step draws from a distribution instead of taking an argmax), acceptance per
+    temperature. `source` says where the priors came from."""
+
+    costs: dict[str, LiveCosts]
+    acceptance: dict[str, LiveAcceptance]
+    source: str  # "calibration", "probe", "defaults", or "stored" (a previous session)
+    calibration: Calibration | None = field(default=None, repr=False, compare=False)
+
+    def costs_for(self, temperature: float) -> LiveCosts:
+        key = "greedy" if temperature <= 0 else "sampled"
+        if key not in self.costs:
+            other = next(iter(self.costs.values()))
+            self.costs[key] = LiveCosts.from_dict(other.to_dict())
+        return self.costs[key]
+
+    def acceptance_for(self, temperature: float) -> LiveAcceptance:
+        key = temperature_key(temperature)
+        if key not in self.acceptance:
+            choice = self._calibrated_choice(temperature)
+            self.acceptance[key] = LiveAcceptance.prior(
+                None if choice is None else choice.acceptance, temperature)
+        return self.acceptance[key]
+
+    def _calibrated_choice(self, temperature: float) -> TemperatureChoice | None:
+        cal = self.calibration
+        if cal is None:
+            return None
+        return min([cal.greedy, *cal.sampled], key=lambda c: abs(c.temperature - temperature))
+
+    @classmethod
+    def start(cls, costs: LiveCosts, source: str,
+              calibration: Calibration | None = None) -> LiveModel:
+        return cls({"greedy": costs}, {}, source, calibration)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "source": self.source,
+                "costs": {k: v.to_dict() for k, v in self.costs.items()},
+                "acceptance": {k: v.to_dict() for k, v in self.acceptance.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], calibration: Calibration | None = None
+                  ) -> LiveModel:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"live state format {data.get('format')!r}, expected {FORMAT}")
+        costs = {str(k): LiveCosts.from_dict(v) for k, v in data["costs"].items()}
+        if not costs:
+            raise ValueError("live state without costs")
+        return cls(costs, {str(k): LiveAcceptance.from_dict(v)
+                           for k, v in data["acceptance"].items()}, "stored", calibration)
+
+
+def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Linear through (xs, ys), extended along the last segment's slope."""
+    i = min(max(bisect_right(xs, x), 1), len(xs) - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))

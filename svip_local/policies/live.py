@@ -1,0 +1,307 @@
+"""`auto`: each round, whatever is expected to give the most tokens per second on this
+machine now — the target alone, a copy from the context (prompt lookup), or a draft of
+cost-aware SVIP — priced with estimates learnt from the rounds themselves.
+
+Per round, in tokens gained over the target alone (one round of the target alone takes t1,
+so spending s more seconds costs s / t1 tokens):
+
+* copy: where the context's last n-gram occurred before, a copy of m tokens gains
+  sum_{i<=m} prod_{j<=i} a_j - (verify(m+1) - t1) / t1, with a_j the live chance that copied
+  token j is accepted after j - 1 were; m is the best length, none if no length gains.
+* draft: the realised gain of recent drafting rounds (catch-up after a target-alone stretch
+  counted as a steady round's), blended with the model's prediction while they are few.
+  Within the round cost-aware SVIP decides the length with the live costs and entropy map
+  (`svip-cost`'s rule).
+* the target alone gains 0.
+
+The better positive gain runs; with none positive, a short draft (or copy) explores while the
+time lost to exploring in this reply stays within EXPLORE_SHARE of the reply's time, so `auto`
+learns that drafting started to pay (the text changed, the machine got busier). The live
+estimates start from the stored calibration, else from the previous session's estimates, else
+from the engine's start-up probe (`svip_local.probe`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from svip_local.calibration import Calibration
+from svip_local.calibration.live import LiveCosts, LiveModel, default_costs
+from svip_local.errors import InvalidRequestError
+from svip_local.policies.base import DraftPolicy, StepStats, Verdict
+from svip_local.policies.cost import CostAwareSvip
+from svip_local.policies.lookup import PromptLookup
+from svip_local.policies.strategy import Strategy
+from svip_local.policies.table import PolicyContext, register, split_spec
+from svip_local.sampling import SamplingParams
+
+EXPLORE_SHARE = 0.02  # the most of a reply's time spent on rounds the model said lose
+EXPLORE_DRAFT = 2  # tokens an exploring round drafts (or copies)
+TRUST_ROUNDS = 8.0  # drafting rounds after which their realised gain replaces the prediction
+LOOKUP_NGRAM = 5  # what calibration chose on every CPU measured so far
+ARMS = ("none", "lookup", "draft", "explore")
+
+
+@register("auto", rule="each round the fastest of the target alone, prompt lookup and "
+                       "cost-aware SVIP, by this machine's costs and this text's acceptance "
+                       "learnt live (from the stored calibration or a start-up probe)",
+          label="{resolved}", grid=())
+def auto(args: tuple[Any, ...], context: PolicyContext) -> LiveAuto:
+    if context.temperature is not None:
+        raise InvalidRequestError("a calibrated choice cannot be `auto` itself: run "
+                                  "`svip-local calibrate` again")
+    model = context.live() if context.live is not None else prior_model(context.calibration())
+    return LiveAuto(model, max_draft=context.max_draft, has_draft=context.has_draft,
+                    ngram=lookup_ngram(model.calibration))
+
+
+def prior_model(cal: Calibration | None) -> LiveModel:
+    """Live estimates from a calibration alone (the simulator; an engine adds its probe)."""
+    if cal is None:
+        return LiveModel.start(default_costs(), "defaults")
+    return LiveModel.start(LiveCosts.from_model(cal.costs), "calibration", cal)
+
+
+def lookup_ngram(cal: Calibration | None) -> int:
+    """The n-gram of the calibrated choice's prompt lookup, where it has one."""
+    if cal is not None:
+        parsed = split_spec(cal.choice)
+        if parsed.proposer is not None:
+            return int(parsed.proposer[1][0] or LOOKUP_NGRAM)
+    return LOOKUP_NGRAM
+
+
+class LiveDraft(CostAwareSvip):
+    """Cost-aware SVIP repriced every round; records the entropies it judged (the acceptance
+    map learns from them) and, when exploring, drafts to the round's cap regardless."""
+
+    def __init__(self, max_draft: int) -> None:
+        DraftPolicy.__init__(self, max_draft=max_draft)
+        self._p = 1.0
+        self.cap = 0
+        self.force = False
+        self.entropies: list[float] = []
+
+    @property
+    def name(self) -> str:
+        return "svip-cost (live)"
+
+    def round_limit(self) -> int:
+        return self.cap
+
+    def judge(self, step: StepStats) -> Verdict:
+        if step.n_drafted == 1:
+            self.entropies.clear()
+        self.entropies.append(step.entropy)
+        if self.force:
+            return Verdict.CONTINUE
+        return super().judge(step)
+
+
+class LiveAuto(Strategy):
+    """The plan `auto` builds: one live strategy per generation (`for_sampling`), all sharing
+    the engine's `LiveModel`."""
+
+    __slots__ = ("model", "has_draft", "lookup", "temperature", "costs", "accept", "arm",
+                 "copy", "counts", "explore_loss_s", "elapsed_s", "tokens", "draft_synced",
+                 "_lag", "_seq_len", "_started")
+
+    def __init__(self, model: LiveModel, *, max_draft: int, has_draft: bool, ngram: int,
+                 temperature: float = 0.0) -> None:
+        super().__init__(LiveDraft(max_draft), None)
+        self.model, self.has_draft = model, has_draft
+        self.lookup = PromptLookup(ngram, max_draft)
+        self.proposer = _Copy(self)
+        self.temperature = temperature
+        self.costs = model.costs_for(temperature)
+        self.accept = model.acceptance_for(temperature)
+        self.arm = "none"
+        self.copy: list[int] = []
+        self.counts = dict.fromkeys(ARMS, 0)
+        self.explore_loss_s = self.elapsed_s = 0.0
+        self.tokens = 0
+        self.draft_synced = 0  # tokens the draft's cache holds, as far as this generation knows
+        self._lag = 0  # tokens the draft would catch up on if this round drafted
+        self._seq_len = 0  # tokens before this round
+        self._started = False
+
+    @property
+    def name(self) -> str:
+        return "auto"
+
+    def describe(self) -> str:
+        """`auto · probe` before a round (where its estimates came from), then what most
+        rounds ran: `auto → lookup`, `· learning` while drafting's gain is still mostly
+        predicted rather than measured."""
+        if not self._started:
+            return f"auto · {self.model.source}"
+        learning = " · learning" if self._learning() else ""
+        return f"auto → {self.leading_arm()}{learning}"
+
+    def _learning(self) -> bool:
+        return self.has_draft and self.accept.gain_weight < TRUST_ROUNDS
+
+    def leading_arm(self) -> str:
+        """What most rounds of this generation ran (exploration counted as drafting)."""
+        counts = dict(self.counts)
+        counts["draft"] += counts.pop("explore")
+        return max(counts, key=lambda a: counts[a])
+
+    @property
+    def needs_draft(self) -> bool:
+        return False  # it drafts only where a draft model is there and pays
+
+    @property
+    def speculates(self) -> bool:
+        return True
+
+    def for_sampling(self, sampling: SamplingParams) -> LiveAuto:
+        """A fresh strategy for one generation at this temperature (its own exploration
+        budget and counts), learning into the shared model."""
+        policy = self.policy
+        assert isinstance(policy, LiveDraft)
+        return type(self)(self.model, max_draft=policy.max_draft, has_draft=self.has_draft,
+                          ngram=self.lookup.ngram, temperature=sampling.temperature)
+
+    def with_proposer(self, proposer: Any) -> LiveAuto:
+        raise InvalidRequestError("auto chooses prompt lookup itself: use `auto` alone")
+
+    # -- each round ----------------------------------------------------------------------
+
+    def begin_round(self, context: Sequence[int] | npt.NDArray[np.int32] | None,
+                    room: int) -> None:
+        self._started = True
+        policy = self.policy
+        assert isinstance(policy, LiveDraft)
+        policy.cap, policy.force, self.copy, self.arm = 0, False, [], "none"
+        if room <= 0:
+            return
+        costs, accept = self.costs, self.accept
+        t1 = costs.verify_at(1)
+        if context is not None:
+            self._seq_len = len(context)
+            self._lag = max(0, self._seq_len - self.draft_synced)
+        found = self.lookup.propose(context, room) if context is not None else []
+        copy_len, copy_gain = self._best_copy(len(found), t1)
+        draft_gain = self._draft_gain(t1, room) if self.has_draft else -np.inf
+        if copy_len and copy_gain >= max(0.0, draft_gain):
+            self.arm, self.copy = "lookup", found[:copy_len]
+        elif draft_gain > 0:
+            self.arm, policy.cap = "draft", room
+        elif self._may_explore(t1, len(found)):
+            self.arm = "explore"
+            if self.has_draft and (not found or accept.gain_weight <= sum(accept.copy_tries)):
+                policy.cap, policy.force = min(EXPLORE_DRAFT, room), True
+            else:
+                self.copy = found[:EXPLORE_DRAFT]
+        if policy.cap:
+            # R of the cost-aware rule: the best rate in reach (Dinkelbach), which is at
+            # least the target alone's and at least what this generation achieves.
+            rate = max(1.0 / t1 if t1 > 0 else 0.0,
+                       self.tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0)
+            policy.set_prices(costs.table(policy.max_draft + 2), costs.step,
+                              accept.acceptance_map(), max(rate, 1e-9))
+
+    def _best_copy(self, found: int, t1: float) -> tuple[int, float]:
+        """The copy length (0: none) with the largest expected gain, and that gain."""
+        best_len, best_gain, p, expected = 0, 0.0, 1.0, 0.0
+        for m in range(1, found + 1):
+            p *= self.accept.copy_accept(m)
+            expected += p
+            gain = expected - (self.costs.verify_at(m + 1) - t1) / t1
+            if gain > best_gain:
+                best_len, best_gain = m, gain
+        return best_len, best_gain
+
+    def _draft_gain(self, t1: float, room: int) -> float:
+        """Expected tokens a drafting round gains over the target alone: the realised gain
+        of recent drafting rounds, trusted as they accumulate, over the prediction of a
+        constant length k at the mean acceptance (the best k)."""
+        a = self.accept.mean_accept()
+        costs = self.costs
+        predicted, expected, p = -np.inf, 0.0, 1.0
+        for k in range(1, min(room, self.policy.max_draft) + 1):
+            p *= a
+            expected += p
+            spent = k * costs.step + costs.verify_at(k + 1) - t1
+            predicted = max(predicted, expected - spent / t1)
+        w = min(self.accept.gain_weight, TRUST_ROUNDS) / TRUST_ROUNDS
+        return float((1 - w) * predicted + w * self.accept.gain)
+
+    def _may_explore(self, t1: float, found: int) -> bool:
+        """Whether one more exploring round keeps exploration within its share of the time
+        so far (its cost: a short draft or copy and its verification, plus the catch-up)."""
+        if not self.has_draft and not found:
+            return False
+        costs = self.costs
+        cost = EXPLORE_DRAFT * costs.step + costs.verify_at(EXPLORE_DRAFT + 1) - t1
+        if self.has_draft:
+            cost += self._lag * costs.catchup
+        return self.explore_loss_s + max(cost, 0.0) <= EXPLORE_SHARE * self.elapsed_s
+
+    def learn(self, result: Any) -> None:
+        costs, accept = self.costs, self.accept
+        n = len(result.proposed)
+        spent = result.draft_s + result.verify_s
+        self.counts[self.arm] += 1
+        self.elapsed_s += spent
+        self.tokens += result.accepted + 1
+        costs.observe_verify(n + 1, result.verify_s)
+        t1 = costs.verify_at(1)
+        if result.copied:
+            accept.observe_copy(n, result.accepted)
+        elif result.draft_steps:
+            policy = self.policy
+            assert isinstance(policy, LiveDraft)
+            accept.observe_draft(policy.entropies, n, result.accepted)
+            # A long catch-up (after target-alone rounds) is the price of switching, not of
+            # drafting: a steady drafting round catches up one or two tokens.
+            steady = result.draft_s
+            if result.catchup > 2:
+                steady += costs.step - result.catchup_s
+                costs.observe_catchup(result.catchup, result.catchup_s)
+            costs.observe_step(steady / result.draft_steps)
+            if t1 > 0:
+                accept.observe_gain(result.accepted - (steady + result.verify_s - t1) / t1)
+        if self.arm == "explore" and t1 > 0:
+            self.explore_loss_s += max(0.0, spent - (result.accepted + 1) * t1)
+        if result.draft_steps:
+            self.draft_synced = self._seq_len + result.accepted
+
+    def report(self) -> dict[str, Any]:
+        rounds = max(1, sum(self.counts.values()))
+        t1 = self.costs.verify_at(1)
+        return {
+            "choice": self.leading_arm(),
+            "rounds": dict(self.counts),
+            "explore_share": self.explore_loss_s / self.elapsed_s if self.elapsed_s else 0.0,
+            "source": self.model.source,
+            "learning": self._learning(),
+            "verify_1_s": t1,
+            "verify_8_s": self.costs.verify_at(8),
+            "draft_step_s": self.costs.step,
+            "acceptance": self.accept.mean_accept(),
+            "draft_gain": self.accept.gain,
+            "copy_accept_1": self.accept.copy_accept(1),
+            "share": {a: c / rounds for a, c in self.counts.items()},
+        }
+
+
+class _Copy:
+    """The proposer side of `LiveAuto`: the copy its round decided on, if any."""
+
+    def __init__(self, owner: LiveAuto) -> None:
+        self.owner = owner
+
+    @property
+    def name(self) -> str:
+        return "lookup (live)"
+
+    def propose(self, context: Sequence[int] | npt.NDArray[np.int32], cap: int) -> list[int]:
+        return self.owner.copy[:cap]
+
+

@@ -1,0 +1,207 @@
+"""The live `auto`: it follows the machine's costs (synthetic cost models drive the simulator's
+rounds, whose times are all it learns from), keeps exploration within its share, stays
+lossless on real tiny models, and stores what it learnt for the next session."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from svip_local import Engine, SamplingParams
+from svip_local.bench.simulate import ReplayState, replay_round
+from svip_local.calibration import CostModel, store
+from svip_local.calibration.live import LiveCosts, LiveModel, default_costs
+from svip_local.policies.live import EXPLORE_SHARE, LiveAuto
+from svip_local.round import RoundResult
+from tests.fast.test_engine_sampling import (
+    P_THRESHOLD,
+    PARAMS,
+    RUNS,
+    chi_square_p,
+    exact_pair_distribution,
+)
+from tests.support.sim import make_costs, make_trace
+
+CHEAP = make_costs(lambda b: 0.050 + 0.001 * (b - 1), draft=(0.004, 0.006, 0.008, 0.010))
+EXPENSIVE = make_costs(lambda b: 0.050 * b, draft=(0.030, 0.055, 0.080, 0.105))
+
+
+def live_run(costs: CostModel, rounds: int, *, prior: CostModel | None = None,
+             accept_every: int = 5) -> tuple[LiveAuto, list[dict[str, Any]]]:
+    """`rounds` replayed rounds of `auto` on a trace whose draft matches the target except at
+    every `accept_every`-th position: from no knowledge at all (default priors), or from a
+    calibration's cost model `prior`."""
+    n = rounds * 20
+    trace = make_trace([i % accept_every != 0 for i in range(n)], budget=n)
+    model = LiveModel.start(LiveCosts.from_model(prior), "test") if prior else \
+        LiveModel.start(default_costs(), "defaults")
+    strategy = LiveAuto(model, max_draft=16, has_draft=True, ngram=5).for_sampling(
+        SamplingParams())
+    # The context the rounds see: a prompt, then the path (no n-gram repeats: nothing to copy).
+    context = np.concatenate([np.arange(trace.prompt_tokens), trace.target]).astype(np.int32)
+    state = ReplayState(0, trace.prompt_tokens)
+    log = []
+    for _ in range(rounds):
+        result = replay_round(trace, context, state, 16, strategy, costs)
+        log.append({"arm": strategy.arm, "drafted": len(result.proposed),
+                    "accepted": result.accepted,
+                    "spent": result.draft_s + result.verify_s})
+        state.j += result.accepted + 1
+        state.seq_len += result.accepted + 1
+    return strategy, log
+
+
+def test_cheap_verification_turns_auto_to_drafting() -> None:
+    strategy, log = live_run(CHEAP, 120, prior=CHEAP)
+    first_draft = next(i for i, r in enumerate(log) if r["arm"] == "draft")
+    assert first_draft < 20
+    late = log[60:]
+    assert sum(r["arm"] == "draft" for r in late) >= 0.9 * len(late)
+    assert strategy.report()["choice"] == "draft"
+
+
+def test_expensive_verification_turns_auto_to_the_target_alone() -> None:
+    strategy, log = live_run(EXPENSIVE, 400, prior=EXPENSIVE)
+    late = log[40:]
+    assert sum(r["arm"] == "none" for r in late) >= 0.9 * len(late)
+    assert all(r["arm"] in ("none", "explore") for r in late)
+    assert strategy.report()["choice"] == "none"
+
+
+def test_a_wrong_prior_is_unlearnt_by_exploring() -> None:
+    """Told verification is expensive (a stale calibration) on a machine where it is cheap,
+    auto explores short drafts, measures that they pay, and turns to drafting."""
+    cheap_catchup = (0.0, 0.0002, 0.0)
+    strategy, log = live_run(replace(CHEAP, draft_prefill_s=cheap_catchup), 1000,
+                             prior=replace(EXPENSIVE, draft_prefill_s=cheap_catchup))
+    assert log[0]["arm"] == "none"
+    first_draft = next(i for i, r in enumerate(log) if r["arm"] == "draft")
+    assert first_draft < 400
+    assert sum(r["arm"] == "draft" for r in log[-200:]) >= 180
+
+
+@pytest.mark.parametrize("catchup", [0.0002, 0.01])
+def test_exploration_stays_within_its_share(catchup: float) -> None:
+    """Where drafting loses, the rounds that explore it cost at most EXPLORE_SHARE of the
+    time, by the cost model's own prices (the target alone: verify(1) a round), the draft's
+    catch-up on what it missed included. Where that catch-up is cheap, it does explore."""
+    costs = replace(EXPENSIVE, draft_prefill_s=(0.0, catchup, 0.0))
+    strategy, log = live_run(costs, 2000, prior=costs)
+    t1 = costs.verify(1, 0)
+    explored = [r for r in log if r["arm"] == "explore"]
+    lost = sum(max(0.0, r["spent"] - (r["accepted"] + 1) * t1) for r in explored)
+    total = sum(r["spent"] for r in log)
+    assert lost <= EXPLORE_SHARE * total
+    assert strategy.report()["explore_share"] == pytest.approx(lost / total)
+    if catchup < 0.001:
+        assert len(explored) >= 5, "auto must keep checking whether drafting started to pay"
+
+
+@pytest.fixture(autouse=True)
+def _own_calibration_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with nothing stored: what one stores, only it reads."""
+    monkeypatch.setenv("SVIP_LOCAL_CALIBRATION_DIR", str(tmp_path / "calibration"))
+
+
+@pytest.fixture
+def engine(tiny_target: Path, tiny_draft_noisy: Path) -> Engine:
+    with Engine(tiny_target, tiny_draft_noisy, n_ctx=512, n_threads=1) as eng:
+        yield eng
+
+
+def test_a_new_engine_probes_then_stores_and_the_next_starts_warm(
+        tiny_target: Path, tiny_draft_noisy: Path, engine: Engine) -> None:
+    model = engine.live_model()
+    assert model.source == "probe"
+    curve = model.costs["greedy"].prior
+    assert all(v > 0 for v in curve) and curve[15] >= curve[0]
+    done = engine.complete("The quick brown fox", max_tokens=40, ignore_eos=True)
+    live = done.stats.live
+    assert live is not None and sum(live["rounds"].values()) == done.stats.rounds
+    assert done.stats.policy.startswith("auto → ")
+    assert store.live_path(engine.pair, engine.machine).is_file()
+    with Engine(tiny_target, tiny_draft_noisy, n_ctx=512, n_threads=1) as again:
+        warm = again.live_model()
+        assert warm.source == "stored"
+        assert warm.costs["greedy"].to_dict() == model.costs["greedy"].to_dict()
+
+
+def test_probe_can_be_skipped_and_a_damaged_store_is_ignored(
+        tiny_target: Path, tiny_draft_noisy: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with Engine(tiny_target, tiny_draft_noisy, n_ctx=512, n_threads=1, probe=False) as eng:
+        assert eng.live_model().source == "defaults"
+        path = store.live_path(eng.pair, eng.machine)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"format": 1, "costs": {}}')
+    with caplog.at_level(logging.WARNING), \
+            Engine(tiny_target, tiny_draft_noisy, n_ctx=512, n_threads=1) as eng:
+        assert eng.live_model().source == "probe"
+    assert "ignoring live estimates" in caplog.text
+
+
+def test_auto_without_a_draft_never_drafts(tiny_target: Path) -> None:
+    with Engine(tiny_target, n_ctx=256, n_threads=1) as alone:
+        done = alone.complete("Once upon a time, once upon a time", max_tokens=60,
+                              ignore_eos=True)
+    assert done.stats.live is not None and done.stats.live["rounds"]["draft"] == 0
+    # Whatever it verified beyond the target's own tokens was copied from the context.
+    copied = sum(n for n in done.stats.draft_lengths if n)
+    assert done.stats.drafted == copied and (copied == 0 or done.stats.lookup_rounds > 0)
+
+
+class FixedCostAuto(LiveAuto):
+    """`auto` on an injected machine: it learns acceptance from the real rounds, but its
+    costs and the gain of drafting stay the injected ones (a tiny model's real costs would
+    make drafting pointless, and the tests need drafted rounds)."""
+
+    def learn(self, result: RoundResult) -> None:
+        costs, gain = self.costs.to_dict(), (self.accept.gain, self.accept.gain_weight)
+        super().learn(result)
+        vars(self.costs).update(costs)
+        self.accept.gain, self.accept.gain_weight = gain
+
+
+def drafting_auto() -> LiveAuto:
+    """`auto` on a machine where drafting pays: verification costs nothing per extra token,
+    a draft step a tenth of a target step (n-grams of 16: copies are rare)."""
+    costs = LiveCosts([0.01] * 17, step=0.001, step_weight=2.0, catchup=0.0001)
+    return FixedCostAuto(LiveModel.start(costs, "test"), max_draft=16, has_draft=True,
+                         ngram=16)
+
+
+def test_auto_sampling_keeps_the_target_distribution(engine: Engine) -> None:
+    prompt = engine.tokenize("Once upon a time")
+    plan = drafting_auto()
+    counts: Counter[tuple[int, int]] = Counter()
+    drafted = 0
+    for seed in range(RUNS):
+        done = engine.complete(prompt, max_tokens=2, policy=plan, ignore_eos=True,
+                               sampling=SamplingParams(**PARAMS, seed=seed))
+        counts[done.tokens[:2]] += 1
+        drafted += done.stats.drafted
+    assert drafted > RUNS // 4, "the test must exercise drafted rounds"
+    assert chi_square_p(counts, exact_pair_distribution(engine, prompt)) > P_THRESHOLD
+
+
+def test_auto_greedy_equals_the_target_alone_while_it_drafts(engine: Engine) -> None:
+    plan = drafting_auto()
+    for prompt in ("Hello there, how are", "def main():\n    "):
+        alone = engine.complete(prompt, max_tokens=60, policy="none", ignore_eos=True)
+        spec = engine.complete(prompt, max_tokens=60, policy=plan, ignore_eos=True)
+        assert spec.tokens == alone.tokens and spec.text == alone.text
+        assert spec.stats.drafted > 0 or spec.stats.lookup_rounds > 0
+
+
+def test_auto_learns_acceptance_from_what_it_drafts(engine: Engine) -> None:
+    plan = drafting_auto()
+    before = plan.model.acceptance_for(0.0).tries[:]
+    engine.complete("Hello there, how are", max_tokens=60, policy=plan, ignore_eos=True)
+    after = plan.model.acceptance_for(0.0).tries
+    assert sum(after) > sum(before)
+    assert np.all(np.asarray(after) >= np.asarray(before) - 1e-9)
