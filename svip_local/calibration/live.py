@@ -61,6 +61,7 @@ class LiveCosts:
         if not self.verify:
             self.verify = list(self.prior)
             self.weight = [0.0] * len(self.prior)
+        self._table: list[float] = []  # table() until the next observation (not stored)
 
     def verify_at(self, b: int) -> float:
         i = min(b, len(self.prior)) - 1
@@ -71,13 +72,17 @@ class LiveCosts:
         return v
 
     def table(self, n: int) -> list[float]:
-        """verify(1..n), made non-decreasing (a bigger batch never costs less)."""
-        return nondecreasing([self.verify_at(b) for b in range(1, n + 1)])
+        """verify(1..n), made non-decreasing (a bigger batch never costs less); rebuilt only
+        after a verification was observed, not every drafting round."""
+        if len(self._table) != n:
+            self._table = nondecreasing([self.verify_at(b) for b in range(1, n + 1)])
+        return self._table
 
     def observe_verify(self, b: int, seconds: float) -> None:
         i = min(b, len(self.prior)) - 1
         if i != b - 1:
             return
+        self._table = []
         current = self.verify_at(b)
         x = min(seconds, SPIKE * current) if current > 0 else seconds
         if self.weight[i] == 0:
@@ -161,7 +166,15 @@ class LiveAcceptance:
         return cls([w * p for p in now], [w] * len(now), [w * p for p in after],
                    [w] * len(after), [w * p for p in copy], [w] * len(copy))
 
+    def __post_init__(self) -> None:
+        self._map: AcceptanceMap | None = None  # until the next drafted round (not stored)
+
     def acceptance_map(self) -> AcceptanceMap:
+        if self._map is None:
+            self._map = self._fit_map()
+        return self._map
+
+    def _fit_map(self) -> AcceptanceMap:
         now = [h / t for h, t in zip(self.hits, self.tries, strict=True)]
         after = [h / t for h, t in zip(self.next_hits, self.next_tries, strict=True)]
         return AcceptanceMap(tuple(bin_centers()), tuple(nonincreasing(now, self.tries)),
@@ -184,6 +197,7 @@ class LiveAcceptance:
 
     def observe_draft(self, entropies: Sequence[float], drafted: int, accepted: int) -> None:
         """A drafted round: tokens before `accepted` matched, the one at it was rejected."""
+        self._map = None
         for i in range(min(drafted, accepted + 1, len(entropies))):
             b = entropy_bin(entropies[i])
             ok = i < accepted

@@ -106,7 +106,7 @@ class LiveAuto(Strategy):
     """The plan `auto` builds: one live strategy per generation (`for_sampling`), all sharing
     the engine's `LiveModel`."""
 
-    __slots__ = ("model", "has_draft", "lookup", "temperature", "costs", "accept", "arm",
+    __slots__ = ("model", "has_draft", "lookup", "costs", "accept", "arm",
                  "copy", "counts", "explore_loss_s", "elapsed_s", "tokens", "draft_synced",
                  "_lag", "_seq_len", "_started")
 
@@ -116,7 +116,6 @@ class LiveAuto(Strategy):
         self.model, self.has_draft = model, has_draft
         self.lookup = PromptLookup(ngram, max_draft)
         self.proposer = _Copy(self)
-        self.temperature = temperature
         self.costs = model.costs_for(temperature)
         self.accept = model.acceptance_for(temperature)
         self.arm = "none"
