@@ -179,9 +179,16 @@ class Engine:
             self._live = self._start_live()
         return self._live
 
-    def _start_live(self) -> LiveModel:
-        cal = self.calibration()
-        stored = calibration_store.load_live(self.pair, self.machine, cal)
+    def forget_live(self) -> LiveModel:
+        """Start `auto`'s estimates again as on a machine with no record of this pair: no
+        calibration as prior, no stored estimates (a probe, if `EngineConfig.probe`). What a
+        first run gets; benchmarks use it to measure exactly that."""
+        self._live = self._start_live(fresh=True)
+        return self._live
+
+    def _start_live(self, *, fresh: bool = False) -> LiveModel:
+        cal = None if fresh else self.calibration()
+        stored = None if fresh else calibration_store.load_live(self.pair, self.machine, cal)
         if stored is not None:
             return stored
         if cal is not None or not self.config.probe:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from svip_local.bench import python_peer
 from svip_local.bench.prompts import CATEGORIES
 from svip_local.bench.runner import BASELINE, RunRecord, Summary
 from svip_local.bench.traces import PromptTrace
@@ -60,6 +61,8 @@ def label(policy: str, resolved: str = "") -> str:
     if name == "llama.cpp":
         n_max, _, p_min = arg.partition(":")
         return f"llama.cpp n_max={n_max} p_min={p_min}"
+    if python_peer.handles(policy):
+        return resolved or policy
     return policy_label(policy, resolved)
 
 
@@ -153,14 +156,16 @@ def _headline(result: BenchResult, suite: str, temp: float) -> list[str]:
              ("SVIP", rows.get("svip:0.3") or pick("svip:")),
              ("cost-aware SVIP", pick("svip-cost")), ("calibrated", rows.get("calibrated")),
              ("auto", rows.get("auto")),
-             ("llama.cpp best", pick("llama.cpp:")), ("oracle", rows.get(ORACLE))]
+             ("llama.cpp best", pick("llama.cpp:")),
+             ("llama-cpp-python best", pick(python_peer.PLAIN)), ("oracle", rows.get(ORACLE))]
     parts = [f"target alone {base.mean_tps:.2f} tok/s"]
     parts += [f"{label(s.policy, s.resolved)} x{s.speedup:.2f}" for _, s in named
               if s is not None and s.speedup is not None]
     found = dict(named)
     for a, b in (("SVIP", "best constant"), ("cost-aware SVIP", "SVIP"),
                  ("calibrated", "SVIP"), ("auto", "SVIP"), ("auto", "calibrated"),
-                 ("SVIP", "llama.cpp best"), ("auto", "llama.cpp best")):
+                 ("SVIP", "llama.cpp best"), ("auto", "llama.cpp best"),
+                 ("auto", "llama-cpp-python best")):
         x, y = found.get(a), found.get(b)
         if x and y and x.speedup and y.speedup:
             # a calibrated choice that is the very policy it is compared with differs by noise

@@ -93,6 +93,21 @@ class ExternalRunner(Protocol):
 
 
 @dataclass
+class Externals:
+    """Several external runners as one: each spec goes to the first that handles it."""
+
+    runners: Sequence[ExternalRunner]
+
+    def handles(self, spec: str) -> bool:
+        return any(r.handles(spec) for r in self.runners)
+
+    def run(self, item: BenchItem, spec: str, temperature: float, seed: int,
+            repeat: int) -> RunRecord:
+        runner = next(r for r in self.runners if r.handles(spec))
+        return runner.run(item, spec, temperature, seed, repeat)
+
+
+@dataclass
 class BenchRun:
     """What `run_items` produced: measured runs, and traces of the baseline runs."""
 

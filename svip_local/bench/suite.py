@@ -15,11 +15,14 @@ from svip_local.bench.calibrate import calibrate
 from svip_local.bench.defaults import DEFAULT_GRID, DEFAULT_POLICIES
 from svip_local.bench.peer import Peer, sweep
 from svip_local.bench.prompts import Prompt, select
+from svip_local.bench.python_peer import PythonPeer, handles as python_peer_handles
 from svip_local.bench.report import BenchResult
 from svip_local.bench.runner import (
     BASELINE,
     BenchItem,
     BenchRun,
+    ExternalRunner,
+    Externals,
     progress_bar,
     run_items,
     summarize,
@@ -58,6 +61,7 @@ class BenchOptions:
     peer_binary: str | None = None
     peer_grid: tuple[tuple[int, float], ...] = DEFAULT_GRID
     peer_sweep_prompts: int = 2
+    fresh_auto: bool = False  # `auto` as on a first run: no calibration, no stored estimates
     progress: bool = True
 
 
@@ -80,28 +84,39 @@ def run_bench(engine: Engine, opts: BenchOptions) -> BenchResult:
     if cal is None and opts.calibrate:
         cal = _calibrate(engine, opts, {p.id for p in (i.prompt for i in items)})
     specs = list(dict.fromkeys([BASELINE, *opts.policies]))
-    uncalibrated = [s for s in specs if split_spec(s).policy[0].needs_calibration]
+    python_peer = PythonPeer(engine.target_model.path, threads=engine.machine.threads,
+                             n_ctx=engine.n_ctx, n_gpu_layers=engine.config.n_gpu_layers
+                             ) if any(python_peer_handles(s) for s in specs) else None
+    runners: list[ExternalRunner] = [python_peer] if python_peer else []
+    uncalibrated = [s for s in specs if not python_peer_handles(s)
+                    and split_spec(s).policy[0].needs_calibration]
     if cal is None and uncalibrated:
         log.warning("no calibration: leaving out %s (needs it)", ", ".join(uncalibrated))
         specs = [s for s in specs if s not in uncalibrated]
-    peer: Peer | None = None
     peer_table: list[dict[str, float | str]] = []
     if opts.peer:
         peer, best, peer_table = _sweep_peer(engine, opts, items)
+        runners.append(peer)
         specs.append(best)
+    external = Externals(runners)
+    local = [s for s in specs if not external.handles(s)]
+    if opts.fresh_auto:
+        engine.forget_live()
     run = BenchRun()
     warm_up(engine, items[0].prompt.text)
     total = len(items) * len(specs) * opts.repeats * len(opts.temperatures)
-    with progress_bar(total, "benchmark", opts.progress) as tick:
-        for temp in opts.temperatures:
-            policies = {s: engine.make_policy(s) for s in specs
-                        if peer is None or not peer.handles(s)}
-            run_items(engine, items, specs, temperature=temp, policies=policies,
-                      repeats=opts.repeats, seed=opts.seed, external=peer, on_run=tick,
-                      out=run)
+    try:
+        with progress_bar(total, "benchmark", opts.progress) as tick:
+            for temp in opts.temperatures:
+                policies = {s: engine.make_policy(s) for s in local}
+                run_items(engine, items, specs, temperature=temp, policies=policies,
+                          repeats=opts.repeats, seed=opts.seed, external=external,
+                          on_run=tick, out=run)
+    finally:
+        if python_peer is not None:
+            python_peer.close()
     predicted = []
     if cal is not None:
-        local = [s for s in specs if peer is None or not peer.handles(s)]
         predicted = predict(items, run.traces, local, engine.make_policy, cal.costs,
                             max_draft=engine.config.max_draft)
     measured_sum, predicted_sum = summarize(run.records), summarize(predicted)

@@ -73,6 +73,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "p_min 0.3-0.9 at n_max 8 and 16)")
     p.add_argument("--peer-sweep-prompts", type=int, default=2,
                    help="SpecBench prompts the sweep runs on (default 2)")
+    p.add_argument("--python-peer", action="store_true",
+                   help="also run llama-cpp-python's own Llama, alone and with "
+                        "LlamaPromptLookupDecoding (specs llama-cpp-python and "
+                        "llama-cpp-python+lookup[:N[:NGRAM]] may also go in --policies)")
+    p.add_argument("--fresh-auto", action="store_true",
+                   help="run auto as a first run gets it: no calibration or stored estimates "
+                        "(a probe), learning from the first prompt on; calibrated still "
+                        "uses the calibration")
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib)")
     p.set_defaults(func=run)
@@ -80,17 +88,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def options(args: argparse.Namespace) -> BenchOptions:
     from svip_local.bench.prompts import load_prompts
+    from svip_local.bench.python_peer import DEFAULT_SPECS as PYTHON_PEERS
     from svip_local.bench.suite import BenchOptions
 
     return BenchOptions(
         load_prompts(args.prompts), args.prompts or "built-in", per_category=args.per_category,
         categories=args.categories, max_tokens=args.max_tokens, lengths=args.lengths,
         long_prompts=args.long_prompts, temperatures=args.temperatures,
-        policies=args.policies, repeats=args.repeats, seed=args.seed,
+        policies=(*args.policies, *(PYTHON_PEERS if args.python_peer else ())),
+        repeats=args.repeats, seed=args.seed,
         calibrate=not args.no_calibrate,
         calibration_per_category=args.calibration_per_category, peer=args.peer,
         peer_binary=args.peer_binary, peer_grid=args.peer_grid,
-        peer_sweep_prompts=args.peer_sweep_prompts)
+        peer_sweep_prompts=args.peer_sweep_prompts, fresh_auto=args.fresh_auto)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -131,3 +131,35 @@ def test_bench_sweeps_the_peer_and_runs_its_best_setting(
     assert data["policies"] == ["none", "constant:2", "llama.cpp:3:0"]
     assert len(calls) == 3 + 3
     assert "llama.cpp n_max=3 p_min=0" in (out / "report.md").read_text()
+
+
+def test_bench_runs_llama_cpp_python_beside_a_fresh_auto(
+        tiny_target: Path, tiny_draft_noisy: Path, prompts: Path, tmp_path: Path) -> None:
+    out = tmp_path / "py"
+    assert main(["bench", *pair_args(tiny_target, tiny_draft_noisy), "--prompts", str(prompts),
+                 "--max-tokens", "12", "--lengths", "", "--temperatures", "0,1", "--policies",
+                 "auto,llama-cpp-python+lookup:4", "--python-peer", "--fresh-auto",
+                 "--no-calibrate", "--no-plots", "--out", str(out)]) == 0
+    data = json.loads((out / "bench.json").read_text())
+    assert data["policies"] == ["none", "auto", "llama-cpp-python+lookup:4", "llama-cpp-python",
+                                "llama-cpp-python+lookup"]
+    runs = {(r["temperature"], r["policy"], r["prompt_id"]): r for r in data["records"]}
+    for (temp, policy, prompt), rec in runs.items():
+        if temp == 0:  # the same greedy text, so the same length, as the target alone
+            assert rec["generated"] == runs[(0.0, "none", prompt)]["generated"], policy
+        else:  # end of text ignored by every contestant (llama-cpp-python's lookup may
+            # count a few tokens past max_tokens: it reports what it generated)
+            assert rec["generated"] >= 12, policy
+    assert runs[(0.0, "llama-cpp-python+lookup:4", "1001")]["resolved"] == (
+        "Llama + LlamaPromptLookupDecoding(num_pred_tokens=4, max_ngram_size=2)")
+    assert "auto vs llama-cpp-python best" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("spec", ["llama-cpp-python+lookup:0", "llama-cpp-python+lookupx",
+                                  "llama-cpp-python+lookup:a", "llama-cpp-python+lookup:1:2:3"])
+def test_a_bad_llama_cpp_python_spec_is_refused(spec: str) -> None:
+    from svip_local.bench.python_peer import parse_spec
+    from svip_local.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="expected llama-cpp-python"):
+        parse_spec(spec)

@@ -132,6 +132,17 @@ def test_a_new_engine_probes_then_stores_and_the_next_starts_warm(
         assert warm.costs["greedy"].to_dict() == model.costs["greedy"].to_dict()
 
 
+def test_forgetting_starts_as_a_first_run_despite_what_is_stored(
+        tiny_target: Path, tiny_draft_noisy: Path, engine: Engine) -> None:
+    engine.complete("The quick brown fox", max_tokens=24, ignore_eos=True)
+    with Engine(tiny_target, tiny_draft_noisy, n_ctx=512, n_threads=1) as again:
+        stored = again.live_model()
+        assert stored.source == "stored"
+        fresh = again.forget_live()
+        assert again.live_model() is fresh and fresh is not stored
+        assert fresh.source == "probe" and fresh.calibration is None and not fresh.acceptance
+
+
 def test_probe_can_be_skipped_and_a_damaged_store_is_ignored(
         tiny_target: Path, tiny_draft_noisy: Path, caplog: pytest.LogCaptureFixture) -> None:
     with Engine(tiny_target, tiny_draft_noisy, n_ctx=512, n_threads=1, probe=False) as eng:

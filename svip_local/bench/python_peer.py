@@ -1,0 +1,116 @@
+"""llama-cpp-python's own high-level `Llama` as a peer in a benchmark: what a Python user picks
+instead of svip-local, alone and with its prompt-lookup speculation
+(`Llama(..., draft_model=LlamaPromptLookupDecoding(...))`).
+
+Specs: `llama-cpp-python` (the target alone) and `llama-cpp-python+lookup[:N[:NGRAM]]` (N
+predicted tokens, default 10, and n-gram size, default 2: the class's own defaults, which a user
+who does not tune gets). They run in this process beside svip-local's policies, on the same
+target file, prompts, threads and context size, with the same sampling (no top-k, top-p or
+min-p truncation, where `create_completion` would otherwise apply its own defaults). Each run
+empties the cache first (`reset`), so it pays its prefill, which its time includes, as ours does.
+
+This is the one place outside `native.py` that imports llama_cpp: the peer *is* its Python API.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from svip_local.bench.runner import BenchItem, RunRecord
+from svip_local.errors import InvalidRequestError
+
+PLAIN = "llama-cpp-python"
+LOOKUP = "llama-cpp-python+lookup"
+DEFAULT_SPECS = (PLAIN, LOOKUP)
+
+
+def parse_spec(spec: str) -> tuple[int, int] | None:
+    """None for the target alone, else (predicted tokens, n-gram size) of the lookup."""
+    if spec == PLAIN:
+        return None
+    if not spec.startswith(LOOKUP):
+        raise InvalidRequestError(f"not a llama-cpp-python peer spec: {spec!r}")
+    rest = spec[len(LOOKUP):]
+    if rest and not rest.startswith(":"):
+        raise InvalidRequestError(f"expected {LOOKUP}[:N[:NGRAM]], got {spec!r}")
+    parts = [p for p in rest[1:].split(":") if p] if rest else []
+    try:
+        n_pred = int(parts[0]) if parts else 10
+        ngram = int(parts[1]) if len(parts) > 1 else 2
+    except ValueError:
+        raise InvalidRequestError(f"expected {LOOKUP}[:N[:NGRAM]], got {spec!r}") from None
+    if n_pred < 1 or ngram < 1 or len(parts) > 2:
+        raise InvalidRequestError(f"expected {LOOKUP}[:N[:NGRAM]] with N, NGRAM >= 1, "
+                                  f"got {spec!r}")
+    return n_pred, ngram
+
+
+def handles(spec: str) -> bool:
+    return spec == PLAIN or spec.startswith(LOOKUP)
+
+
+class PythonPeer:
+    """One `Llama` per distinct spec, loaded on its first run (a lookup `Llama` keeps logits
+    for every position, as llama-cpp-python requires for a draft model)."""
+
+    def __init__(self, target: str | Path, *, threads: int, n_ctx: int,
+                 n_gpu_layers: int = 0) -> None:
+        self.target = str(target)
+        self.threads, self.n_ctx, self.n_gpu_layers = threads, n_ctx, n_gpu_layers
+        self._models: dict[str, Any] = {}
+        self._banned: dict[int, float] | None = None
+
+    def handles(self, spec: str) -> bool:
+        return handles(spec)
+
+    def run(self, item: BenchItem, spec: str, temperature: float, seed: int,
+            repeat: int) -> RunRecord:
+        llm = self._model(spec)
+        llm.reset()  # no prefix reuse: every run pays its prefill, like the engine's
+        t0 = time.perf_counter()
+        out = llm.create_completion(
+            item.prompt.text, max_tokens=item.max_tokens, temperature=temperature,
+            top_k=0, top_p=1.0, min_p=0.0, seed=seed,
+            logit_bias=self._eog_ban(llm) if item.ignore_eos else None)
+        wall = time.perf_counter() - t0
+        finish = str(out["choices"][0].get("finish_reason") or "")
+        lookup = parse_spec(spec)
+        label = "llama-cpp-python Llama" if lookup is None else (
+            f"Llama + LlamaPromptLookupDecoding(num_pred_tokens={lookup[0]}, "
+            f"max_ngram_size={lookup[1]})")
+        return RunRecord(item.suite, item.group, item.prompt.id, temperature, item.max_tokens,
+                         spec, label, repeat, int(out["usage"]["completion_tokens"]), wall,
+                         0.0, 0, 0, finish=finish or "peer")
+
+    def close(self) -> None:
+        for llm in self._models.values():
+            llm.close()
+        self._models.clear()
+
+    def _model(self, spec: str) -> Any:
+        if spec not in self._models:
+            from llama_cpp import Llama
+            from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+            lookup = parse_spec(spec)
+            draft = None if lookup is None else LlamaPromptLookupDecoding(
+                num_pred_tokens=lookup[0], max_ngram_size=lookup[1])
+            self._models[spec] = Llama(
+                self.target, n_ctx=self.n_ctx, n_threads=self.threads,
+                n_threads_batch=self.threads, n_gpu_layers=self.n_gpu_layers,
+                draft_model=draft, verbose=False)
+        return self._models[spec]
+
+    def _eog_ban(self, llm: Any) -> dict[int, float]:
+        """Every end-of-generation token pushed out of reach: sampled runs generate exactly
+        `max_tokens`, as the engine's `ignore_eos` does (create_completion has no such flag)."""
+        if self._banned is None:
+            import llama_cpp
+
+            is_eog: Callable[[Any, int], bool] = llama_cpp.llama_vocab_is_eog
+            vocab = llm._model.vocab
+            self._banned = {t: -1e30 for t in range(llm.n_vocab()) if is_eog(vocab, t)}
+        return self._banned
