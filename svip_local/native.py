@@ -20,6 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import llama_cpp.llama_cpp as C
 import numpy as np
@@ -615,3 +616,27 @@ class Context:
             del self.tokens[n:]
         elif n > len(self.tokens):
             C.llama_memory_seq_rm(self._mem, 0, len(self.tokens), -1)
+
+
+def open_python_api_llama(path: str | Path, *, n_ctx: int, threads: int, n_gpu_layers: int,
+                          lookup: tuple[int, int] | None) -> tuple[Any, dict[int, float]]:
+    """llama-cpp-python's own high-level `Llama` (with `LlamaPromptLookupDecoding` when `lookup`
+    gives its predicted tokens and n-gram size), for benchmarks that race it as a peer; and a
+    logit bias that puts every end-of-generation token out of reach, since `create_completion`
+    has no ignore-eos flag.
+
+    With a draft model `Llama` keeps every position's logits, but it sizes that buffer by
+    `logits_all` as passed: left False, a prompt longer than n_batch (512) fails in `Llama.eval`
+    ("could not broadcast"), so it is passed True whenever there is a draft.
+    """
+    from llama_cpp import Llama
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+    draft = None if lookup is None else LlamaPromptLookupDecoding(
+        num_pred_tokens=lookup[0], max_ngram_size=lookup[1])
+    llm = Llama(str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                n_gpu_layers=n_gpu_layers, logits_all=draft is not None, draft_model=draft,
+                verbose=False)
+    vocab = llm._model.vocab
+    banned = {t: -1e30 for t in range(llm.n_vocab()) if C.llama_vocab_is_eog(vocab, t)}
+    return llm, banned

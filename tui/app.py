@@ -334,6 +334,9 @@ class ChatApp(App[None]):
     def action_toggle_origin(self) -> None:
         shown = self.query_one(MessageList).toggle_class("-origin").has_class("-origin")
         self.query_one("#legend").display = shown
+        reply = self._current_reply()
+        if shown and reply is not None:
+            reply.show_origin()  # a streaming reply's origin text is kept only while shown
 
     def action_open_saved(self) -> None:
         if self._refuse_while_generating():

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 Post = Callable[[Message], object]
 
+# The screen redraws at most this often while a reply streams: tokens arriving faster are
+# posted together, so the UI thread (which shares the GIL with decoding) stays cheap.
+UPDATE_INTERVAL_S = 1 / 30
+
 
 class EngineSlot:
     """The one engine the app owns, and the lock every user of it holds.
@@ -97,13 +101,20 @@ class ReplyJob:
 
 
 def run_reply(job: ReplyJob, post: Post) -> None:
-    """Stream one reply: a chunk per draft-and-verify round, notices, then the `Done`.
-
-    Posting per round rather than per token keeps the UI's queue short at high speed.
-    """
+    """Stream one reply: chunks of whole draft-and-verify rounds, at most one per
+    `UPDATE_INTERVAL_S` (the first at once: it ends the wait for the reply), notices, then
+    the `Done`."""
     start = perf_counter()
+    last_post = start - UPDATE_INTERVAL_S
     live = LiveStats()
     pieces: list[tuple[str, bool]] = []
+
+    def flush() -> None:
+        nonlocal last_post
+        if pieces:
+            post(ReplyChunk(tuple(pieces), replace(live)))
+            pieces.clear()
+        last_post = perf_counter()
     events = stream_chat(job.engine, job.messages, max_tokens=job.settings.max_tokens,
                          sampling=job.settings.sampling, policy=job.policy, cancel=job.cancel,
                          template=job.template)
@@ -116,13 +127,13 @@ def run_reply(job: ReplyJob, post: Post) -> None:
             live.drafted += event.drafted
             live.accepted += event.accepted
             live.elapsed_s = perf_counter() - start
-            post(ReplyChunk(tuple(pieces), replace(live)))
-            pieces.clear()
+            if live.elapsed_s + start - last_post >= UPDATE_INTERVAL_S:
+                flush()
         elif isinstance(event, Notice):
+            flush()
             post(ReplyNotice(event.message))
         elif isinstance(event, Done):
-            if pieces:
-                post(ReplyChunk(tuple(pieces), replace(live)))
+            flush()
             post(ReplyDone(event))
 
 

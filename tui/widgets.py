@@ -48,7 +48,8 @@ class Reply(Vertical):
     """One assistant reply: Markdown while reading, text coloured by origin on demand.
 
     While streaming, text arrives through a MarkdownStream (it batches fragments the renderer
-    cannot keep up with); the origin view is rebuilt from the pieces, which stay cheap to join.
+    cannot keep up with); the origin view is rebuilt from the pieces only while it is shown
+    (`show_origin` brings it up to date when it is switched on).
     """
 
     def __init__(self, message: Message | None = None) -> None:
@@ -80,7 +81,8 @@ class Reply(Vertical):
             return
         self.text += text
         self._pieces.extend(pieces)
-        self.query_one(".origin", Static).update(self._origin_content())
+        if self.parent is not None and self.parent.has_class("-origin"):
+            self.show_origin()
         if self._stream is not None:
             await self._stream.write(text)
 
@@ -103,6 +105,9 @@ class Reply(Vertical):
         caption.update(_caption(finish_reason))
         caption.display = bool(_caption(finish_reason))
         return runs
+
+    def show_origin(self) -> None:
+        self.query_one(".origin", Static).update(self._origin_content())
 
     def _origin_content(self) -> Content:
         return Content.assemble(

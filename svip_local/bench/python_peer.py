@@ -9,18 +9,19 @@ target file, prompts, threads and context size, with the same sampling (no top-k
 min-p truncation, where `create_completion` would otherwise apply its own defaults). Each run
 empties the cache first (`reset`), so it pays its prefill, which its time includes, as ours does.
 
-This is the one place outside `native.py` that imports llama_cpp: the peer *is* its Python API.
+`native.open_python_api_llama` builds each `Llama`: native stays the one module that touches
+llama_cpp, even where the peer *is* its Python API.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from svip_local.bench.runner import BenchItem, RunRecord
 from svip_local.errors import InvalidRequestError
+from svip_local.native import open_python_api_llama
 
 PLAIN = "llama-cpp-python"
 LOOKUP = "llama-cpp-python+lookup"
@@ -61,7 +62,7 @@ class PythonPeer:
         self.target = str(target)
         self.threads, self.n_ctx, self.n_gpu_layers = threads, n_ctx, n_gpu_layers
         self._models: dict[str, Any] = {}
-        self._banned: dict[int, float] | None = None
+        self._banned: dict[int, float] = {}
 
     def handles(self, spec: str) -> bool:
         return handles(spec)
@@ -74,7 +75,7 @@ class PythonPeer:
         out = llm.create_completion(
             item.prompt.text, max_tokens=item.max_tokens, temperature=temperature,
             top_k=0, top_p=1.0, min_p=0.0, seed=seed,
-            logit_bias=self._eog_ban(llm) if item.ignore_eos else None)
+            logit_bias=self._banned if item.ignore_eos else None)
         wall = time.perf_counter() - t0
         finish = str(out["choices"][0].get("finish_reason") or "")
         lookup = parse_spec(spec)
@@ -92,25 +93,8 @@ class PythonPeer:
 
     def _model(self, spec: str) -> Any:
         if spec not in self._models:
-            from llama_cpp import Llama
-            from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
-
-            lookup = parse_spec(spec)
-            draft = None if lookup is None else LlamaPromptLookupDecoding(
-                num_pred_tokens=lookup[0], max_ngram_size=lookup[1])
-            self._models[spec] = Llama(
-                self.target, n_ctx=self.n_ctx, n_threads=self.threads,
-                n_threads_batch=self.threads, n_gpu_layers=self.n_gpu_layers,
-                draft_model=draft, verbose=False)
+            self._models[spec], self._banned = open_python_api_llama(
+                self.target, n_ctx=self.n_ctx, threads=self.threads,
+                n_gpu_layers=self.n_gpu_layers, lookup=parse_spec(spec))
         return self._models[spec]
 
-    def _eog_ban(self, llm: Any) -> dict[int, float]:
-        """Every end-of-generation token pushed out of reach: sampled runs generate exactly
-        `max_tokens`, as the engine's `ignore_eos` does (create_completion has no such flag)."""
-        if self._banned is None:
-            import llama_cpp
-
-            is_eog: Callable[[Any, int], bool] = llama_cpp.llama_vocab_is_eog
-            vocab = llm._model.vocab
-            self._banned = {t: -1e30 for t in range(llm.n_vocab()) if is_eog(vocab, t)}
-        return self._banned

@@ -163,3 +163,26 @@ def test_a_bad_llama_cpp_python_spec_is_refused(spec: str) -> None:
 
     with pytest.raises(InvalidRequestError, match="expected llama-cpp-python"):
         parse_spec(spec)
+
+
+def test_the_lookup_peer_takes_a_prompt_longer_than_a_batch(tiny_target: Path) -> None:
+    """llama-cpp-python sizes its logits buffer by n_batch unless logits_all is passed: a
+    600-token prompt failed there until the peer passed it."""
+    from svip_local.bench.prompts import Prompt
+    from svip_local.bench.python_peer import LOOKUP, PythonPeer
+    from svip_local.bench.runner import BenchItem
+
+    from svip_local.native import Model
+
+    text = "the quick brown fox " * 70
+    model = Model(tiny_target)
+    try:
+        assert 512 < len(model.tokenize(text)) < 1024 - 8
+    finally:
+        model.close()
+    peer = PythonPeer(tiny_target, threads=1, n_ctx=1024)
+    try:
+        item = BenchItem("specbench", "qa", Prompt("long", "qa", text), 8, True)
+        assert peer.run(item, LOOKUP, 0.0, 0, 0).generated >= 8
+    finally:
+        peer.close()

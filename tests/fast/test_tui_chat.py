@@ -140,3 +140,28 @@ async def test_save_reopen_regenerate_and_edit(app: ChatApp) -> None:
         assert [m.content for m in app.conversation.messages][0] == "Edited question."
         assert len(app.conversation.messages) == 2
         assert [str(u.content) for u in app.query(UserMessage)] == ["Edited question."]
+
+
+def test_the_reply_worker_posts_at_most_thirty_chunks_a_second(
+        tiny_target: Path, tiny_draft_noisy: Path) -> None:
+    """Rounds of a fast engine are posted together: the UI redraws ~30 times a second, not
+    once per round, and nothing is lost on the way."""
+    from svip_local import Done, Engine
+    from svip_local.chat import ChatTemplate
+    from tui.backend import UPDATE_INTERVAL_S, ReplyJob, run_reply
+    from tui.events import ReplyChunk, ReplyDone
+
+    settings = ChatSettings(policy="constant:2", max_tokens=300, n_ctx=512, n_threads=1)
+    with Engine(tiny_target, tiny_draft_noisy, n_ctx=512, n_threads=1) as engine:
+        job = ReplyJob(engine, ChatTemplate.for_engine(engine), engine.make_policy("constant:2"),
+                       [{"role": "user", "content": "Tell me about the fox."}], settings,
+                       threading.Event(), measure_baseline=False)
+        posted: list[object] = []
+        run_reply(job, posted.append)
+    chunks = [m for m in posted if isinstance(m, ReplyChunk)]
+    done = posted[-1]
+    assert isinstance(done, ReplyDone) and isinstance(done.done, Done)
+    stats = done.done.stats
+    assert "".join(t for c in chunks for t, _ in c.pieces) == done.done.text
+    assert chunks[-1].live.generated == stats.generated and stats.rounds > 20
+    assert len(chunks) <= stats.wall_s / UPDATE_INTERVAL_S + 2 < stats.rounds

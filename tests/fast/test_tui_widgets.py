@@ -147,10 +147,13 @@ async def test_prompt_ctrl_e_runs_the_apps_edit_instead_of_end_of_line() -> None
 # --- Reply ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("shown", [True, False])
 @sync
-async def test_reply_streams_pieces_into_markdown_and_the_origin_view() -> None:
+async def test_reply_streams_pieces_into_markdown_and_the_origin_view(shown: bool) -> None:
+    """The origin text is rebuilt as pieces stream only while it is shown; hidden, it is
+    brought up to date when shown (rebuilding it per round cost the chat's speed)."""
     reply = Reply()
-    app = Host(MessageList(reply, id="messages"))
+    app = Host(MessageList(reply, id="messages", classes="-origin" if shown else ""))
     async with app.run_test(size=SIZE) as pilot:
         assert not reply.streaming and reply.border_title == "Assistant"
         reply.start_stream()
@@ -165,6 +168,10 @@ async def test_reply_streams_pieces_into_markdown_and_the_origin_view() -> None:
         assert reply.text == "The quick brown fox."
         assert reply.query_one(Markdown).source == "The quick brown fox."
         origin = reply.query_one(".origin", Static).content
+        if not shown:
+            assert origin.plain == ""
+            reply.show_origin()
+            origin = reply.query_one(".origin", Static).content
         assert origin.plain == "The quick brown fox."
         assert styled_chars(origin) == expected_chars(
             [("The quick", True), (" brown", False), (" fox", True), (".", False)])
