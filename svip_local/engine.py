@@ -302,13 +302,15 @@ class Engine:
                 if self._cancel.is_set() or (cancel is not None and cancel.is_set()):
                     finish = "cancelled"
                     break
-                room = min(self.config.max_draft, budget - len(out) - 1)
+                remaining = budget - len(out)
+                room = min(self.config.max_draft, remaining - 1)
                 batch.clear()
                 # Everything that calls llama.cpp happens under the lock, which is free while
                 # the events are yielded: close() from another thread waits one round at most.
                 with self._native:
                     self._check_open()
-                    result = self._speculator.round(seq, room, strategy, sampling, rng)
+                    result = self._speculator.round(seq, room, strategy, sampling, rng,
+                                                    remaining)
                     stats.add_round(result)
                     for i, tok in enumerate(result.tokens):
                         seq.append(tok)

@@ -74,7 +74,8 @@ class ReplayState:
 
 
 def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, state: ReplayState,
-                 room: int, strategy: Strategy, costs: CostModel) -> RoundResult:
+                 room: int, strategy: Strategy, costs: CostModel,
+                 remaining: int | None = None) -> RoundResult:
     """`svip_local.round.Speculator.round` on a trace, with predicted times.
 
     The same steps in the same order: the proposer's copies (exact: a copy depends only on
@@ -87,7 +88,8 @@ def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, stat
     n_pos = len(trace.target)
     draft_s = catchup_s = 0.0
     steps = catchup = 0
-    strategy.begin_round(None if context is None else context[:seq_len], room)
+    strategy.begin_round(None if context is None else context[:seq_len], room,
+                         room + 1 if remaining is None else remaining)
     proposed = strategy.proposer.propose(context[:seq_len], room) \
         if strategy.proposer is not None and context is not None and room > 0 else []
     copied = bool(proposed)
@@ -146,8 +148,9 @@ def simulate(trace: PromptTrace, plan: Plan | DraftPolicy, costs: CostModel, *,
     res = SimResult(n_gen, prefill, prefill)
     state = ReplayState(0, trace.prompt_tokens)
     while state.j < end:
-        room = min(max_draft, trace.budget - state.j - 1)
-        result = replay_round(trace, context, state, room, strategy, costs)
+        remaining = trace.budget - state.j
+        room = min(max_draft, remaining - 1)
+        result = replay_round(trace, context, state, room, strategy, costs, remaining)
         emitted = min(state.j + result.accepted + 1, n_gen) - state.j
         res.time_s += result.draft_s + result.verify_s + costs.round_s + costs.token_s * emitted
         res.draft_lengths.append(len(result.proposed))

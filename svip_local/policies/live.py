@@ -14,11 +14,17 @@ so spending s more seconds costs s / t1 tokens):
   (`svip-cost`'s rule).
 * the target alone gains 0.
 
+Switching to drafting after a target-alone stretch first costs the draft's catch-up decode of
+what it has not seen (the whole prompt, at the start): that price is spread over the rounds
+the reply has left, so a short remainder does not buy a long catch-up.
+
 The better positive gain runs; with none positive, a short draft (or copy) explores while the
-time lost to exploring in this reply stays within EXPLORE_SHARE of the reply's time, so `auto`
-learns that drafting started to pay (the text changed, the machine got busier). The live
-estimates start from the stored calibration, else from the previous session's estimates, else
-from the engine's start-up probe (`svip_local.probe`).
+time lost to exploring stays within EXPLORE_SHARE of the reply's time (the time so far, and
+until HORIZON tokens the rest of those at the target alone's pace), so `auto` learns that
+drafting started to pay (the text changed, the machine got busier). Early rounds explore most
+cheaply: the draft has least to catch up on and the reply most rounds left to use what was
+learnt. The live estimates start from the stored calibration, else from the previous
+session's estimates, else from the engine's start-up probe (`svip_local.probe`).
 """
 
 from __future__ import annotations
@@ -40,8 +46,9 @@ from svip_local.policies.table import PolicyContext, register, split_spec
 from svip_local.sampling import SamplingParams
 
 EXPLORE_SHARE = 0.02  # the most of a reply's time spent on rounds the model said lose
-EXPLORE_DRAFT = 2  # tokens an exploring round drafts (or copies)
+EXPLORE_DRAFT = 2  # the most tokens an exploring round drafts (or copies)
 TRUST_ROUNDS = 8.0  # drafting rounds after which their realised gain replaces the prediction
+HORIZON = 128  # tokens a reply is assumed to run at least (the exploration budget's base)
 LOOKUP_NGRAM = 5  # what calibration chose on every CPU measured so far
 ARMS = ("none", "lookup", "draft", "explore")
 
@@ -77,7 +84,11 @@ def lookup_ngram(cal: Calibration | None) -> int:
 
 class LiveDraft(CostAwareSvip):
     """Cost-aware SVIP repriced every round; records the entropies it judged (the acceptance
-    map learns from them) and, when exploring, drafts to the round's cap regardless."""
+    map learns from them). An exploring round keeps its first token whatever the rule says
+    and judges the rest as a drafting round would: so it measures the gain drafting rounds
+    actually get (a token the rule would drop is never verified, so a map too pessimistic
+    somewhere would otherwise never learn better), not that of a fixed length that drafts
+    where the rule would not."""
 
     def __init__(self, max_draft: int) -> None:
         DraftPolicy.__init__(self, max_draft=max_draft)
@@ -97,9 +108,11 @@ class LiveDraft(CostAwareSvip):
         if step.n_drafted == 1:
             self.entropies.clear()
         self.entropies.append(step.entropy)
-        if self.force:
-            return Verdict.CONTINUE
-        return super().judge(step)
+        verdict = super().judge(step)
+        if self.force and step.n_drafted == 1 and verdict is Verdict.DROP:
+            self._p = self.acceptance.accept(step.entropy)
+            return Verdict.STOP
+        return verdict
 
 
 class LiveAuto(Strategy):
@@ -108,7 +121,7 @@ class LiveAuto(Strategy):
 
     __slots__ = ("model", "has_draft", "lookup", "costs", "accept", "arm",
                  "copy", "counts", "explore_loss_s", "elapsed_s", "tokens", "draft_synced",
-                 "_lag", "_seq_len", "_started")
+                 "_lag", "_seq_len", "_remaining", "_started")
 
     def __init__(self, model: LiveModel, *, max_draft: int, has_draft: bool, ngram: int,
                  temperature: float = 0.0) -> None:
@@ -126,6 +139,7 @@ class LiveAuto(Strategy):
         self.draft_synced = 0  # tokens the draft's cache holds, as far as this generation knows
         self._lag = 0  # tokens the draft would catch up on if this round drafted
         self._seq_len = 0  # tokens before this round
+        self._remaining = 1  # tokens the generation may still produce, this round's included
         self._started = False
 
     @property
@@ -172,8 +186,9 @@ class LiveAuto(Strategy):
     # -- each round ----------------------------------------------------------------------
 
     def begin_round(self, context: Sequence[int] | npt.NDArray[np.int32] | None,
-                    room: int) -> None:
+                    room: int, remaining: int) -> None:
         self._started = True
+        self._remaining = max(1, remaining)
         policy = self.policy
         assert isinstance(policy, LiveDraft)
         policy.cap, policy.force, self.copy, self.arm = 0, False, [], "none"
@@ -219,28 +234,39 @@ class LiveAuto(Strategy):
     def _draft_gain(self, t1: float, room: int) -> float:
         """Expected tokens a drafting round gains over the target alone: the realised gain
         of recent drafting rounds, trusted as they accumulate, over the prediction of a
-        constant length k at the mean acceptance (the best k)."""
+        constant length k at the mean acceptance (the best k); less this round's share of
+        the catch-up a switch to drafting costs, spread over the rounds the reply has left."""
         a = self.accept.mean_accept()
         costs = self.costs
-        predicted, expected, p = -np.inf, 0.0, 1.0
+        predicted, expected, p, best_expected = -np.inf, 0.0, 1.0, 0.0
         for k in range(1, min(room, self.policy.max_draft) + 1):
             p *= a
             expected += p
             spent = k * costs.step + costs.verify_at(k + 1) - t1
-            predicted = max(predicted, expected - spent / t1)
+            if expected - spent / t1 > predicted:
+                predicted, best_expected = expected - spent / t1, expected
         w = min(self.accept.gain_weight, TRUST_ROUNDS) / TRUST_ROUNDS
-        return float((1 - w) * predicted + w * self.accept.gain)
+        gain = float((1 - w) * predicted + w * self.accept.gain)
+        if self._lag > 2 and t1 > 0:
+            rounds_left = max(1.0, self._remaining / (1.0 + best_expected))
+            gain -= self._lag * costs.catchup / t1 / rounds_left
+        return gain
 
     def _may_explore(self, t1: float, found: int) -> bool:
-        """Whether one more exploring round keeps exploration within its share of the time
-        so far (its cost: a short draft or copy and its verification, plus the catch-up)."""
+        """Whether one more exploring round keeps exploration within its share of the
+        reply's time (its cost: a short draft or copy and its verification, plus the
+        catch-up). The reply's time: so far, plus, until HORIZON tokens, the rest of those
+        at the target alone's pace (so the first rounds, where exploring is cheapest, may
+        explore; a reply that stops before HORIZON may lose more than the share)."""
         if not self.has_draft and not found:
             return False
         costs = self.costs
         cost = EXPLORE_DRAFT * costs.step + costs.verify_at(EXPLORE_DRAFT + 1) - t1
         if self.has_draft:
             cost += self._lag * costs.catchup
-        return self.explore_loss_s + max(cost, 0.0) <= EXPLORE_SHARE * self.elapsed_s
+        ahead = max(0, min(self._remaining, HORIZON - self.tokens))
+        budget = EXPLORE_SHARE * (self.elapsed_s + ahead * t1)
+        return self.explore_loss_s + max(cost, 0.0) <= budget
 
     def learn(self, result: Any) -> None:
         costs, accept = self.costs, self.accept

@@ -63,9 +63,10 @@ class Strategy:
 
     # Hooks of a strategy that decides each round as it goes (the live `auto`):
     def begin_round(self, context: Sequence[int] | npt.NDArray[np.int32] | None,
-                    room: int) -> None:
+                    room: int, remaining: int) -> None:
         """Called before the proposer and the policy are asked (context: everything so far,
-        None in a replay without the prompt)."""
+        None in a replay without the prompt; remaining: the tokens the generation may still
+        produce, this round's included)."""
 
     def learn(self, result: RoundResult) -> None:
         """Called with each round's outcome and timings."""

@@ -171,7 +171,6 @@ def test_the_lookup_peer_takes_a_prompt_longer_than_a_batch(tiny_target: Path) -
     from svip_local.bench.prompts import Prompt
     from svip_local.bench.python_peer import LOOKUP, PythonPeer
     from svip_local.bench.runner import BenchItem
-
     from svip_local.native import Model
 
     text = "the quick brown fox " * 70

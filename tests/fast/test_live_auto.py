@@ -17,6 +17,7 @@ from svip_local import Engine, SamplingParams
 from svip_local.bench.simulate import ReplayState, replay_round
 from svip_local.calibration import CostModel, store
 from svip_local.calibration.live import LiveCosts, LiveModel, default_costs
+from svip_local.policies.base import StepStats, Verdict
 from svip_local.policies.live import EXPLORE_SHARE, LiveAuto
 from svip_local.round import RoundResult
 from tests.fast.test_engine_sampling import (
@@ -48,7 +49,7 @@ def live_run(costs: CostModel, rounds: int, *, prior: CostModel | None = None,
     state = ReplayState(0, trace.prompt_tokens)
     log = []
     for _ in range(rounds):
-        result = replay_round(trace, context, state, 16, strategy, costs)
+        result = replay_round(trace, context, state, 16, strategy, costs, n - state.j)
         log.append({"arm": strategy.arm, "drafted": len(result.proposed),
                     "accepted": result.accepted,
                     "spent": result.draft_s + result.verify_s})
@@ -101,6 +102,40 @@ def test_exploration_stays_within_its_share(catchup: float) -> None:
     assert strategy.report()["explore_share"] == pytest.approx(lost / total)
     if catchup < 0.001:
         assert len(explored) >= 5, "auto must keep checking whether drafting started to pay"
+
+
+def first_arm(lag: int, remaining: int, catchup: float) -> str:
+    """The arm the first round of a generation takes on the CHEAP machine (drafting pays),
+    with the draft `lag` tokens behind and `remaining` tokens left to generate."""
+    model = LiveModel.start(LiveCosts.from_model(CHEAP), "test")
+    strategy = LiveAuto(model, max_draft=16, has_draft=True, ngram=5).for_sampling(
+        SamplingParams())
+    strategy.costs.catchup = catchup
+    strategy.begin_round(np.arange(lag + 1, dtype=np.int32), 16, remaining)
+    return strategy.arm
+
+
+def test_a_long_catch_up_is_bought_only_with_enough_reply_left() -> None:
+    """Switching to drafting costs the draft's catch-up once: worth it over a long reply, not
+    for the last few tokens of one (and a cheap catch-up is worth it either way)."""
+    assert first_arm(1000, 20_000, catchup=0.01) == "draft"
+    assert first_arm(1000, 20, catchup=0.01) == "none"
+    assert first_arm(1000, 20, catchup=0.00001) == "draft"
+
+
+def test_an_exploring_round_verifies_its_first_token_and_judges_the_rest() -> None:
+    """Exploring keeps the first draft token even where the map says it will be rejected
+    (only a verified token can correct the map), then stops where the rule would."""
+    model = LiveModel.start(LiveCosts.from_model(EXPENSIVE), "test")
+    strategy = LiveAuto(model, max_draft=16, has_draft=True, ngram=5).for_sampling(
+        SamplingParams())
+    policy = strategy.policy
+    policy.set_prices(strategy.costs.table(18), strategy.costs.step,
+                      strategy.accept.acceptance_map(), 20.0)
+    assert policy.judge(StepStats(1, 6.0, 0.1)) is Verdict.DROP
+    policy.force = True
+    assert policy.judge(StepStats(1, 6.0, 0.1)) is Verdict.STOP
+    assert policy.entropies == [6.0]
 
 
 @pytest.fixture(autouse=True)

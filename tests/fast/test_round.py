@@ -54,8 +54,8 @@ def test_engine_round_and_replay_round_agree_round_for_round(engine: Engine,
     rounds = copied = 0
     while state.j < budget:
         room = min(engine.config.max_draft, budget - state.j - 1)
-        ran = speculator.round(seq, room, live, GREEDY, rng)
-        sim = replay_round(trace, context, state, room, replay, COSTS)
+        ran = speculator.round(seq, room, live, GREEDY, rng, budget - state.j)
+        sim = replay_round(trace, context, state, room, replay, COSTS, budget - state.j)
         assert (ran.accepted, ran.next_token, ran.copied) == \
             (sim.accepted, sim.next_token, sim.copied), f"round {rounds}"
         shown = ran.accepted + 1 if ran.accepted < len(ran.proposed) else ran.accepted
