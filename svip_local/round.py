@@ -62,12 +62,12 @@ class Speculator:
         self._scratch = entropy_scratch(n_vocab)
 
     def round(self, seq: list[int], room: int, strategy: Strategy, sampling: SamplingParams,
-              rng: np.random.Generator, remaining: int | None = None) -> RoundResult:
+              rng: np.random.Generator, remaining: int) -> RoundResult:
         """One round after `seq` (everything so far; the target's cache holds all but its
         last token), proposing at most `room` tokens, with `remaining` tokens left in the
-        generation's budget (default: this round's)."""
+        generation's budget."""
         t0 = perf_counter()
-        strategy.begin_round(seq, room, room + 1 if remaining is None else remaining)
+        strategy.begin_round(seq, room, remaining)
         proposed = strategy.proposer.propose(seq, room) \
             if strategy.proposer is not None and room > 0 else []
         copied = bool(proposed)

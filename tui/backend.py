@@ -126,8 +126,9 @@ def run_reply(job: ReplyJob, post: Post) -> None:
             live.rounds += 1
             live.drafted += event.drafted
             live.accepted += event.accepted
-            live.elapsed_s = perf_counter() - start
-            if live.elapsed_s + start - last_post >= UPDATE_INTERVAL_S:
+            now = perf_counter()
+            live.elapsed_s = now - start
+            if now - last_post >= UPDATE_INTERVAL_S:
                 flush()
         elif isinstance(event, Notice):
             flush()

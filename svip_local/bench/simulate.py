@@ -75,7 +75,7 @@ class ReplayState:
 
 def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, state: ReplayState,
                  room: int, strategy: Strategy, costs: CostModel,
-                 remaining: int | None = None) -> RoundResult:
+                 remaining: int) -> RoundResult:
     """`svip_local.round.Speculator.round` on a trace, with predicted times.
 
     The same steps in the same order: the proposer's copies (exact: a copy depends only on
@@ -88,8 +88,7 @@ def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, stat
     n_pos = len(trace.target)
     draft_s = catchup_s = 0.0
     steps = catchup = 0
-    strategy.begin_round(None if context is None else context[:seq_len], room,
-                         room + 1 if remaining is None else remaining)
+    strategy.begin_round(None if context is None else context[:seq_len], room, remaining)
     proposed = strategy.proposer.propose(context[:seq_len], room) \
         if strategy.proposer is not None and context is not None and room > 0 else []
     copied = bool(proposed)

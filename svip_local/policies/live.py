@@ -242,9 +242,9 @@ class LiveAuto(Strategy):
         for k in range(1, min(room, self.policy.max_draft) + 1):
             p *= a
             expected += p
-            spent = k * costs.step + costs.verify_at(k + 1) - t1
-            if expected - spent / t1 > predicted:
-                predicted, best_expected = expected - spent / t1, expected
+            gain_k = expected - (k * costs.step + costs.verify_at(k + 1) - t1) / t1
+            if gain_k > predicted:
+                predicted, best_expected = gain_k, expected
         w = min(self.accept.gain_weight, TRUST_ROUNDS) / TRUST_ROUNDS
         gain = float((1 - w) * predicted + w * self.accept.gain)
         if self._lag > 2 and t1 > 0:
