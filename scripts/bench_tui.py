@@ -8,8 +8,10 @@ The app runs headless (Textual's test driver: it lays out and renders every upda
 does not write to a terminal) at 100x40 with the reply as Markdown. Each repeat starts a new
 chat and alternates which side goes first. Greedy, so both produce the same text. Reported:
 tokens/s as the status bar shows it (the engine's own clock, prefill included), and the
-wall time from pressing Enter to the app having shown the whole reply. Prints a table,
-writes JSON.
+wall time from pressing Enter to the app having shown the whole reply, and the CPU time of
+the UI thread over that wall time: the app's own cost, which on a machine whose cores all
+decode is taken from the engine, and which varies far less from reply to reply than tokens/s.
+Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
                             n_threads=args.threads)
     app = ChatApp(ModelSource(target=Path(args.target),
                               draft=Path(args.draft) if args.draft else None), settings)
-    tui: list[tuple[float, float]] = []  # (status-bar tok/s, wall from Enter to shown)
+    tui: list[tuple[float, float, float]] = []  # (status-bar tok/s, wall, UI-thread CPU s)
     plain: list[float] = []
     async with app.run_test(size=(100, 40)) as pilot:
         await until(lambda: app.engine is not None and app.policy is not None)
@@ -59,13 +61,14 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
             box.focus()
             box.value = args.prompt
             before = app.last_stats
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.thread_time()
             await pilot.press("enter")
             await until(lambda: app.last_stats is not before and not app.generating)
             await pilot.pause()  # the last update laid out
             stats = app.last_stats
             assert stats is not None
-            tui.append((stats.tokens_per_second, time.perf_counter() - t0))
+            tui.append((stats.tokens_per_second, time.perf_counter() - t0,
+                        time.thread_time() - cpu0))
 
         def without_app() -> None:
             stats: GenerationStats | None = None
@@ -86,11 +89,12 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
             else:
                 await in_app()
                 without_app()
-    rate_tui = statistics.fmean(t for t, _ in tui)
+    rate_tui = statistics.fmean(t for t, _, _ in tui)
     rate_plain = statistics.fmean(plain)
     return {"cpu": cpu_model(), "threads": args.threads, "policy": args.policy,
             "max_tokens": args.max_tokens, "repeats": args.repeats,
-            "tui_tps": [t for t, _ in tui], "tui_wall_s": [w for _, w in tui],
+            "tui_tps": [t for t, _, _ in tui], "tui_wall_s": [w for _, w, _ in tui],
+            "ui_cpu_share": [c / w for _, w, c in tui],
             "generate_tps": plain, "ratio": rate_tui / rate_plain}
 
 
@@ -117,6 +121,10 @@ def main() -> int:
     print(f"{'without it (generate)':28} {statistics.fmean(tps_plain):10.2f}   "
           + " ".join(f"{x:.2f}" for x in tps_plain))
     print(f"TUI / generate: {result['ratio']:.3f}")
+    shares = result["ui_cpu_share"]
+    assert isinstance(shares, list)
+    print(f"UI thread CPU while a reply streams: {statistics.fmean(shares):.1%} of its wall "
+          f"time (per reply: {' '.join(f'{x:.1%}' for x in shares)})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 Post = Callable[[Message], object]
 
 # The screen redraws at most this often while a reply streams: tokens arriving faster are
-# posted together, so the UI thread (which shares the GIL with decoding) stays cheap.
-UPDATE_INTERVAL_S = 1 / 30
+# posted together. Each update re-lays out the growing Markdown reply on the UI thread, which
+# takes CPU from decoding: measured (scripts/bench_tui.py, 2-core EPYC) at 20-24% of a reply's
+# wall time at 30 updates/s and 11-14% at 10/s.
+UPDATE_INTERVAL_S = 1 / 10
 
 
 class EngineSlot:

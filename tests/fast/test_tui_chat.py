@@ -142,10 +142,10 @@ async def test_save_reopen_regenerate_and_edit(app: ChatApp) -> None:
         assert [str(u.content) for u in app.query(UserMessage)] == ["Edited question."]
 
 
-def test_the_reply_worker_posts_at_most_thirty_chunks_a_second(
+def test_the_reply_worker_posts_at_most_one_chunk_per_update_interval(
         tiny_target: Path, tiny_draft_noisy: Path) -> None:
-    """Rounds of a fast engine are posted together: the UI redraws ~30 times a second, not
-    once per round, and nothing is lost on the way."""
+    """Rounds of a fast engine are posted together: the UI redraws once per
+    UPDATE_INTERVAL_S, not once per round, and nothing is lost on the way."""
     from svip_local import Done, Engine
     from svip_local.chat import ChatTemplate
     from tui.backend import UPDATE_INTERVAL_S, ReplyJob, run_reply
