@@ -188,12 +188,14 @@ class LiveAcceptance:
     def mean_accept(self) -> float:
         """Acceptance of a drafted token over the entropies seen (observations only: the
         prior's flat weight would count rare bins as often as common ones)."""
-        seen = [t - PRIOR_WEIGHT for t in self.tries]
-        total = sum(s for s in seen if s > 0)
-        if total < 1:
-            return sum(self.hits) / sum(self.tries)
-        return sum(h / t * s for h, t, s in zip(self.hits, self.tries, seen, strict=True)
-                   if s > 0) / total
+        return _seen_mean(self.hits, self.tries)
+
+    def mean_accept_next(self) -> float:
+        """P(a drafted token is accepted | the one before it was), over the entropies seen.
+        Acceptance comes in runs (an easy stretch of text stays easy), so this is well above
+        `mean_accept`: a prediction that treated tokens as independent would say drafting
+        loses where its long accepted runs win."""
+        return _seen_mean(self.next_hits, self.next_tries)
 
     def observe_draft(self, entropies: Sequence[float], drafted: int, accepted: int) -> None:
         """A drafted round: tokens before `accepted` matched, the one at it was rejected."""
@@ -243,6 +245,16 @@ def prior_accept_next(entropy: float, temperature: float) -> float:
     if temperature <= 0:
         return 0.95 * math.exp(-entropy / 10.0)
     return 0.86 * math.exp(-entropy / 16.0)
+
+
+def _seen_mean(hits: Sequence[float], tries: Sequence[float]) -> float:
+    """The rate hits / tries over the bins weighted by their observations (the prior's
+    pseudo-counts left out), or over the prior alone before anything was observed."""
+    seen = [t - PRIOR_WEIGHT for t in tries]
+    total = sum(s for s in seen if s > 0)
+    if total < 1:
+        return sum(hits) / sum(tries)
+    return sum(h / t * s for h, t, s in zip(hits, tries, seen, strict=True) if s > 0) / total
 
 
 def _floats(data: dict[str, Any]) -> dict[str, Any]:

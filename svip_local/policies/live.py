@@ -9,9 +9,12 @@ so spending s more seconds costs s / t1 tokens):
   sum_{i<=m} prod_{j<=i} a_j - (verify(m+1) - t1) / t1, with a_j the live chance that copied
   token j is accepted after j - 1 were; m is the best length, none if no length gains.
 * draft: the realised gain of recent drafting rounds (catch-up after a target-alone stretch
-  counted as a steady round's), blended with the model's prediction while they are few.
-  Within the round cost-aware SVIP decides the length with the live costs and entropy map
-  (`svip-cost`'s rule).
+  counted as a steady round's), blended with the model's prediction while they are few, and
+  again as the reply moves on without drafting (what the last drafting rounds measured says
+  less about text STALE_TOKENS further on). The prediction: the best constant length k under
+  the live acceptance chain (the first token accepted at the mean rate, each further one at
+  the rate given that the one before was). Within the round cost-aware SVIP decides the
+  length with the live costs and entropy map (`svip-cost`'s rule).
 * the target alone gains 0.
 
 Switching to drafting after a target-alone stretch first costs the draft's catch-up decode of
@@ -48,6 +51,7 @@ from svip_local.sampling import SamplingParams
 EXPLORE_SHARE = 0.02  # the most of a reply's time spent on rounds the model said lose
 EXPLORE_DRAFT = 2  # the most tokens an exploring round drafts (or copies)
 TRUST_ROUNDS = 8.0  # drafting rounds after which their realised gain replaces the prediction
+STALE_TOKENS = 256.0  # tokens without drafting after which that gain counts half as much
 HORIZON = 128  # tokens a reply is assumed to run at least (the exploration budget's base)
 LOOKUP_NGRAM = 5  # what calibration chose on every CPU measured so far
 ARMS = ("none", "lookup", "draft", "explore")
@@ -121,7 +125,7 @@ class LiveAuto(Strategy):
 
     __slots__ = ("model", "has_draft", "lookup", "costs", "accept", "arm",
                  "copy", "counts", "explore_loss_s", "elapsed_s", "tokens", "draft_synced",
-                 "_lag", "_seq_len", "_remaining", "_started")
+                 "_lag", "_seq_len", "_remaining", "_started", "_undrafted")
 
     def __init__(self, model: LiveModel, *, max_draft: int, has_draft: bool, ngram: int,
                  temperature: float = 0.0) -> None:
@@ -141,6 +145,7 @@ class LiveAuto(Strategy):
         self._seq_len = 0  # tokens before this round
         self._remaining = 1  # tokens the generation may still produce, this round's included
         self._started = False
+        self._undrafted = 0  # tokens since this generation's last drafting round
 
     @property
     def name(self) -> str:
@@ -233,20 +238,22 @@ class LiveAuto(Strategy):
 
     def _draft_gain(self, t1: float, room: int) -> float:
         """Expected tokens a drafting round gains over the target alone: the realised gain
-        of recent drafting rounds, trusted as they accumulate, over the prediction of a
-        constant length k at the mean acceptance (the best k); less this round's share of
-        the catch-up a switch to drafting costs, spread over the rounds the reply has left."""
-        a = self.accept.mean_accept()
-        costs = self.costs
+        of recent drafting rounds, trusted as they accumulate (and less as the reply moves
+        on without drafting), over the prediction of the best constant length k under the
+        acceptance chain; less this round's share of the catch-up a switch to drafting
+        costs, spread over the rounds the reply has left."""
+        accept, costs = self.accept, self.costs
+        first, then = accept.mean_accept(), accept.mean_accept_next()
         predicted, expected, p, best_expected = -np.inf, 0.0, 1.0, 0.0
         for k in range(1, min(room, self.policy.max_draft) + 1):
-            p *= a
+            p *= first if k == 1 else then
             expected += p
             gain_k = expected - (k * costs.step + costs.verify_at(k + 1) - t1) / t1
             if gain_k > predicted:
                 predicted, best_expected = gain_k, expected
-        w = min(self.accept.gain_weight, TRUST_ROUNDS) / TRUST_ROUNDS
-        gain = float((1 - w) * predicted + w * self.accept.gain)
+        w = min(accept.gain_weight, TRUST_ROUNDS) / TRUST_ROUNDS
+        w *= 0.5 ** (self._undrafted / STALE_TOKENS)
+        gain = float((1 - w) * predicted + w * accept.gain)
         if self._lag > 2 and t1 > 0:
             rounds_left = max(1.0, self._remaining / (1.0 + best_expected))
             gain -= self._lag * costs.catchup / t1 / rounds_left
@@ -296,6 +303,9 @@ class LiveAuto(Strategy):
             self.explore_loss_s += max(0.0, spent - (result.accepted + 1) * t1)
         if result.draft_steps:
             self.draft_synced = self._seq_len + result.accepted
+            self._undrafted = 0
+        else:
+            self._undrafted += result.accepted + 1
 
     def report(self) -> dict[str, Any]:
         rounds = max(1, sum(self.counts.values()))

@@ -18,7 +18,7 @@ from svip_local.bench.simulate import ReplayState, replay_round
 from svip_local.calibration import CostModel, store
 from svip_local.calibration.live import LiveCosts, LiveModel, default_costs
 from svip_local.policies.base import StepStats, Verdict
-from svip_local.policies.live import EXPLORE_SHARE, LiveAuto
+from svip_local.policies.live import EXPLORE_SHARE, STALE_TOKENS, LiveAuto
 from svip_local.round import RoundResult
 from tests.fast.test_engine_sampling import (
     P_THRESHOLD,
@@ -121,6 +121,47 @@ def test_a_long_catch_up_is_bought_only_with_enough_reply_left() -> None:
     assert first_arm(1000, 20_000, catchup=0.01) == "draft"
     assert first_arm(1000, 20, catchup=0.01) == "none"
     assert first_arm(1000, 20, catchup=0.00001) == "draft"
+
+
+def jump_machine(first: float, then: float) -> LiveAuto:
+    """`auto` where a second verified token costs a jump and each further one little (a CPU's
+    curve: 39, 72, 95, 145, 154 ms for 1, 2, 4, 8, 16), with drafted tokens accepted at rate
+    `first`, and each after an accepted one at rate `then` (no observation yet)."""
+    verify = [0.05] + [0.08 + 0.005 * (b - 2) for b in range(2, 18)]
+    model = LiveModel.start(LiveCosts(verify, step=0.005, step_weight=2.0, catchup=0.0001),
+                            "test")
+    strategy = LiveAuto(model, max_draft=16, has_draft=True, ngram=5).for_sampling(
+        SamplingParams())
+    accept = strategy.accept
+    accept.hits = [t * first for t in accept.tries]
+    accept.next_hits = [t * then for t in accept.next_tries]
+    return strategy
+
+
+def test_the_prediction_counts_on_runs_of_accepted_tokens() -> None:
+    """Where the second token's jump in verification cost makes short drafts lose, drafting
+    pays only through long accepted runs: at the same first-token rate, a chain whose tokens
+    follow accepted ones at 0.95 drafts, and one of independent tokens does not."""
+    runs, independent = jump_machine(0.5, 0.95), jump_machine(0.5, 0.5)
+    for strategy in (runs, independent):
+        strategy.begin_round(np.arange(2, dtype=np.int32), 16, 1000)
+    assert runs.arm == "draft"
+    assert independent.arm != "draft"
+
+
+def test_a_stale_measurement_gives_way_to_the_prediction() -> None:
+    """Drafting measured a loss, then the reply moved on without drafting: after several
+    STALE_TOKENS the text that loss was measured on is far behind, and the prediction (here:
+    drafting pays) decides again."""
+    strategy = jump_machine(0.5, 0.95)
+    strategy.accept.gain, strategy.accept.gain_weight = -1.0, 20.0
+    arms = []
+    for _ in range(int(4 * STALE_TOKENS)):
+        strategy.begin_round(None, 16, 10_000)
+        arms.append(strategy.arm)
+        strategy.learn(RoundResult((), 0, 7, False, 0.0, 0.05, 0, 0, 0.0))
+    assert arms[-1] == "draft"
+    assert arms.index("draft") > STALE_TOKENS / 4, "a fresh measurement decides at first"
 
 
 def test_an_exploring_round_verifies_its_first_token_and_judges_the_rest() -> None:
