@@ -29,7 +29,14 @@ from svip_local.policies import (
     entropy_and_top_prob,
     entropy_scratch,
 )
-from svip_local.sampling import Probs, SamplingParams, distribution, sample, verify_sampled
+from svip_local.sampling import (
+    Probs,
+    SamplingParams,
+    acceptance_chance,
+    distribution,
+    sample,
+    verify_sampled,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +53,9 @@ class RoundResult:
     draft_steps: int = 0  # the length policy's verdicts (one per draft decode read)
     catchup: int = 0  # tokens the draft decoded to catch up before its first step
     catchup_s: float = 0.0
+    # Sampling: each proposed token's chance of acceptance, up to the first rejected one (the
+    # acceptance test's own min(1, p/q)); greedy: empty, the outcomes are certain.
+    chances: tuple[float, ...] = ()
 
     @property
     def tokens(self) -> tuple[int, ...]:
@@ -79,11 +89,11 @@ class Speculator:
             proposed, qs, steps, catchup, catchup_s = self._draft(seq, cap, strategy.policy,
                                                                   sampling, rng)
         t1 = perf_counter()
-        accepted, nxt = self._verify(seq, proposed, qs, sampling, rng)
+        accepted, nxt, chances = self._verify(seq, proposed, qs, sampling, rng)
         if not copied:  # only the draft model's rounds say anything about its policy
             strategy.policy.observe(len(proposed), accepted)
         result = RoundResult(tuple(proposed), accepted, nxt, copied, t1 - t0,
-                             perf_counter() - t1, steps, catchup, catchup_s)
+                             perf_counter() - t1, steps, catchup, catchup_s, chances)
         strategy.learn(result)
         return result
 
@@ -127,8 +137,10 @@ class Speculator:
         return drafts, qs, n, len(catchup), catchup_s
 
     def _verify(self, seq: list[int], drafts: list[int], qs: list[Probs | None],
-                sampling: SamplingParams, rng: np.random.Generator) -> tuple[int, int]:
-        """Score `[seq[-1]] + drafts` in one target decode; return (accepted, next token).
+                sampling: SamplingParams, rng: np.random.Generator
+                ) -> tuple[int, int, tuple[float, ...]]:
+        """Score `[seq[-1]] + drafts` in one target decode; return (accepted, next token,
+        the tested tokens' acceptance chances when sampling).
 
         Greedy: accept while each draft token is the target's argmax; the next token is the
         target's argmax at the first mismatch (or after the last draft: the bonus token).
@@ -140,6 +152,7 @@ class Speculator:
         ctx = self.target
         ctx.decode([seq[-1], *drafts], Outputs.ALL)
         accepted, nxt = len(drafts), -1
+        chances: list[float] = []
         for i, d in enumerate(drafts):
             row = ctx.logits(i)[: self.n_vocab]
             if sampling.greedy:
@@ -148,7 +161,9 @@ class Speculator:
                     accepted, nxt = i, best
                     break
             else:
-                fix = verify_sampled(distribution(row, sampling), qs[i], d, rng)
+                p = distribution(row, sampling)
+                chances.append(acceptance_chance(p, qs[i], d))
+                fix = verify_sampled(p, qs[i], d, rng)
                 if fix is not None:
                     accepted, nxt = i, fix
                     break
@@ -161,4 +176,4 @@ class Speculator:
         ctx.truncate(len(seq) + accepted)
         if self.draft is not None:
             self.draft.truncate(len(seq) + accepted)
-        return accepted, nxt
+        return accepted, nxt, tuple(chances)

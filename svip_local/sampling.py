@@ -84,6 +84,15 @@ def sample(probs: Probs, rng: np.random.Generator) -> int:
     return min(idx, int(probs.shape[0]) - 1)
 
 
+def acceptance_chance(p: Probs, q: Probs | None, token: int) -> float:
+    """min(1, p(x)/q(x)): the chance `verify_sampled` accepts draft token x (p(x) for a copied
+    one). Its mean over x ~ q is the position's acceptance rate, so learning from it instead
+    of the accept/reject outcome estimates that rate with less noise."""
+    px = float(p[token])
+    qx = 1.0 if q is None else float(q[token])
+    return 1.0 if qx <= 0 else min(1.0, px / qx)
+
+
 def verify_sampled(p: Probs, q: Probs | None, token: int, rng: np.random.Generator
                    ) -> int | None:
     """Speculative rejection sampling for one draft token (Leviathan et al. 2023, Chen et al.).

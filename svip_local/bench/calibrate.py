@@ -10,6 +10,13 @@ accepted only with the target's probability of it, which the replay does not mod
 Speculation must beat the target alone by `MARGIN` in the simulation to be chosen, and another
 policy must beat the paper's SVIP by `TIE`: a tie is not worth the risk of being wrong by the
 simulator's error.
+
+A choice made on a dozen prompts flatters itself: the best of fifty candidates on those prompts
+is partly the luckiest. So the choice is validated on prompts it was not searched on (each of
+`FOLDS` folds of the prompts replayed under the policy chosen on the others), and the
+difference between how those choices did where they were chosen and where they were not (the
+selection's optimism) is the error inside which the simplest candidate is preferred: the
+target alone over a copy, a copy over a draft, a fixed rule over a fitted one.
 """
 
 from __future__ import annotations
@@ -18,9 +25,9 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from svip_local.bench.costs import fit_overhead, measure_costs
 from svip_local.bench.prompts import Prompt
@@ -53,6 +60,7 @@ from svip_local.policies import (
     parse_policy,
     table as policy_table,
 )
+from svip_local.policies.table import split_spec
 from svip_local.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -71,6 +79,7 @@ PROPOSERS: tuple[str, ...] = tuple(policy_table.proposer_candidates())
 _LOOKUP_BASES = 3  # the best speculative policies that are also tried with lookup
 _RATE_STEPS = (0.7, 0.85, 1.0, 1.15, 1.3)  # multiples of the best other rate tried for R
 _DINKELBACH_ITERATIONS = 6
+FOLDS = 3  # held-out validation: each third of the prompts replayed under the others' choice
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,26 @@ class Choice:
     policy: str
     cost_rate: float
     candidates: tuple[Candidate, ...]  # best first
+    makers: dict[str, Callable[[], Plan]] = field(default_factory=dict, compare=False,
+                                                  repr=False)  # each candidate's plan
+
+    def score(self, policy: str) -> float:
+        return next(c.score for c in self.candidates if c.policy == policy)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """How a choice generalises: speedups over the target alone (mean of per-prompt rates)
+    of each fold's choice, on the prompts it was chosen on and on those it was not."""
+
+    in_sample: float
+    held_out: float
+    choices: tuple[str, ...]  # each fold's choice
+
+    @property
+    def optimism(self) -> float:
+        """How much better the choices looked where they were chosen than elsewhere."""
+        return max(0.0, self.in_sample / self.held_out - 1.0) if self.held_out > 0 else 0.0
 
 
 def evaluate(traces: Sequence[PromptTrace], name: str, make: Callable[[], Plan],
@@ -157,6 +186,7 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
                 return makers[b]().with_proposer(build_proposer(p))
 
             combo = make().name
+            makers[combo] = make
             table[combo] = evaluate(traces, combo, make, costs, max_draft=max_draft)
     ranked = tuple(sorted(table.values(), key=lambda c: -c.score))
     best = ranked[0]
@@ -164,19 +194,74 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
         best = table[DEFAULT]
     if best.policy != "none" and best.score < table["none"].score * (1 + margin):
         best = table["none"]
-    return Choice(best.policy, cost_rate, ranked)
+    return Choice(best.policy, cost_rate, ranked, makers)
+
+
+def fit_and_search(traces: Sequence[PromptTrace], costs: CostModel, *, max_draft: int
+                   ) -> tuple[Choice, AcceptanceMap]:
+    """Fit the acceptance map and search, on traces of one temperature (sampled ones through
+    realisations, the same for every candidate)."""
+    replay = realise_all(traces)
+    acceptance = AcceptanceMap.fit([(t.entropy[:t.generated], t.match[:t.generated])
+                                    for t in replay])
+    return search(replay, costs, acceptance, max_draft=max_draft), acceptance
+
+
+def held_out(traces: Sequence[PromptTrace], costs: CostModel, *, max_draft: int,
+             folds: int = FOLDS) -> HeldOut | None:
+    """Each fold of the prompts (every `folds`-th, so each fold mixes categories) replayed
+    under the policy chosen on the other folds; None with fewer than two prompts."""
+    ids = list(dict.fromkeys(t.prompt_id for t in traces))
+    k = min(folds, len(ids))
+    if k < 2:
+        return None
+    inside, outside, picks = [], [], []
+    for f in range(k):
+        test_ids = set(ids[f::k])
+        choice, _ = fit_and_search([t for t in traces if t.prompt_id not in test_ids], costs,
+                                   max_draft=max_draft)
+        test = realise_all([t for t in traces if t.prompt_id in test_ids])
+        picked, alone = (evaluate(test, p, choice.makers[p], costs, max_draft=max_draft)
+                         for p in (choice.policy, "none"))
+        inside.append(choice.score(choice.policy) / choice.score("none"))
+        outside.append(picked.score / alone.score if alone.score > 0 else 0.0)
+        picks.append(choice.policy)
+    return HeldOut(float(sum(inside) / k), float(sum(outside) / k), tuple(picks))
+
+
+def complexity(spec: str) -> int:
+    """How much a policy fits to the calibration prompts: the target alone 0, a copy from
+    the context 1, a fixed draft rule 2, one fitted to this pair's acceptance map 3; a
+    proposal source on top of a draft rule adds 1."""
+    parsed = split_spec(spec)
+    known = parsed.policy[0]
+    rank = 0 if known.name == "none" else 3 if known.needs_calibration else 2
+    return rank + (parsed.proposer is not None)
+
+
+def simplest_within(choice: Choice, optimism: float) -> str:
+    """The simplest candidate whose simulated score is within the selection's optimism of
+    the choice's (the choice itself if none is simpler): a difference the held-out prompts
+    say the simulation cannot resolve is not worth a more fitted policy."""
+    floor = choice.score(choice.policy) / (1.0 + optimism)
+    near = [c for c in choice.candidates if c.score >= floor]
+    return min(near, key=lambda c: (complexity(c.policy), -c.score)).policy
 
 
 def choose(traces: Sequence[PromptTrace], costs: CostModel, *, max_draft: int,
            temperature: float = 0.0) -> TemperatureChoice:
-    """Fit the acceptance map and search, on the traces of one temperature (sampled ones
-    through realisations, the same for every candidate)."""
-    replay = realise_all(traces)
-    acceptance = AcceptanceMap.fit([(t.entropy[:t.generated], t.match[:t.generated])
-                                    for t in replay])
-    choice = search(replay, costs, acceptance, max_draft=max_draft)
-    return TemperatureChoice(temperature, choice.policy, acceptance, choice.cost_rate,
-                             [asdict(c) for c in choice.candidates])
+    """Search on the traces of one temperature, validate the way of choosing on held-out
+    prompts, and prefer the simplest candidate within what that validation says the choice
+    is overrated by."""
+    choice, acceptance = fit_and_search(traces, costs, max_draft=max_draft)
+    check = held_out(traces, costs, max_draft=max_draft)
+    policy = choice.policy if check is None else simplest_within(choice, check.optimism)
+    if policy != choice.policy:
+        log.info("calibration: %s within %.1f%% of %s (held-out optimism): choosing it",
+                 policy, 100 * check.optimism if check else 0.0, choice.policy)
+    return TemperatureChoice(temperature, policy, acceptance, choice.cost_rate,
+                             [asdict(c) for c in choice.candidates],
+                             asdict(check) if check is not None else {})
 
 
 def record_traces(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int,
@@ -273,6 +358,17 @@ def calibrate(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int = 12
     return cal, traces
 
 
+def held_out_line(validation: dict[str, Any]) -> str:
+    """A stored `HeldOut` in words ('' for a calibration made without one)."""
+    if not validation:
+        return ""
+    check = HeldOut(validation["in_sample"], validation["held_out"],
+                    tuple(validation["choices"]))
+    return (f"held-out: the folds' choices ({', '.join(check.choices)}) x{check.in_sample:.3f} "
+            f"where chosen, x{check.held_out:.3f} on the other prompts (optimism "
+            f"{check.optimism:.1%}: the simplest candidate within it is chosen)")
+
+
 def summary_lines(cal: Calibration, top: int = 8) -> list[str]:
     """A human-readable account of a calibration (for the CLI)."""
     c = cal.costs
@@ -293,6 +389,8 @@ def summary_lines(cal: Calibration, top: int = 8) -> list[str]:
     for at in (cal.greedy, *cal.sampled):
         lines.append(f"simulated, {temperature_label(at.temperature)} (mean of per-prompt "
                      "tokens/s, prefill included):")
+        if at.validation:
+            lines.append("  " + held_out_line(at.validation))
         none = next((s for s in at.simulated if s["policy"] == "none"), None)
         for s in at.simulated[:top]:
             rel = f"  x{s['mean_tokens_per_s'] / none['mean_tokens_per_s']:.3f}" if none else ""

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from svip_local.bench import python_peer
+from svip_local.bench.calibrate import held_out_line
 from svip_local.bench.prompts import CATEGORIES
 from svip_local.bench.runner import BASELINE, RunRecord, Summary
 from svip_local.bench.traces import PromptTrace
@@ -129,7 +130,9 @@ def markdown(result: BenchResult, images: Sequence[str] = ()) -> str:
             heading = temperature_label(at.get("temperature", 0.0))
             lines += [f"## Calibration, {heading} (simulated on the calibration prompts)", "",
                       f"Choice: `{at['choice']}`; svip-cost rate R = {at['cost_rate']:.3g} "
-                      "tokens/s.", "", "| policy | mean tokens/s | total tokens/s | mean draft "
+                      "tokens/s.", "", *([held_out_line(at["validation"]), ""]
+                                         if at.get("validation") else []),
+                      "| policy | mean tokens/s | total tokens/s | mean draft "
                       "| acceptance |", "|---|---:|---:|---:|---:|"]
             lines += [f"| {c['policy']} | {c['mean_tokens_per_s']:.2f} | "
                       f"{c['tokens_per_s']:.2f} | {c['mean_draft']:.2f} | "

@@ -82,7 +82,9 @@ def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, stat
     the true prefix), else the draft catches up on what it has not seen (the last accepted
     token; two after an all-accepted round; the whole prompt first) and drafts one decode per
     further token while the policy says CONTINUE; then one verification of [last] + proposal.
-    Draft tokens are the trace's (true-prefix) guesses; `state.draft_ok` is advanced.
+    Draft tokens are the trace's (true-prefix) guesses; `state.draft_ok` is advanced. A
+    realised sampled trace holds outcomes, not the acceptance chances a live round reports,
+    so a replayed `auto` learns from those (the same mean, more noise).
     """
     policy, j, seq_len = strategy.policy, state.j, state.seq_len
     n_pos = len(trace.target)

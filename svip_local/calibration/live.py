@@ -8,7 +8,8 @@ updates running estimates of what it just paid and got:
   predicted from a prior curve (stored calibration, else the engine's start-up probe) scaled
   by how this machine compares with it now.
 * `LiveAcceptance`, per sampling temperature: the draft's entropy -> acceptance map, copied
-  tokens' acceptance by position, the realised gain of drafting rounds.
+  tokens' acceptance by position (greedy: from the match outcomes; sampling: from the
+  rejection test's acceptance chances), the realised gain of drafting rounds.
 
 Every estimate is a running mean whose weight is capped, so old evidence decays at a known
 pace and a round costs a few additions. The state is stored beside the calibration after each
@@ -197,21 +198,24 @@ class LiveAcceptance:
         loses where its long accepted runs win."""
         return _seen_mean(self.next_hits, self.next_tries)
 
-    def observe_draft(self, entropies: Sequence[float], drafted: int, accepted: int) -> None:
-        """A drafted round: tokens before `accepted` matched, the one at it was rejected."""
+    def observe_draft(self, entropies: Sequence[float], drafted: int, accepted: int,
+                      chances: Sequence[float] = ()) -> None:
+        """A drafted round: tokens before `accepted` matched, the one at it was rejected.
+        When sampling, each tested token counts its acceptance chance (`chances`, the
+        rejection test's min(1, p/q)) rather than its outcome: the same mean, less noise."""
         self._map = None
         for i in range(min(drafted, accepted + 1, len(entropies))):
             b = entropy_bin(entropies[i])
-            ok = i < accepted
-            self.hits[b], self.tries[b] = _count(self.hits[b], self.tries[b], ok)
-            if ok and i + 1 < drafted:
+            self.hits[b], self.tries[b] = _count(self.hits[b], self.tries[b],
+                                                 _outcome(i, accepted, chances))
+            if i < accepted and i + 1 < drafted:
                 self.next_hits[b], self.next_tries[b] = _count(
-                    self.next_hits[b], self.next_tries[b], i + 1 < accepted)
+                    self.next_hits[b], self.next_tries[b], _outcome(i + 1, accepted, chances))
 
-    def observe_copy(self, proposed: int, accepted: int) -> None:
+    def observe_copy(self, proposed: int, accepted: int, chances: Sequence[float] = ()) -> None:
         for i in range(min(proposed, accepted + 1, len(self.copy_hits))):
-            self.copy_hits[i], self.copy_tries[i] = _count(self.copy_hits[i],
-                                                           self.copy_tries[i], i < accepted)
+            self.copy_hits[i], self.copy_tries[i] = _count(
+                self.copy_hits[i], self.copy_tries[i], _outcome(i, accepted, chances))
 
     def observe_gain(self, tokens: float) -> None:
         self.gain, self.gain_weight = running(self.gain, self.gain_weight, tokens, GAIN_WEIGHT)
@@ -263,8 +267,15 @@ def _floats(data: dict[str, Any]) -> dict[str, Any]:
             for k, v in data.items()}
 
 
-def _count(hits: float, tries: float, ok: bool) -> tuple[float, float]:
-    """Add one outcome; beyond ACCEPT_WEIGHT both counts shrink, so old text fades."""
+def _outcome(i: int, accepted: int, chances: Sequence[float]) -> float:
+    """What tested token i counts as: its acceptance chance where known, else 1 if it was
+    accepted (i < accepted) and 0 if it was the rejected one."""
+    return chances[i] if i < len(chances) else float(i < accepted)
+
+
+def _count(hits: float, tries: float, ok: float) -> tuple[float, float]:
+    """Add one outcome (1 accepted, 0 rejected, or a chance between); beyond ACCEPT_WEIGHT
+    both counts shrink, so old text fades."""
     hits, tries = hits + ok, tries + 1.0
     if tries > ACCEPT_WEIGHT:
         f = ACCEPT_WEIGHT / tries

@@ -31,17 +31,19 @@ class TemperatureChoice:
     acceptance: AcceptanceMap
     cost_rate: float  # R of svip-cost (tokens/s)
     simulated: list[dict[str, Any]] = field(default_factory=list)  # every candidate's rates
+    # Held-out validation (`bench.calibrate.HeldOut`): in_sample, held_out, choices.
+    validation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "choice": self.choice,
                 "acceptance": self.acceptance.to_dict(), "cost_rate": self.cost_rate,
-                "simulated": self.simulated}
+                "simulated": self.simulated, "validation": self.validation}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TemperatureChoice:
         return cls(float(data.get("temperature", 0.0)), data["choice"],
                    AcceptanceMap.from_dict(data["acceptance"]), float(data["cost_rate"]),
-                   data.get("simulated", []))
+                   data.get("simulated", []), data.get("validation", {}))
 
 
 @dataclass

@@ -285,11 +285,11 @@ class LiveAuto(Strategy):
         costs.observe_verify(n + 1, result.verify_s)
         t1 = costs.verify_at(1)
         if result.copied:
-            accept.observe_copy(n, result.accepted)
+            accept.observe_copy(n, result.accepted, result.chances)
         elif result.draft_steps:
             policy = self.policy
             assert isinstance(policy, LiveDraft)
-            accept.observe_draft(policy.entropies, n, result.accepted)
+            accept.observe_draft(policy.entropies, n, result.accepted, result.chances)
             # A long catch-up (after target-alone rounds) is the price of switching, not of
             # drafting: a steady drafting round catches up one or two tokens.
             steady = result.draft_s

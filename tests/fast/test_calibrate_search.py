@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from svip_local.bench.calibrate import search
+from svip_local.bench.calibrate import (
+    Candidate,
+    Choice,
+    choose,
+    complexity,
+    held_out,
+    held_out_line,
+    search,
+    simplest_within,
+)
 from svip_local.bench.costs import fit_overhead
 from svip_local.bench.traces import PromptTrace
-from svip_local.calibration import AcceptanceMap, nondecreasing
+from svip_local.calibration import AcceptanceMap, TemperatureChoice, nondecreasing
 from svip_local.policies import CostAwareSvip, StepStats, Verdict
 from tests.support.sim import make_costs, make_trace
 
@@ -155,3 +166,47 @@ def test_cost_aware_svip_resets_each_round() -> None:
 def test_cost_aware_svip_rejects_a_bad_rate() -> None:
     with pytest.raises(ValueError, match="rate"):
         CostAwareSvip(CHEAP, AcceptanceMap((0.0,), (0.5,), (0.5,)), rate=0.0)
+
+
+def named(traces: list[PromptTrace]) -> list[PromptTrace]:
+    return [replace(t, prompt_id=f"p{i}") for i, t in enumerate(traces)]
+
+
+def test_held_out_validation_measures_how_a_choice_flatters_itself() -> None:
+    """Prompts alternate between text the draft always gets right and text it never does:
+    one fold's choice is made on the other kind of text, so where it was chosen it looks
+    better than where it is replayed (each fold judged on prompts it was not chosen on)."""
+    easy, hard = [True] * 200, [False] * 200
+    traces = named([make_trace(m, prompt_tokens=30) for m in (easy, hard) * 2])
+    costs = make_costs(lambda b: 0.05 + 0.004 * b, draft=(0.006, 0.01, 0.014, 0.018))
+    check = held_out(traces, costs, max_draft=16, folds=2)
+    assert check is not None and len(check.choices) == 2
+    assert "none" in check.choices and set(check.choices) != {"none"}
+    assert check.in_sample > 1.0 > check.held_out
+    assert check.optimism > 0.1
+    assert held_out(traces[:1], costs, max_draft=16) is None
+
+
+def test_a_choice_records_its_validation_and_survives_storage() -> None:
+    traces = named(synthetic_traces(n=6))
+    chosen = choose(traces, CHEAP, max_draft=16)
+    assert set(chosen.validation) == {"in_sample", "held_out", "choices"}
+    assert len(chosen.validation["choices"]) == 3
+    assert TemperatureChoice.from_dict(chosen.to_dict()).validation == chosen.validation
+    assert "held-out" in held_out_line(chosen.validation)
+
+
+def candidate(policy: str, score: float) -> Candidate:
+    return Candidate(policy, score, score, score, 2.0, 0.8)
+
+
+def test_within_the_error_the_simplest_candidate_is_chosen() -> None:
+    choice = Choice("svip-cost:10+lookup:5:16", 10.0, (
+        candidate("svip-cost:10+lookup:5:16", 10.3), candidate("svip-cost:10", 10.2),
+        candidate("svip:0.3", 10.0), candidate("lookup:5:16", 9.5), candidate("none", 9.0)))
+    assert [complexity(c.policy) for c in choice.candidates] == [4, 3, 2, 1, 0]
+    assert simplest_within(choice, 0.0) == "svip-cost:10+lookup:5:16"
+    assert simplest_within(choice, 0.01) == "svip-cost:10"
+    assert simplest_within(choice, 0.04) == "svip:0.3"
+    assert simplest_within(choice, 0.09) == "lookup:5:16"
+    assert simplest_within(choice, 0.2) == "none"

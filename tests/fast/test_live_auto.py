@@ -16,10 +16,17 @@ import pytest
 from svip_local import Engine, SamplingParams
 from svip_local.bench.simulate import ReplayState, replay_round
 from svip_local.calibration import CostModel, store
-from svip_local.calibration.live import LiveCosts, LiveModel, default_costs
+from svip_local.calibration.live import (
+    LiveAcceptance,
+    LiveCosts,
+    LiveModel,
+    default_costs,
+    entropy_bin,
+)
 from svip_local.policies.base import StepStats, Verdict
 from svip_local.policies.live import EXPLORE_SHARE, STALE_TOKENS, LiveAuto
 from svip_local.round import RoundResult
+from svip_local.sampling import acceptance_chance
 from tests.fast.test_engine_sampling import (
     P_THRESHOLD,
     PARAMS,
@@ -162,6 +169,29 @@ def test_a_stale_measurement_gives_way_to_the_prediction() -> None:
         strategy.learn(RoundResult((), 0, 7, False, 0.0, 0.05, 0, 0, 0.0))
     assert arms[-1] == "draft"
     assert arms.index("draft") > STALE_TOKENS / 4, "a fresh measurement decides at first"
+
+
+def test_sampled_acceptance_is_learnt_from_the_rejection_tests_chances() -> None:
+    """Drafted tokens 0 and 1 tested, 0 accepted with chance 0.9 and 1 rejected with chance
+    0.3: the map counts 1.2 acceptances in two tries (outcomes would count 1), and the
+    chance that a token follows an accepted one 0.3 (outcomes: 0)."""
+    soft, hard = (LiveAcceptance.prior(None, 1.0) for _ in range(2))
+    soft.observe_draft([0.1, 0.1, 0.1], 3, 1, (0.9, 0.3))
+    hard.observe_draft([0.1, 0.1, 0.1], 3, 1)
+    b, prior = entropy_bin(0.1), LiveAcceptance.prior(None, 1.0)
+    assert soft.tries[b] == hard.tries[b] == prior.tries[b] + 2
+    assert soft.hits[b] == pytest.approx(prior.hits[b] + 1.2)
+    assert hard.hits[b] == pytest.approx(prior.hits[b] + 1.0)
+    assert soft.next_hits[b] == pytest.approx(prior.next_hits[b] + 0.3)
+    assert hard.next_hits[b] == pytest.approx(prior.next_hits[b])
+    soft.observe_copy(2, 2, (0.5, 0.25))
+    assert soft.copy_hits[1] == pytest.approx(prior.copy_hits[1] + 0.25)
+
+
+def test_the_acceptance_chance_is_min_1_p_over_q() -> None:
+    p, q = np.array([0.5, 0.3, 0.2]), np.array([0.25, 0.6, 0.15])
+    assert [acceptance_chance(p, q, x) for x in range(3)] == pytest.approx([1.0, 0.5, 1.0])
+    assert acceptance_chance(p, None, 1) == pytest.approx(0.3)
 
 
 def test_an_exploring_round_verifies_its_first_token_and_judges_the_rest() -> None:

@@ -90,3 +90,31 @@ def test_copied_rounds_do_not_teach_the_length_policy(engine: Engine) -> None:
     for r in rounds:
         everything.observe(r.drafted, r.accepted)
     assert everything.schedule != learnt.schedule  # the test could tell the difference
+
+
+def test_a_sampled_round_reports_the_acceptance_chance_of_each_tested_token(
+        engine: Engine) -> None:
+    """Up to and including the first rejected token, each drafted token carries the
+    rejection test's min(1, p/q): a token certain to pass (chance 1) is never the rejected
+    one, a rejected one had a chance below 1. Greedy rounds carry none."""
+    ids = engine.tokenize(PROMPT)
+    speculator = Speculator(engine.target_ctx, engine.draft_ctx, engine.draft_model,
+                            engine.n_vocab)
+    for sampling in (SamplingParams(temperature=1.0, seed=0), GREEDY):
+        engine.reset()
+        engine.target_ctx.decode(ids[:-1], Outputs.NONE)
+        strategy = parse_policy("constant:3").for_sampling(sampling)
+        rng, seq, tested = np.random.default_rng(0), list(ids), 0
+        for _ in range(20):
+            ran = speculator.round(seq, 3, strategy, sampling, rng, 100)
+            if sampling.greedy:
+                assert ran.chances == ()
+            else:
+                assert len(ran.chances) == min(ran.accepted + 1, len(ran.proposed))
+                assert all(0.0 <= c <= 1.0 for c in ran.chances)
+                if ran.accepted < len(ran.proposed):
+                    assert ran.chances[ran.accepted] < 1.0
+                tested += len(ran.chances)
+            seq += ran.tokens
+        assert sampling.greedy or tested >= 20
+    engine.reset()
