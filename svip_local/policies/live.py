@@ -9,8 +9,9 @@ so spending s more seconds costs s / t1 tokens):
   sum_{i<=m} prod_{j<=i} a_j - (verify(m+1) - t1) / t1, with a_j the live chance that copied
   token j is accepted after j - 1 were; m is the best length, none if no length gains.
 * draft: the realised gain of recent drafting rounds (catch-up after a target-alone stretch
-  counted as a steady round's), blended with the model's prediction while they are few, and
-  again as the reply moves on without drafting (what the last drafting rounds measured says
+  counted as a steady round's), blended with the model's prediction (the more rounds, the
+  more the realised gain counts), and the prediction again as the reply moves on without
+  drafting (what the last drafting rounds measured says
   less about text STALE_TOKENS further on). The prediction: the best constant length k under
   the live acceptance chain (the first token accepted at the mean rate, each further one at
   the rate given that the one before was). Within the round cost-aware SVIP decides the
@@ -50,7 +51,9 @@ from svip_local.sampling import SamplingParams
 
 EXPLORE_SHARE = 0.02  # the most of a reply's time spent on rounds the model said lose
 EXPLORE_DRAFT = 2  # the most tokens an exploring round drafts (or copies)
-TRUST_ROUNDS = 8.0  # drafting rounds after which their realised gain replaces the prediction
+TRUST_ROUNDS = 8.0  # drafting rounds after which their realised gain counts as much as the
+# prediction: one round's gain is noisy (a hard sentence, one dropped draft), and a verdict on
+# the first three would decide a whole reply
 STALE_TOKENS = 256.0  # tokens without drafting after which that gain counts half as much
 HORIZON = 128  # tokens a reply is assumed to run at least (the exploration budget's base)
 LOOKUP_NGRAM = 5  # what calibration chose on every CPU measured so far
@@ -237,11 +240,11 @@ class LiveAuto(Strategy):
         return best_len, best_gain
 
     def _draft_gain(self, t1: float, room: int) -> float:
-        """Expected tokens a drafting round gains over the target alone: the realised gain
-        of recent drafting rounds, trusted as they accumulate (and less as the reply moves
-        on without drafting), over the prediction of the best constant length k under the
-        acceptance chain; less this round's share of the catch-up a switch to drafting
-        costs, spread over the rounds the reply has left."""
+        """Expected tokens a drafting round gains over the target alone: the prediction of
+        the best constant length k under the live acceptance chain, shrunk towards the
+        realised gain of recent drafting rounds as they accumulate (n / (n + TRUST_ROUNDS),
+        less as the reply moves on without drafting); less this round's share of the
+        catch-up a switch to drafting costs, spread over the rounds the reply has left."""
         accept, costs = self.accept, self.costs
         first, then = accept.mean_accept(), accept.mean_accept_next()
         predicted, expected, p, best_expected = -np.inf, 0.0, 1.0, 0.0
@@ -251,8 +254,8 @@ class LiveAuto(Strategy):
             gain_k = expected - (k * costs.step + costs.verify_at(k + 1) - t1) / t1
             if gain_k > predicted:
                 predicted, best_expected = gain_k, expected
-        w = min(accept.gain_weight, TRUST_ROUNDS) / TRUST_ROUNDS
-        w *= 0.5 ** (self._undrafted / STALE_TOKENS)
+        n = accept.gain_weight
+        w = n / (n + TRUST_ROUNDS) * 0.5 ** (self._undrafted / STALE_TOKENS)
         gain = float((1 - w) * predicted + w * accept.gain)
         if self._lag > 2 and t1 > 0:
             rounds_left = max(1.0, self._remaining / (1.0 + best_expected))
