@@ -148,8 +148,10 @@ def test_every_request_is_logged_with_status_tokens_and_time(
     with caplog.at_level(logging.INFO, logger="svip_local.server.access"):
         ok = httpx.post(f"{base_url}{TEXT}", json={"prompt": PROMPT, "max_tokens": 5,
                                                    "temperature": 0}, timeout=30)
+        # Greedy: a sampled reply may end before max_tokens (the tiny model's end token).
         streamed = httpx.post(f"{base_url}{TEXT}", json={"prompt": PROMPT, "max_tokens": 4,
-                                                         "stream": True}, timeout=30)
+                                                         "temperature": 0, "stream": True},
+                              timeout=30)
         missing = httpx.get(f"{base_url}/v1/nowhere")
     assert (ok.status_code, streamed.status_code, missing.status_code) == (200, 200, 404)
     lines = [r.getMessage() for r in caplog.records if r.name == "svip_local.server.access"]
