@@ -255,10 +255,12 @@ def choose(traces: Sequence[PromptTrace], costs: CostModel, *, max_draft: int,
     is overrated by."""
     choice, acceptance = fit_and_search(traces, costs, max_draft=max_draft)
     check = held_out(traces, costs, max_draft=max_draft)
-    policy = choice.policy if check is None else simplest_within(choice, check.optimism)
-    if policy != choice.policy:
-        log.info("calibration: %s within %.1f%% of %s (held-out optimism): choosing it",
-                 policy, 100 * check.optimism if check else 0.0, choice.policy)
+    policy = choice.policy
+    if check is not None:
+        policy = simplest_within(choice, check.optimism)
+        if policy != choice.policy:
+            log.info("calibration: %s within %.1f%% of %s (held-out optimism): choosing it",
+                     policy, 100 * check.optimism, choice.policy)
     return TemperatureChoice(temperature, policy, acceptance, choice.cost_rate,
                              [asdict(c) for c in choice.candidates],
                              asdict(check) if check is not None else {})

@@ -273,10 +273,10 @@ def _outcome(i: int, accepted: int, chances: Sequence[float]) -> float:
     return chances[i] if i < len(chances) else float(i < accepted)
 
 
-def _count(hits: float, tries: float, ok: float) -> tuple[float, float]:
+def _count(hits: float, tries: float, outcome: float) -> tuple[float, float]:
     """Add one outcome (1 accepted, 0 rejected, or a chance between); beyond ACCEPT_WEIGHT
     both counts shrink, so old text fades."""
-    hits, tries = hits + ok, tries + 1.0
+    hits, tries = hits + outcome, tries + 1.0
     if tries > ACCEPT_WEIGHT:
         f = ACCEPT_WEIGHT / tries
         hits, tries = hits * f, ACCEPT_WEIGHT

@@ -8,14 +8,13 @@ so spending s more seconds costs s / t1 tokens):
 * copy: where the context's last n-gram occurred before, a copy of m tokens gains
   sum_{i<=m} prod_{j<=i} a_j - (verify(m+1) - t1) / t1, with a_j the live chance that copied
   token j is accepted after j - 1 were; m is the best length, none if no length gains.
-* draft: the realised gain of recent drafting rounds (catch-up after a target-alone stretch
-  counted as a steady round's), blended with the model's prediction (the more rounds, the
-  more the realised gain counts), and the prediction again as the reply moves on without
-  drafting (what the last drafting rounds measured says
-  less about text STALE_TOKENS further on). The prediction: the best constant length k under
-  the live acceptance chain (the first token accepted at the mean rate, each further one at
-  the rate given that the one before was). Within the round cost-aware SVIP decides the
-  length with the live costs and entropy map (`svip-cost`'s rule).
+* draft: the model's prediction, shrunk towards the realised gain of recent drafting rounds
+  (catch-up after a target-alone stretch counted as a steady round's) the more of them there
+  are, and back towards the prediction as the reply moves on without drafting (what they
+  measured says less about text STALE_TOKENS further on). The prediction: the best constant
+  length k under the live acceptance chain (the first token accepted at the mean rate, each
+  further one at the rate given that the one before was). Within the round cost-aware SVIP
+  decides the length with the live costs and entropy map (`svip-cost`'s rule).
 * the target alone gains 0.
 
 Switching to drafting after a target-alone stretch first costs the draft's catch-up decode of

@@ -156,6 +156,17 @@ def test_the_prediction_counts_on_runs_of_accepted_tokens() -> None:
     assert independent.arm != "draft"
 
 
+@pytest.mark.parametrize(("rounds", "drafts"), [(3, True), (20, False)])
+def test_a_few_unlucky_rounds_do_not_outweigh_the_prediction(rounds: float,
+                                                              drafts: bool) -> None:
+    """Drafting rounds that lost 4 tokens each, where the prediction says drafting gains:
+    three of them (one hard sentence) leave drafting on, twenty turn it off."""
+    strategy = jump_machine(0.5, 0.95)
+    strategy.accept.gain, strategy.accept.gain_weight = -4.0, rounds
+    strategy.begin_round(None, 16, 10_000)
+    assert (strategy.arm == "draft") is drafts
+
+
 def test_a_stale_measurement_gives_way_to_the_prediction() -> None:
     """Drafting measured a loss, then the reply moved on without drafting: after several
     STALE_TOKENS the text that loss was measured on is far behind, and the prediction (here:
