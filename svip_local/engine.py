@@ -33,7 +33,7 @@ from svip_local.compat import check_pair
 from svip_local.config import EngineConfig
 from svip_local.errors import EngineClosedError, InvalidRequestError, PromptTooLongError
 from svip_local.events import Done, Event, GenerationStats, Round, Token
-from svip_local.native import Context, Model, Outputs, TextStream
+from svip_local.native import MAX_BRANCHES, Context, Model, Outputs, TextStream
 from svip_local.policies import (
     DraftPolicy,
     Plan,
@@ -79,7 +79,8 @@ class Engine:
                 self.draft_model = Model(draft, n_gpu_layers=cfg.draft_layers)
                 stack.callback(self.draft_model.close)
                 check_pair(self.target_model, self.draft_model)
-            self.target_ctx = self._context(self.target_model)
+            # The target verifies token trees: one sequence per branch (native.MAX_BRANCHES).
+            self.target_ctx = self._context(self.target_model, MAX_BRANCHES)
             self.draft_ctx: Context | None = None
             if self.draft_model is not None:
                 self.draft_ctx = self._context(self.draft_model)
@@ -103,10 +104,10 @@ class Engine:
         self._native = threading.Lock()  # held while a generation is inside llama.cpp
         self._closed = False
 
-    def _context(self, model: Model) -> Context:
+    def _context(self, model: Model, branches: int = 1) -> Context:
         cfg = self.config
         return Context(model, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_threads=cfg.n_threads,
-                       flash_attn=cfg.flash_attn)
+                       flash_attn=cfg.flash_attn, branches=branches)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -330,7 +331,8 @@ class Engine:
                             break
                     stats.generated = len(out)
                     batch.append(Round(stats.rounds, len(result.proposed), result.accepted,
-                                       len(batch), *self.kv_lengths(), copied=result.copied))
+                                       len(batch), *self.kv_lengths(), copied=result.copied,
+                                       nodes=result.nodes))
                 yield from batch
                 if len(out) >= budget:
                     break

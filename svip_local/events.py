@@ -23,8 +23,9 @@ class Token:
 @dataclass(frozen=True, slots=True)
 class Round:
     """End of one draft-and-verify round, with both KV caches' lengths after trimming.
-    `drafted` counts the tokens verified; `copied`: they came from the proposal source (prompt
-    lookup), not the draft model."""
+    `drafted` counts the tokens of the branch the round ended on and `accepted` how deep it
+    got; `nodes` every token verified (more than `drafted` for a token tree); `copied`: they
+    came from the proposal source (prompt lookup), not the draft model."""
 
     index: int
     drafted: int
@@ -33,6 +34,7 @@ class Round:
     target_kv: int
     draft_kv: int | None
     copied: bool = False
+    nodes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +56,14 @@ class GenerationStats:
     lookup_rounds: int = 0  # rounds that verified tokens copied from the context
     drafted: int = 0
     accepted: int = 0
+    nodes: int = 0  # tokens verified: as many as drafted for chains, more for trees
     wall_s: float = 0.0
     prefill_s: float = 0.0
     draft_s: float = 0.0
     verify_s: float = 0.0
     draft_lengths: list[int] = field(default_factory=list)
     accepted_lengths: list[int] = field(default_factory=list)
+    node_counts: list[int] = field(default_factory=list)  # per round
     from_draft: list[bool] = field(default_factory=list)
     live: dict[str, Any] | None = None  # the live `auto`'s choices and estimates
 
@@ -69,6 +73,8 @@ class GenerationStats:
         self.lookup_rounds += result.copied
         self.drafted += len(result.proposed)
         self.accepted += result.accepted
+        self.nodes += result.nodes
+        self.node_counts.append(result.nodes)
         self.draft_s += result.draft_s
         self.verify_s += result.verify_s
         self.draft_lengths.append(len(result.proposed))
@@ -92,13 +98,18 @@ class GenerationStats:
         return self.accepted / self.rounds if self.rounds else 0.0
 
     @property
+    def mean_nodes(self) -> float:
+        """Tokens verified per round (a tree's every node)."""
+        return self.nodes / self.rounds if self.rounds else 0.0
+
+    @property
     def overhead_s(self) -> float:
         return max(0.0, self.wall_s - self.prefill_s - self.draft_s - self.verify_s)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for name in ("tokens_per_second", "acceptance_rate", "mean_draft_length",
-                     "mean_accepted_length", "overhead_s"):
+                     "mean_accepted_length", "mean_nodes", "overhead_s"):
             data[name] = getattr(self, name)
         return data
 

@@ -444,6 +444,9 @@ def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     return i
 
 
+MAX_BRANCHES = 64  # sequences a tree-verifying context is made for (llama.cpp allows 256)
+
+
 class Outputs(Enum):
     NONE = 0
     LAST = 1
@@ -463,18 +466,27 @@ class Context:
 
     `tokens[i]` is the token at KV position i. Keeping that list next to the cache is what lets
     the engine reuse prompt prefixes and trim rejected draft tokens with one `seq_rm`.
+
+    With `branches` > 1 it also verifies token trees (`decode_tree`): between rounds the cache
+    still holds sequence 0 alone, and during one the tree's branches are sequences 0..b-1 of
+    a unified cache (`kv_unified`: one cell pool shared by all sequences, so the shared prefix
+    is only tagged with every branch's id, never copied, and no sequence is limited to
+    n_ctx / branches cells).
     """
 
     def __init__(self, model: Model, *, n_ctx: int, n_batch: int = 512, n_ubatch: int = 512,
                  n_threads: int | None = None, n_threads_batch: int | None = None,
-                 flash_attn: bool | None = None) -> None:
+                 flash_attn: bool | None = None, branches: int = 1) -> None:
         self.model = model
         threads = n_threads or default_threads()
         params = C.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
         params.n_ubatch = min(n_ubatch, n_batch)
-        params.n_seq_max = 1
+        if not 1 <= branches <= MAX_BRANCHES:
+            raise ValueError(f"branches must be 1..{MAX_BRANCHES}, got {branches}")
+        params.n_seq_max = branches
+        params.kv_unified = branches > 1
         params.n_threads = threads
         params.n_threads_batch = n_threads_batch or threads
         params.flash_attn_type = {None: C.LLAMA_FLASH_ATTN_TYPE_AUTO,
@@ -499,15 +511,20 @@ class Context:
         self.n_ctx: int = C.llama_n_ctx(ptr)
         self.n_batch: int = C.llama_n_batch(ptr)
         self._mem = C.llama_get_memory(ptr)
-        self._batch = C.llama_batch_init(self.n_batch, 0, 1)
+        self.branches = branches
+        self._batch = C.llama_batch_init(self.n_batch, 0, branches)
         self._stack.callback(C.llama_batch_free, self._batch)
         n = self.n_batch
         self._tok = np.ctypeslib.as_array(self._batch.token, shape=(n,))
         self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(n,))
         self._out = np.ctypeslib.as_array(self._batch.logits, shape=(n,))
-        np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n,))[:] = 1
-        for i in range(n):
-            self._batch.seq_id[i][0] = 0
+        self._n_seq = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n,))
+        self._n_seq[:] = 1
+        # Row i's sequence ids as a numpy view (a tree round writes them in bulk).
+        self._seq_ids = [np.ctypeslib.as_array(self._batch.seq_id[i], shape=(branches,))
+                         for i in range(n)]
+        for ids in self._seq_ids:
+            ids[0] = 0
         self._n_vocab = model.n_vocab
         self.tokens: list[int] = []
         self.n_decoded = 0  # tokens decoded over the context's life: prefix reuse shows here
@@ -585,6 +602,76 @@ class Context:
             self.tokens.clear()
             return
         del self.tokens[n_keep:]
+
+    def decode_tree(self, tokens: Sequence[int], depths: Sequence[int],
+                    seqs: Sequence[Sequence[int]], n_branches: int) -> None:
+        """Decode a token tree after the cache in ONE batch, every row with logits.
+
+        Row i is `tokens[i]` at position len(self.tokens) + depths[i], in the sequences
+        `seqs[i]` (those of every branch through it; row 0, the root, lies on all of them).
+        llama.cpp lets a row attend to the cells of its first sequence, so each row sees the
+        prefix and its own ancestors only. Rows come parents first. `keep_branch` must follow:
+        until then the cache holds the whole tree and `tokens` does not list it.
+        """
+        self.check_open()
+        n = len(tokens)
+        if n_branches > self.branches:
+            raise ValueError(f"a tree of {n_branches} branches needs a context made for as "
+                             f"many (this one: {self.branches})")
+        if n > self.n_batch:
+            raise ValueError(f"a tree of {n} rows exceeds n_batch {self.n_batch}")
+        p0 = len(self.tokens)
+        if p0 + n > self.n_ctx:
+            raise ContextFullError(
+                f"the context holds {self.n_ctx} tokens; {p0} are used and a tree of {n} "
+                "more does not fit")
+        for b in range(1, n_branches):  # the prefix is every branch's (a tag, not a copy)
+            C.llama_memory_seq_cp(self._mem, 0, b, -1, -1)
+        self._tok[:n] = tokens
+        self._pos[:n] = depths
+        self._pos[:n] += p0
+        self._out[:n] = 1
+        for i, ids in enumerate(seqs):
+            self._n_seq[i] = len(ids)
+            self._seq_ids[i][: len(ids)] = ids
+        self._batch.n_tokens = n
+        rc = C.llama_decode(self.ptr, self._batch)
+        self._n_seq[:n] = 1  # back to what `decode` assumes: one sequence, 0
+        for i in range(n):
+            self._seq_ids[i][0] = 0
+        if rc != 0:
+            self._drop_branches(p0)
+            if rc == 1:
+                raise ContextFullError("no KV cache slot for the tree (context full)")
+            raise DecodeError(f"llama_decode returned {rc}: "
+                              f"{_DECODE_ERRORS.get(rc, 'unknown error')}")
+        self.n_decoded += n
+
+    def keep_branch(self, branch: int, path: Sequence[int], n_branches: int) -> None:
+        """After `decode_tree`: keep the prefix and `path` (the tree's root and the accepted
+        tokens, all on `branch`) as sequence 0, and nothing else in any sequence."""
+        self.check_open()
+        p0 = len(self.tokens)
+        if n_branches > 1:
+            C.llama_memory_seq_keep(self._mem, branch)  # every cell off that branch goes
+            if branch != 0:
+                C.llama_memory_seq_cp(self._mem, branch, 0, -1, -1)
+                C.llama_memory_seq_rm(self._mem, branch, -1, -1)
+        C.llama_memory_seq_rm(self._mem, 0, p0 + len(path), -1)
+        self.tokens.extend(path)
+
+    def _drop_branches(self, p0: int) -> None:
+        """Undo a failed tree: every sequence but 0 emptied, sequence 0 back to p0 cells."""
+        for b in range(1, self.branches):
+            C.llama_memory_seq_rm(self._mem, b, -1, -1)
+        C.llama_memory_seq_rm(self._mem, 0, p0, -1)
+
+    def seq_cells(self, seq_id: int) -> tuple[int, int]:
+        """(lowest, highest) position sequence `seq_id` holds, (-1, -1) when it holds none:
+        what tests check to see that a tree left nothing behind."""
+        self.check_open()
+        return (int(C.llama_memory_seq_pos_min(self._mem, seq_id)),
+                int(C.llama_memory_seq_pos_max(self._mem, seq_id)))
 
     def keep_prefix(self, tokens: Sequence[int], limit: int) -> int:
         """Trim the cache to its longest common prefix with `tokens` (at most `limit`

@@ -1,11 +1,13 @@
 """One speculative round: propose, verify, accept, trim.
 
-    proposal  the proposer's copies (no draft step), else up to `cap` draft tokens, one draft
-              decode each, while the length policy says CONTINUE
-    verify    the target scores [last accepted token] + proposal in ONE batched decode
-    accept    the longest prefix the target agrees with (greedy), or survives rejection
-              sampling (sampled), plus one token of the target's own
-    trim      both KV caches drop what was rejected (`Context.keep_prefix`)
+    proposal  a token tree (`svip_local.tree`): the proposer's copies (no draft step), else up
+              to `cap` draft tokens, one draft decode each, while the length policy says
+              CONTINUE, widened by the strategy's expander (CaPE: the draft's top-k
+              alternatives as leaves); a plain chain is the one-branch tree
+    verify    the target scores [last accepted token] + every node in ONE batched decode
+    accept    the deepest path the target agrees with (greedy), or survives rejection
+              sampling node by node (sampled), plus one token of the target's own
+    trim      both KV caches keep exactly the accepted path as sequence 0
 
 The generator around it (`Engine.generate`) turns tokens into text, matches stop strings and
 keeps statistics; the simulator (`bench.simulate.replay_round`) mirrors this function on a
@@ -15,6 +17,7 @@ recorded trace, and a test runs both side by side.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from time import perf_counter
 
@@ -23,6 +26,8 @@ import numpy as np
 from svip_local.native import Context, Model, Outputs
 from svip_local.policies import (
     DraftPolicy,
+    Expander,
+    Option,
     StepStats,
     Strategy,
     Verdict,
@@ -30,19 +35,21 @@ from svip_local.policies import (
     entropy_scratch,
 )
 from svip_local.sampling import (
-    Probs,
     SamplingParams,
     acceptance_chance,
     distribution,
     sample,
-    verify_sampled,
+    verify_candidates,
 )
+from svip_local.tree import TokenTree, top_candidates
 
 
 @dataclass(frozen=True, slots=True)
 class RoundResult:
-    """What one round did. `proposed` were verified (drafted, or copied when `copied`); the
-    round emits `proposed[:accepted]` and then `next_token`, the target's own."""
+    """What one round did. `proposed` is the verified branch the round ended on (drafted, or
+    copied when `copied`): the accepted path, then the rest of that branch; the round emits
+    `proposed[:accepted]` and then `next_token`, the target's own. `nodes` counts every
+    token verified (a chain: len(proposed); a tree: more)."""
 
     proposed: tuple[int, ...]
     accepted: int
@@ -53,9 +60,15 @@ class RoundResult:
     draft_steps: int = 0  # the length policy's verdicts (one per draft decode read)
     catchup: int = 0  # tokens the draft decoded to catch up before its first step
     catchup_s: float = 0.0
-    # Sampling: each proposed token's chance of acceptance, up to the first rejected one (the
-    # acceptance test's own min(1, p/q)); greedy: empty, the outcomes are certain.
+    # Sampling: the chance of acceptance of each depth's first candidate (the chain's token),
+    # up to the first depth where none was accepted (the acceptance test's own min(1, p/q));
+    # greedy: empty, the outcomes are certain.
     chances: tuple[float, ...] = ()
+    nodes: int = -1  # -1: as many as proposed (a chain)
+
+    def __post_init__(self) -> None:
+        if self.nodes < 0:
+            object.__setattr__(self, "nodes", len(self.proposed))
 
     @property
     def tokens(self) -> tuple[int, ...]:
@@ -70,54 +83,62 @@ class Speculator:
         self.target, self.draft, self.draft_model = target, draft, draft_model
         self.n_vocab = n_vocab
         self._scratch = entropy_scratch(n_vocab)
+        self._tree = TokenTree()
 
     def round(self, seq: list[int], room: int, strategy: Strategy, sampling: SamplingParams,
               rng: np.random.Generator, remaining: int) -> RoundResult:
         """One round after `seq` (everything so far; the target's cache holds all but its
-        last token), proposing at most `room` tokens, with `remaining` tokens left in the
-        generation's budget."""
+        last token), proposing at most `room` tokens deep, with `remaining` tokens left in
+        the generation's budget."""
         t0 = perf_counter()
+        tree = self._tree
+        tree.clear()
         strategy.begin_round(seq, room, remaining)
-        proposed = strategy.proposer.propose(seq, room) \
-            if strategy.proposer is not None and room > 0 else []
-        copied = bool(proposed)
-        qs: list[Probs | None] = [None] * len(proposed)  # a copy has no draft distribution
-        steps = catchup = 0
+        if strategy.proposer is not None and room > 0:
+            strategy.proposer.propose_into(tree, seq, room)
+        copied = len(tree) > 0
+        steps = catchup = chain = 0
         catchup_s = 0.0
         if not copied:
             cap = min(strategy.policy.round_limit(), room) if self.draft is not None else 0
-            proposed, qs, steps, catchup, catchup_s = self._draft(seq, cap, strategy.policy,
-                                                                  sampling, rng)
+            chain, steps, catchup, catchup_s = self._draft(seq, cap, strategy.policy,
+                                                           strategy.expander, sampling, rng)
+        # What the context can still hold (the root takes one cell) and the budget allows.
+        tree.prune(self.target.n_ctx - len(self.target.tokens) - 1, room)
         t1 = perf_counter()
-        accepted, nxt, chances = self._verify(seq, proposed, qs, sampling, rng)
+        path, nxt, chances = self._verify(seq, sampling, rng)
+        accepted = len(path)
         if not copied:  # only the draft model's rounds say anything about its policy
-            strategy.policy.observe(len(proposed), accepted)
-        result = RoundResult(tuple(proposed), accepted, nxt, copied, t1 - t0,
-                             perf_counter() - t1, steps, catchup, catchup_s, chances)
+            chain = min(chain, len(tree))
+            strategy.policy.observe(chain, leading_chain(path, chain))
+        branch = tree.chain_below(path[-1] if path else -1)
+        result = RoundResult(tuple(tree.tokens[i] for i in branch), accepted, nxt, copied,
+                             t1 - t0, perf_counter() - t1, steps, catchup, catchup_s, chances,
+                             len(tree))
         strategy.learn(result)
         return result
 
-    def _draft(self, seq: list[int], cap: int, policy: DraftPolicy, sampling: SamplingParams,
-               rng: np.random.Generator
-               ) -> tuple[list[int], list[Probs | None], int, int, float]:
-        """Propose up to `cap` tokens after `seq`, asking the policy after each one. Returns
-        the tokens, their draft distributions (sampling), the policy's verdicts, and the
-        catch-up decode's size and seconds."""
+    def _draft(self, seq: list[int], cap: int, policy: DraftPolicy, expander: Expander | None,
+               sampling: SamplingParams, rng: np.random.Generator
+               ) -> tuple[int, int, int, float]:
+        """Draft up to `cap` tokens after `seq` into the round's tree as a chain, asking the
+        policy after each one, then let `expander` widen it. Returns the chain's length, the
+        policy's verdicts, and the catch-up decode's size and seconds."""
         if cap <= 0 or self.draft is None or self.draft_model is None:
-            return [], [], 0, 0, 0.0
-        ctx = self.draft
+            return 0, 0, 0, 0.0
+        ctx, tree = self.draft, self._tree
         # Usually one token (the last accepted); two after an all-accepted round, because the
-        # last draft token was never decoded; the whole catch-up after a target-only stretch.
+        # last draft token was never decoded; the whole catch-up after a target-alone stretch.
         t0 = perf_counter()
         catchup = seq[ctx.keep_prefix(seq, len(seq) - 1):]
         ctx.decode(catchup, Outputs.LAST)
         catchup_s = perf_counter() - t0
-        drafts: list[int] = []
-        qs: list[Probs | None] = []
-        stats = policy.wants_entropy or policy.wants_top_prob
+        stats = policy.wants_entropy or policy.wants_top_prob or expander is not None
+        options: list[Option] = []  # per depth, what the expander may add there
         n = 0
         for n in range(1, cap + 1):
             logits = ctx.logits()[: self.n_vocab]
+            q = None
             if sampling.greedy:
                 tok = int(logits.argmax())
             else:
@@ -125,55 +146,71 @@ class Speculator:
                 tok = sample(q, rng)
             h, p1 = entropy_and_top_prob(logits, self._scratch) if stats else (math.nan,
                                                                                 math.nan)
+            if expander is not None:
+                options.append((top_candidates(logits if q is None else q),
+                                expander.width(p1)))
             verdict = policy.judge(StepStats(n, h, p1))
             if verdict is Verdict.DROP:
                 break
-            drafts.append(tok)
-            if not sampling.greedy:
-                qs.append(q)
+            tree.add(tok, len(tree) - 1, q)
             if verdict is Verdict.STOP or n == cap or self.draft_model.is_eog(tok):
                 break
             ctx.decode([tok], Outputs.LAST)
-        return drafts, qs, n, len(catchup), catchup_s
+        chain = len(tree)
+        if expander is not None:
+            expander.expand(tree, options)
+        return chain, n, len(catchup), catchup_s
 
-    def _verify(self, seq: list[int], drafts: list[int], qs: list[Probs | None],
-                sampling: SamplingParams, rng: np.random.Generator
-                ) -> tuple[int, int, tuple[float, ...]]:
-        """Score `[seq[-1]] + drafts` in one target decode; return (accepted, next token,
-        the tested tokens' acceptance chances when sampling).
+    def _verify(self, seq: list[int], sampling: SamplingParams, rng: np.random.Generator
+                ) -> tuple[list[int], int, tuple[float, ...]]:
+        """Score [seq[-1]] + the tree in one target decode; return the accepted path (node
+        indices), the next token, and (sampling) the tested chances.
 
-        Greedy: accept while each draft token is the target's argmax; the next token is the
-        target's argmax at the first mismatch (or after the last draft: the bonus token).
-        Sampling: row i accepts d_i with probability min(1, p_i(d_i)/q_i(d_i)); the first
-        rejection draws from norm(max(0, p_i - q_i)); if all pass, the bonus comes from p_k.
-        Together the cases give exactly p (Leviathan et al. 2023). A copied token (q_i None)
-        is a certain proposal: q_i is all mass on d_i, so it is kept with probability p_i(d_i).
+        From the root down: greedy, step to the child holding the target's argmax at this
+        node, else that argmax is the next token (after a leaf: the bonus token). Sampling:
+        the node's children are tried in order by `verify_candidates`, which keeps exactly
+        the target's distribution p at every node (Leviathan et al. 2023 for one draft
+        token; a copied token or top-k alternative is a certain proposal, kept with p(x)).
         """
-        ctx = self.target
-        ctx.decode([seq[-1], *drafts], Outputs.ALL)
-        accepted, nxt = len(drafts), -1
+        ctx, tree = self.target, self._tree
+        depths, seqs, branches = tree.layout()
+        ctx.decode_tree([seq[-1], *tree.tokens], depths, seqs, branches)
+        path: list[int] = []
         chances: list[float] = []
-        for i, d in enumerate(drafts):
-            row = ctx.logits(i)[: self.n_vocab]
+        node = -1
+        while True:
+            row = ctx.logits(node + 1)[: self.n_vocab]
             if sampling.greedy:
-                best = int(row.argmax())
-                if best != d:
-                    accepted, nxt = i, best
-                    break
+                nxt = int(row.argmax())
+                child = tree.child_with(node, nxt)
             else:
                 p = distribution(row, sampling)
-                chances.append(acceptance_chance(p, qs[i], d))
-                fix = verify_sampled(p, qs[i], d, rng)
-                if fix is not None:
-                    accepted, nxt = i, fix
-                    break
-        if nxt < 0:
-            last = ctx.logits(len(drafts))[: self.n_vocab]
-            nxt = int(last.argmax()) if sampling.greedy else sample(
-                distribution(last, sampling), rng)
-        # Keep seq + accepted drafts in both caches; the new token is decoded next round. The
-        # draft never decoded its last proposal, so after an all-accepted round it is one short.
-        ctx.truncate(len(seq) + accepted)
+                kids = tree.children(node)
+                if not kids:
+                    nxt, child = sample(p, rng), -1
+                else:
+                    qs = [tree.qs[c] for c in kids]
+                    chances.append(acceptance_chance(p, qs[0], tree.tokens[kids[0]]))
+                    pick, nxt = verify_candidates(p, [tree.tokens[c] for c in kids], qs, rng)
+                    child = kids[pick] if pick >= 0 else -1
+            if child < 0:
+                break
+            path.append(child)
+            node = child
+        # Keep seq + the accepted path in both caches; the new token is decoded next round.
+        # The draft never decoded its last proposal, so after an all-accepted round it is one
+        # short; after an accepted alternative leaf it holds the chain's token there, which
+        # its next catch-up (`keep_prefix`) trims.
+        ctx.keep_branch(seqs[node + 1][0], [seq[-1], *(tree.tokens[i] for i in path)],
+                        branches)
         if self.draft is not None:
-            self.draft.truncate(len(seq) + accepted)
-        return accepted, nxt, tuple(chances)
+            self.draft.truncate(len(seq) + len(path))
+        return path, nxt, tuple(chances)
+
+
+def leading_chain(path: Sequence[int], chain: int) -> int:
+    """How many of the accepted nodes are the chain's (nodes 0..chain-1, in order)."""
+    n = 0
+    while n < len(path) and n < chain and path[n] == n:
+        n += 1
+    return n

@@ -7,6 +7,7 @@ rejection sampling exact.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,7 +86,7 @@ def sample(probs: Probs, rng: np.random.Generator) -> int:
 
 
 def acceptance_chance(p: Probs, q: Probs | None, token: int) -> float:
-    """min(1, p(x)/q(x)): the chance `verify_sampled` accepts draft token x (p(x) for a copied
+    """min(1, p(x)/q(x)): the chance `verify_candidates` accepts draft token x (p(x) for a copied
     one). Its mean over x ~ q is the position's acceptance rate, so learning from it instead
     of the accept/reject outcome estimates that rate with less noise."""
     px = float(p[token])
@@ -93,24 +94,34 @@ def acceptance_chance(p: Probs, q: Probs | None, token: int) -> float:
     return 1.0 if qx <= 0 else min(1.0, px / qx)
 
 
-def verify_sampled(p: Probs, q: Probs | None, token: int, rng: np.random.Generator
-                   ) -> int | None:
-    """Speculative rejection sampling for one draft token (Leviathan et al. 2023, Chen et al.).
-
-    Accept x ~ q with probability min(1, p(x)/q(x)); return None when accepted. On rejection,
-    return a token drawn from norm(max(0, p - q)); together the two cases give exactly p.
-    q None is a deterministic proposal (a copied token): accept with probability p(x), else
-    draw from p without x.
-    """
-    px = p[token]
-    qx = 1.0 if q is None else q[token]
-    if qx <= 0 or rng.random() * qx < px:  # u < p/q without dividing
-        return None
+def residual(p: Probs, q: Probs | None, token: int) -> Probs:
+    """What p leaves for the next candidate once `token` was rejected, normalised: norm(max(0,
+    p - q)) for a token drafted from q, p without the token for a certain one (q None)."""
     if q is None:
-        residual = p.copy()
-        residual[token] = 0.0
+        rest = p.copy()
+        rest[token] = 0.0
     else:
-        residual = np.maximum(p - q, 0.0)
-    if residual.sum() <= 0:  # p == q up to rounding: any draw from p is exact
-        return sample(p, rng)
-    return sample(residual, rng)
+        rest = np.maximum(p - q, 0.0)
+    total = rest.sum()
+    if total <= 0:  # p == q up to rounding: any draw from p is exact
+        return p
+    rest /= total
+    return rest
+
+
+def verify_candidates(p: Probs, tokens: Sequence[int], qs: Sequence[Probs | None],
+                      rng: np.random.Generator) -> tuple[int, int]:
+    """Speculative rejection sampling over one tree node's children (Leviathan et al. 2023;
+    SpecInfer's recursive form for several): candidate x, drafted from q, is accepted with
+    probability min(1, p(x)/q(x)); a certain one (q None: a copy, a top-k alternative) with
+    p(x). After a rejection p becomes `residual(p, q, x)` for the next candidate, and when all
+    are rejected the token is drawn from what is left: the output is exactly p.
+
+    Returns (index of the accepted candidate, its token), or (-1, the token drawn instead).
+    """
+    for i, (x, q) in enumerate(zip(tokens, qs, strict=True)):
+        qx = 1.0 if q is None else q[x]
+        if qx <= 0 or rng.random() * qx < p[x]:  # u < p/q without dividing
+            return i, x
+        p = residual(p, q, x)
+    return -1, sample(p, rng)

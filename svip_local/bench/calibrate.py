@@ -56,7 +56,7 @@ from svip_local.policies import (
     Plan,
     PolicyContext,
     Strategy,
-    build_proposer,
+    build_part,
     parse_policy,
     table as policy_table,
 )
@@ -73,10 +73,12 @@ MARGIN = 0.03
 # simulator's policy-to-policy error (measured: about 1-2%); a simulated 1% is not a real one.
 DEFAULT = "svip:0.3"
 TIE = 0.02
-# The policy table's grids: every registered policy's candidates, and proposal sources.
+# The policy table's grids: every registered policy's candidates, expanders (token trees
+# from the draft's chain) and proposal sources.
 CANDIDATES: tuple[str, ...] = tuple(policy_table.candidates())
-PROPOSERS: tuple[str, ...] = tuple(policy_table.proposer_candidates())
-_LOOKUP_BASES = 3  # the best speculative policies that are also tried with lookup
+EXPANDERS: tuple[str, ...] = tuple(policy_table.part_candidates("expander"))
+PROPOSERS: tuple[str, ...] = tuple(policy_table.part_candidates("proposer"))
+_LOOKUP_BASES = 3  # the best speculative policies that are also tried with lookup, or widened
 _RATE_STEPS = (0.7, 0.85, 1.0, 1.15, 1.3)  # multiples of the best other rate tried for R
 _DINKELBACH_ITERATIONS = 6
 FOLDS = 3  # held-out validation: each third of the prompts replayed under the others' choice
@@ -140,11 +142,13 @@ def evaluate(traces: Sequence[PromptTrace], name: str, make: Callable[[], Plan],
 
 def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: AcceptanceMap, *,
            max_draft: int, candidates: Sequence[str] = CANDIDATES,
-           proposers: Sequence[str] = PROPOSERS, margin: float = MARGIN,
-           tie: float = TIE) -> Choice:
+           expanders: Sequence[str] = EXPANDERS, proposers: Sequence[str] = PROPOSERS,
+           margin: float = MARGIN, tie: float = TIE) -> Choice:
     """Simulate every candidate (and svip-cost at the rates Dinkelbach's iteration visits),
-    then the best few and the target alone with each proposal source, and choose the best by
-    `Candidate.score` (the mean of per-prompt rates).
+    then the best few widened into trees by each expander, then the best few of all and the
+    target alone with each proposal source, and choose the best by `Candidate.score` (the
+    mean of per-prompt rates). Trees are priced by the verification cost of all their nodes,
+    so they win only where this machine's batches leave room for them.
 
     svip-cost's R is a decode rate, not a total one: a generation's length is fixed, so one
     more token saves the time the loop would spend making it; prefill is paid either way.
@@ -177,17 +181,28 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
     cost_rate = float(best_cost.policy.partition(":")[2])
     makers[best_cost.policy] = lambda: Strategy(CostAwareSvip(costs, acceptance, cost_rate,
                                                               max_draft=max_draft))
-    drafting = [c.policy for c in sorted(table.values(), key=lambda c: -c.score)
+    def drafting() -> list[str]:
+        return [c.policy for c in sorted(table.values(), key=lambda c: -c.score)
                 if c.policy != "none"][:_LOOKUP_BASES]
-    copyable = any(t.context() is not None for t in traces)  # traces with their prompts
-    for base in ("none", *drafting) if copyable else ():
-        for source in proposers:
-            def make(b: str = base, p: str = source) -> Plan:
-                return makers[b]().with_proposer(build_proposer(p))
 
-            combo = make().name
-            makers[combo] = make
-            table[combo] = evaluate(traces, combo, make, costs, max_draft=max_draft)
+    def add(make: Callable[[], Plan]) -> None:
+        combo = make().name
+        makers[combo] = make
+        table[combo] = evaluate(traces, combo, make, costs, max_draft=max_draft)
+
+    def widened(base: str, spec: str) -> Callable[[], Plan]:
+        return lambda: makers[base]().with_expander(build_part(spec, "expander"))
+
+    def copying(base: str, spec: str) -> Callable[[], Plan]:
+        return lambda: makers[base]().with_proposer(build_part(spec, "proposer"))
+
+    for base in drafting():
+        for spec in expanders:
+            add(widened(base, spec))
+    copyable = any(t.context() is not None for t in traces)  # traces with their prompts
+    for base in ("none", *drafting()) if copyable else ():
+        for spec in proposers:
+            add(copying(base, spec))
     ranked = tuple(sorted(table.values(), key=lambda c: -c.score))
     best = ranked[0]
     if best.score < table[DEFAULT].score * (1 + tie):
@@ -231,12 +246,12 @@ def held_out(traces: Sequence[PromptTrace], costs: CostModel, *, max_draft: int,
 
 def complexity(spec: str) -> int:
     """How much a policy fits to the calibration prompts: the target alone 0, a copy from
-    the context 1, a fixed draft rule 2, one fitted to this pair's acceptance map 3; a
-    proposal source on top of a draft rule adds 1."""
+    the context 1, a fixed draft rule 2, one fitted to this pair's acceptance map 3; an
+    expander or a proposal source on top of a draft rule adds 1 each."""
     parsed = split_spec(spec)
     known = parsed.policy[0]
     rank = 0 if known.name == "none" else 3 if known.needs_calibration else 2
-    return rank + (parsed.proposer is not None)
+    return rank + (parsed.expander is not None) + (parsed.proposer is not None)
 
 
 def simplest_within(choice: Choice, optimism: float) -> str:

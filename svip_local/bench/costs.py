@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from svip_local.calibration.costs import MAX_VERIFY, CostModel, nondecreasing
+from svip_local.calibration.costs import (
+    MAX_VERIFY,
+    TREE_VERIFY_SIZES,
+    CostModel,
+    nondecreasing,
+)
 from svip_local.native import Context, Outputs
 from svip_local.policies import entropy_and_top_prob, entropy_scratch
 from svip_local.probe import decode_times
@@ -32,14 +37,15 @@ def measure_costs(engine: Engine, tokens: Sequence[int], *, repeats: int = 5, wa
     say = progress or (lambda _msg: None)
     n_ctx = min(engine.target_ctx.n_ctx, engine.draft_ctx.n_ctx)
     depth = max(1, min(depth, n_ctx // 4))
-    deep = min(depth + 1024, n_ctx - max_verify - 1)
-    need = max(deep + max_verify, *prefill_sizes)
+    sizes = [*range(1, max_verify + 1), *(b for b in TREE_VERIFY_SIZES if b > max_verify)]
+    deep = min(depth + 1024, n_ctx - sizes[-1] - 1)
+    need = max(deep + sizes[-1], *prefill_sizes)
     ids = [tokens[i % len(tokens)] for i in range(need)]
     prefill_sizes = sorted({min(n, n_ctx - 1) for n in prefill_sizes})
 
     say("target verification")
-    tgt = decode_times(engine.target_ctx, ids, depth, range(1, max_verify + 1), Outputs.ALL,
-                        repeats, warmup)
+    measured = decode_times(engine.target_ctx, ids, depth, sizes, Outputs.ALL, repeats, warmup)
+    tgt = list(np.interp(np.arange(1, sizes[-1] + 1), sizes, measured))
     tgt_deep = decode_times(engine.target_ctx, ids, deep, [1], Outputs.ALL, repeats, warmup)
     say("draft decode")
     dft = decode_times(engine.draft_ctx, ids, depth, range(1, 5), Outputs.LAST, repeats,

@@ -226,8 +226,8 @@ def _detail_table(result: BenchResult, rows: Sequence[Summary], suite: str,
     checks = {(c.suite, c.policy): c for c in result.checks
               if c.group == OVERALL and c.temperature == temp}
     out = ["| method | runs | tok/s mean ± sd | tok/s total | speedup | speedup total | "
-           "per-prompt range | acceptance | draft len | accepted len | predicted tok/s | "
-           "error |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "per-prompt range | acceptance | draft len | accepted len | nodes | predicted tok/s "
+           "| error |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for policy in _ordered_policies(result, rows):
         s = _find(rows, policy, OVERALL, policy == ORACLE)
         if s is None:
@@ -238,6 +238,7 @@ def _detail_table(result: BenchResult, rows: Sequence[Summary], suite: str,
             f"| {label(policy, s.resolved)} | {s.runs} | {s.mean_tps:.2f} ± {s.sd_tps:.2f} | "
             f"{s.total_tps:.2f} | {_num(s.speedup)} | {_num(s.speedup_total)} | {spread} | "
             f"{s.acceptance:.0%} | {s.mean_draft:.2f} | {s.mean_accepted:.2f} | "
+            f"{s.mean_nodes:.2f} | "
             f"{f'{c.predicted_tps:.2f}' if c else '–'} | {f'{c.error:+.1%}' if c else '–'} |")
     return out
 
@@ -389,10 +390,11 @@ def _plot_lengths(plt: Any, result: BenchResult) -> Any:
 
 
 def _plot_lengths_hist(plt: Any, result: BenchResult) -> Any:
-    """Drafted and accepted tokens per round for the policies that choose a length (constant
-    lengths and the target alone would be single bars)."""
+    """Drafted, accepted and verified (a tree's every node) tokens per round for the policies
+    that choose a length or build trees (constant chains and the target alone would be single
+    bars)."""
     recs = [r for r in result.records if r.temperature == 0 and any(r.draft_lengths)]
-    policies = [p for p in result.policies if not p.startswith("constant:")
+    policies = [p for p in result.policies if (not p.startswith("constant:") or "+" in p)
                 and any(r.policy == p for r in recs)]
     if not policies:
         return None
@@ -405,15 +407,17 @@ def _plot_lengths_hist(plt: Any, result: BenchResult) -> Any:
         runs = [r for r in recs if r.policy == policy]
         draft = np.concatenate([r.draft_lengths for r in runs]).astype(int)
         acc = np.concatenate([r.accepted_lengths for r in runs]).astype(int)
-        xs = np.arange(int(draft.max()) + 1)
-        ax.bar(xs - 0.2, np.bincount(draft, minlength=len(xs)), 0.4, label="drafted")
-        ax.bar(xs + 0.2, np.bincount(acc, minlength=len(xs)), 0.4, label="accepted")
-        ax.set_xticks(xs)
+        nodes = np.concatenate([r.node_counts or r.draft_lengths for r in runs]).astype(int)
+        xs = np.arange(max(int(draft.max()), int(nodes.max())) + 1)
+        ax.bar(xs - 0.27, np.bincount(draft, minlength=len(xs)), 0.27, label="drafted")
+        ax.bar(xs, np.bincount(acc, minlength=len(xs)), 0.27, label="accepted")
+        ax.bar(xs + 0.27, np.bincount(nodes, minlength=len(xs)), 0.27, label="verified")
+        ax.set_xticks(xs[:: max(1, len(xs) // 12)])
         ax.set_title(label(policy, runs[0].resolved), fontsize=9)
         ax.set_xlabel("tokens per round")
     axes[0, 0].set_ylabel("rounds")
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle("Draft and accepted lengths per round (greedy)")
+    fig.suptitle("Drafted, accepted and verified tokens per round (greedy)")
     fig.tight_layout()
     return fig
 

@@ -66,6 +66,7 @@ class RunRecord:
     rounds: int = 0
     finish: str = ""
     simulated: bool = False
+    node_counts: list[int] = field(default_factory=list)  # tokens verified per round
 
     @property
     def tokens_per_second(self) -> float:
@@ -80,7 +81,8 @@ class RunRecord:
         return cls(item.suite, item.group, item.prompt.id, temperature, item.max_tokens, policy,
                    stats.policy, repeat, stats.generated, stats.wall_s, stats.prefill_s,
                    stats.drafted, stats.accepted, list(stats.draft_lengths),
-                   list(stats.accepted_lengths), stats.rounds, finish)
+                   list(stats.accepted_lengths), stats.rounds, finish,
+                   node_counts=list(stats.node_counts))
 
 
 class ExternalRunner(Protocol):
@@ -200,6 +202,7 @@ class Summary:
     mean_draft: float
     mean_accepted: float
     simulated: bool = False
+    mean_nodes: float = 0.0  # tokens verified per round (a tree's every node)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -243,7 +246,8 @@ def _summary(suite: str, group: str, temp: float, policy: str, runs: list[RunRec
         min(paired) if paired else None, max(paired) if paired else None,
         sum(r.accepted for r in runs) / drafted if drafted else 0.0,
         drafted / rounds if rounds else 0.0,
-        sum(r.accepted for r in runs) / rounds if rounds else 0.0, simulated)
+        sum(r.accepted for r in runs) / rounds if rounds else 0.0, simulated,
+        sum(sum(r.node_counts) for r in runs) / rounds if rounds else 0.0)
 
 
 def _total(runs: Sequence[RunRecord]) -> float:

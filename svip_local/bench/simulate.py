@@ -21,8 +21,9 @@ from svip_local.bench.traces import PromptTrace
 from svip_local.calibration import CostModel
 from svip_local.config import DEFAULT_MAX_DRAFT
 from svip_local.policies import DraftPolicy, Plan, StepStats, Strategy, Verdict, as_plan
-from svip_local.round import RoundResult
+from svip_local.round import RoundResult, leading_chain
 from svip_local.sampling import SamplingParams
+from svip_local.tree import TokenTree
 
 _MAX_LAG = 64  # the oracle's draft lags beyond this are costed as this (an optimistic bound)
 SAMPLED_DRAWS = 8  # realisations a sampled trace is replayed on
@@ -37,6 +38,7 @@ class SimResult:
     prefill_s: float
     draft_lengths: list[int] = field(default_factory=list)
     accepted_lengths: list[int] = field(default_factory=list)
+    node_counts: list[int] = field(default_factory=list)  # tokens verified per round
 
     @property
     def rounds(self) -> int:
@@ -78,31 +80,33 @@ def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, stat
                  remaining: int) -> RoundResult:
     """`svip_local.round.Speculator.round` on a trace, with predicted times.
 
-    The same steps in the same order: the proposer's copies (exact: a copy depends only on
-    the true prefix), else the draft catches up on what it has not seen (the last accepted
-    token; two after an all-accepted round; the whole prompt first) and drafts one decode per
-    further token while the policy says CONTINUE; then one verification of [last] + proposal.
-    Draft tokens are the trace's (true-prefix) guesses; `state.draft_ok` is advanced. A
-    realised sampled trace holds outcomes, not the acceptance chances a live round reports,
-    so a replayed `auto` learns from those (the same mean, more noise).
+    The same steps in the same order: the proposer's copies (exact: a copy, chain or tree,
+    depends only on the true prefix), else the draft catches up on what it has not seen (the
+    last accepted token; two after an all-accepted round; the whole prompt first) and drafts
+    one decode per further token while the policy says CONTINUE, and the expander widens the
+    chain from the trace's top-k candidates; then one verification of [last] + every node,
+    walked down along the trace's path. Draft tokens are the trace's (true-prefix) guesses;
+    `state.draft_ok` is advanced. A realised sampled trace holds outcomes, not the
+    acceptance chances a live round reports, so a replayed `auto` learns from those (the
+    same mean, more noise).
     """
     policy, j, seq_len = strategy.policy, state.j, state.seq_len
     n_pos = len(trace.target)
     draft_s = catchup_s = 0.0
-    steps = catchup = 0
+    steps = catchup = chain = 0
+    tree = _TREE
+    tree.clear()
     strategy.begin_round(None if context is None else context[:seq_len], room, remaining)
-    proposed = strategy.proposer.propose(context[:seq_len], room) \
-        if strategy.proposer is not None and context is not None and room > 0 else []
-    copied = bool(proposed)
-    if copied:
-        ahead = trace.target[j:j + len(proposed)]
-        accepted = _leading_matches(np.asarray(proposed[:len(ahead)]) == ahead, 0,
-                                    len(proposed))
-    else:
+    if strategy.proposer is not None and context is not None and room > 0:
+        strategy.proposer.propose_into(tree, context[:seq_len], room)
+    copied = len(tree) > 0
+    if not copied:
         cap = min(policy.round_limit(), room)
-        k = decoded = 0
+        expander = strategy.expander
+        options = []
+        decoded = 0
         if cap > 0:
-            wants_stats = policy.wants_entropy or policy.wants_top_prob
+            wants_stats = policy.wants_entropy or policy.wants_top_prob or expander is not None
             step_s = costs.step_s + costs.argmax_s + (costs.entropy_s if wants_stats else 0.0)
             keep = min(state.draft_ok, seq_len - 1)
             catchup, catchup_s = seq_len - keep, costs.draft(seq_len - keep, keep)
@@ -111,28 +115,51 @@ def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, stat
                 pos = min(j + n - 1, n_pos - 1)  # past the end: the last known statistics
                 draft_s += step_s
                 steps = n
+                if expander is not None:
+                    options.append((trace.candidates(pos),
+                                    expander.width(float(trace.top_prob[pos]))))
                 verdict = policy.judge(StepStats(n, float(trace.entropy[pos]),
                                                  float(trace.top_prob[pos])))
                 if verdict is Verdict.DROP:
                     break
-                k = n
+                tree.add(int(trace.draft[j + n - 1]) if j + n - 1 < n_pos else -1, n - 2)
                 if verdict is Verdict.STOP or n == cap or trace.draft_eog[pos]:
                     break
                 draft_s += costs.draft(1, seq_len + n - 1)
                 decoded += 1
-        proposed = [int(t) for t in trace.draft[j:j + k]]
-        proposed += [-1] * (k - len(proposed))  # past the trace's end: unknown guesses
-        accepted = _leading_matches(trace.match, j, k)
-        if cap > 0:
-            state.draft_ok = seq_len + min(decoded, accepted)
-        policy.observe(k, accepted)
-    # Rows read: up to and including the first mismatch, or all plus the bonus row.
-    verify_s = costs.verify(len(proposed) + 1, seq_len - 1) + costs.argmax_s * (accepted + 1)
+        chain = len(tree)
+        if expander is not None:
+            expander.expand(tree, options)
+    path = _walk(tree, trace.target[j:])
+    accepted = len(path)
+    if not copied:
+        chain_accepted = leading_chain(path, chain)
+        if chain:
+            state.draft_ok = seq_len + min(decoded, chain_accepted)
+        policy.observe(chain, chain_accepted)
+    # Rows read: the accepted path's and the one after it.
+    verify_s = costs.verify(len(tree) + 1, seq_len - 1) + costs.argmax_s * (accepted + 1)
     nxt = int(trace.target[j + accepted]) if j + accepted < n_pos else -1
-    result = RoundResult(tuple(proposed), accepted, nxt, copied, draft_s, verify_s, steps,
-                         catchup, catchup_s)
+    branch = tree.chain_below(path[-1] if path else -1)
+    result = RoundResult(tuple(tree.tokens[i] for i in branch), accepted, nxt, copied, draft_s,
+                         verify_s, steps, catchup, catchup_s, nodes=len(tree))
     strategy.learn(result)
     return result
+
+
+_TREE = TokenTree()  # the replay's round tree, reused as the engine's is
+
+
+def _walk(tree: TokenTree, ahead: npt.NDArray[np.int32]) -> list[int]:
+    """The accepted path of a greedy round whose target goes on as `ahead`."""
+    path: list[int] = []
+    node = -1
+    for t in ahead.tolist():
+        node = tree.child_with(node, t)
+        if node < 0:
+            break
+        path.append(node)
+    return path
 
 
 def simulate(trace: PromptTrace, plan: Plan | DraftPolicy, costs: CostModel, *,
@@ -156,15 +183,10 @@ def simulate(trace: PromptTrace, plan: Plan | DraftPolicy, costs: CostModel, *,
         res.time_s += result.draft_s + result.verify_s + costs.round_s + costs.token_s * emitted
         res.draft_lengths.append(len(result.proposed))
         res.accepted_lengths.append(result.accepted)
+        res.node_counts.append(result.nodes)
         state.j += result.accepted + 1
         state.seq_len += result.accepted + 1
     return res
-
-
-def _leading_matches(match: np.ndarray, start: int, k: int) -> int:
-    window = match[start:start + k]
-    misses = np.flatnonzero(~window)
-    return int(misses[0]) if len(misses) else len(window)
 
 
 def oracle(trace: PromptTrace, costs: CostModel, *,
@@ -223,6 +245,7 @@ def oracle(trace: PromptTrace, costs: CostModel, *,
         accepted = k
         res.draft_lengths.append(k)
         res.accepted_lengths.append(accepted)
+        res.node_counts.append(k)
         if k:
             lag = 2
         elif lag >= 0:

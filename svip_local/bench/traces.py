@@ -8,12 +8,18 @@ that point is the one recorded here. (After the first mismatch the live draft co
 its own wrong prefix; the replay uses the true-prefix statistics there. That can change how
 many tokens a round drafts, never how many it accepts.)
 
+Token trees replay from the draft's MAX_CANDIDATES best tokens at each position (ids and
+probabilities): a CaPE leaf at a depth where the chain was rejected is accepted exactly when it
+holds the target's token.
+
 A sampled trace follows a sampled target-alone run instead and adds, per position, the chance
 that speculative sampling accepts a draft token there: sum_x min(p(x), q(x)) for the target's
-and the draft's distributions at that temperature. Replays draw acceptances from those chances
-(`PromptTrace.realise`): each position independently, along the recorded path. That is an
-approximation (a live round continues from the token it accepted, not the recorded one), and
-the benchmark measures its error like the greedy replay's.
+and the draft's distributions at that temperature; and, for trees, the chance that one of the
+draft's next best tokens is accepted once the drafted one was rejected: the residual
+norm(max(0, p - q)) summed over the first 1, 2, ... of them. Replays draw acceptances from
+those chances (`PromptTrace.realise`): each position independently, along the recorded path.
+That is an approximation (a live round continues from the token it accepted, not the recorded
+one), and the benchmark measures its error like the greedy replay's.
 """
 
 from __future__ import annotations
@@ -29,14 +35,27 @@ import numpy.typing as npt
 
 from svip_local.native import Outputs
 from svip_local.policies import entropy_and_top_prob, entropy_scratch
-from svip_local.sampling import SamplingParams, distribution
+from svip_local.sampling import SamplingParams, distribution, residual
+from svip_local.tree import MAX_CANDIDATES, top_candidates
 
 if TYPE_CHECKING:
     from svip_local.engine import Engine
     from svip_local.events import Done
 
 _ARRAYS = ("target", "draft", "entropy", "top_prob", "draft_eog")
-_OPTIONAL = ("prompt_ids", "accept_prob")  # absent from older files
+# Absent from older files: the prompt, the draft's best tokens, the sampled chances.
+_OPTIONAL = {"prompt_ids": "prompt_length", "top_ids": "top_length",
+             "top_probs": "top_length", "accept_prob": "chance_length",
+             "alt_accept": "chance_length"}
+_EMPTY: dict[str, tuple[tuple[int, ...], Any]] = {
+    "prompt_ids": ((0,), np.int32), "top_ids": ((0, MAX_CANDIDATES), np.int32),
+    "top_probs": ((0, MAX_CANDIDATES), np.float16), "accept_prob": ((0,), np.float32),
+    "alt_accept": ((0, MAX_CANDIDATES - 1), np.float16)}
+
+
+def _empty(name: str) -> npt.NDArray[Any]:
+    shape, dtype = _EMPTY[name]
+    return np.empty(shape, dtype)
 
 
 @dataclass(frozen=True)
@@ -59,7 +78,14 @@ class PromptTrace:
     temperature: float = 0.0
     # Sampled traces only: per position, the chance a draft token there is accepted.
     accept_prob: npt.NDArray[np.float32] = field(
-        default_factory=lambda: np.empty(0, np.float32))
+        default_factory=lambda: _empty("accept_prob"))
+    # Per position, the draft's MAX_CANDIDATES best tokens, best first, and their
+    # probabilities (empty in traces recorded before trees).
+    top_ids: npt.NDArray[np.int32] = field(default_factory=lambda: _empty("top_ids"))
+    top_probs: npt.NDArray[np.float16] = field(default_factory=lambda: _empty("top_probs"))
+    # Sampled only: alt_accept[i, r] = the chance that one of the first r + 1 of the draft's
+    # next best tokens (top_ids[i, 1:]) is accepted after the drafted token was rejected.
+    alt_accept: npt.NDArray[np.float16] = field(default_factory=lambda: _empty("alt_accept"))
 
     @property
     def generated(self) -> int:
@@ -86,9 +112,26 @@ class PromptTrace:
         copied tokens (prompt lookup) are not replayed under sampling."""
         if not len(self.accept_prob):
             return self
-        accepted = rng.random(len(self.accept_prob)) < self.accept_prob
+        n = len(self.accept_prob)
+        accepted = rng.random(n) < self.accept_prob
+        top_ids = self.top_ids
+        if len(self.alt_accept):
+            # Where the drafted token was rejected, the target's token stands among the
+            # alternatives at the rank from which on they would have caught it (-2 fills
+            # the other places: candidates the target never picks).
+            u = rng.random(n)
+            rank = (u[:, None] >= self.alt_accept.astype(np.float64)).sum(axis=1)
+            top_ids = np.full((n, MAX_CANDIDATES), -2, np.int32)
+            top_ids[:, 0] = -1
+            hit = ~accepted & (rank < MAX_CANDIDATES - 1)
+            top_ids[hit, 1 + rank[hit]] = self.target[hit]
         return replace(self, draft=np.where(accepted, self.target, -1).astype(np.int32),
-                       prompt_ids=np.empty(0, np.int32), accept_prob=np.empty(0, np.float32))
+                       prompt_ids=_empty("prompt_ids"), accept_prob=_empty("accept_prob"),
+                       top_ids=top_ids, alt_accept=_empty("alt_accept"))
+
+    def candidates(self, pos: int) -> npt.NDArray[np.int32]:
+        """The draft's best tokens at `pos`, best first (none in a trace without them)."""
+        return self.top_ids[pos] if len(self.top_ids) else self.top_ids[:0, 0]
 
     def context(self) -> npt.NDArray[np.int32] | None:
         """Prompt and target path as one sequence (the context before position j is its first
@@ -112,7 +155,8 @@ class TraceSet:
         index = [{"prompt_id": t.prompt_id, "category": t.category,
                   "prompt_tokens": t.prompt_tokens, "budget": t.budget, "finish": t.finish,
                   "temperature": t.temperature, "length": len(t.target),
-                  "prompt_length": len(t.prompt_ids), "chance_length": len(t.accept_prob)}
+                  "prompt_length": len(t.prompt_ids), "top_length": len(t.top_ids),
+                  "chance_length": len(t.accept_prob)}
                  for t in self.traces]
         arrays: dict[str, Any] = {name: np.concatenate([getattr(t, name) for t in self.traces])
                   if self.traces else np.empty(0) for name in (*_ARRAYS, *_OPTIONAL)}
@@ -125,16 +169,20 @@ class TraceSet:
         with np.load(path) as data:
             header = json.loads(str(data["header"]))
             arrays: dict[str, Any] = {name: data[name] for name in _ARRAYS}
-            prompts = data["prompt_ids"] if "prompt_ids" in data else np.empty(0, np.int32)
-            chances = data["accept_prob"] if "accept_prob" in data else np.empty(0, np.float32)
-        traces, start, p_start, a_start = [], 0, 0, 0
+            optional = {name: data[name] if name in data else _empty(name)
+                        for name in _OPTIONAL}
+        traces, start = [], 0
+        starts = dict.fromkeys(_OPTIONAL.values(), 0)
         for row in header["index"]:
-            end, p_end = start + row.pop("length"), p_start + row.pop("prompt_length", 0)
-            a_end = a_start + row.pop("chance_length", 0)
+            end = start + row.pop("length")
+            lengths = {key: row.pop(key, 0) for key in starts}
+            parts = {name: optional[name][starts[key]: starts[key] + lengths[key]]
+                     for name, key in _OPTIONAL.items()}
             traces.append(PromptTrace(**row, **{k: v[start:end] for k, v in arrays.items()},
-                                      prompt_ids=prompts[p_start:p_end],
-                                      accept_prob=chances[a_start:a_end]))
-            start, p_start, a_start = end, p_end, a_end
+                                      **parts))  # type: ignore[arg-type]
+            start = end
+            for key in starts:
+                starts[key] += lengths[key]
         return cls(header["meta"], traces)
 
 
@@ -164,7 +212,10 @@ def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: s
     entropy = np.empty(n, np.float32)
     top = np.empty(n, np.float32)
     eog = np.empty(n, np.bool_)
+    top_ids = np.empty((n, MAX_CANDIDATES), np.int32)
+    top_probs = np.empty((n, MAX_CANDIDATES), np.float16)
     chances = np.empty(n if sampled else 0, np.float32)
+    alt_accept = np.empty((n if sampled else 0, MAX_CANDIDATES - 1), np.float16)
     dctx, tctx = engine.draft_ctx, engine.target_ctx
     dctx.clear()
     dctx.decode(seq[: len(ids) - 1], Outputs.NONE)
@@ -183,17 +234,25 @@ def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: s
             draft[i] = tok
             entropy[i], top[i] = entropy_and_top_prob(logits, scratch)
             eog[i] = engine.draft_model.is_eog(tok)
+            best = top_candidates(logits)
+            top_ids[i] = best
+            # softmax of the best logits: scratch[1] holds exp(logits - max) from above
+            top_probs[i] = scratch[1][best] * top[i]
             if sampled:
                 assert sampling is not None
                 p = distribution(tctx.logits(r)[:n_vocab], sampling)
-                chances[i] = np.minimum(p, distribution(logits, sampling)).sum()
+                q = distribution(logits, sampling)
+                chances[i] = np.minimum(p, q).sum()
+                alts = top_candidates(q)[1:]
+                alt_accept[i] = np.cumsum(residual(p, q, tok)[alts])
     dctx.clear()
     tctx.clear()
     budget = min(max_tokens, engine.n_ctx - len(ids))
     return PromptTrace(prompt_id, category, len(ids), budget, done.finish_reason,
                        np.asarray(target, np.int32), draft, entropy, top, eog,
                        np.asarray(ids, np.int32),
-                       sampling.temperature if sampling is not None else 0.0, chances)
+                       sampling.temperature if sampling is not None else 0.0, chances,
+                       top_ids, top_probs, alt_accept)
 
 
 def _end_token(engine: Engine, ids: Sequence[int], generated: list[int]) -> int:

@@ -47,7 +47,8 @@ def _record(item: BenchItem, trace: PromptTrace, draw: int, spec: str, resolved:
     return RunRecord(item.suite, item.group, item.prompt.id, trace.temperature,
                      item.max_tokens, spec, resolved, draw, res.generated, res.time_s,
                      res.prefill_s, res.drafted, res.accepted, res.draft_lengths,
-                     res.accepted_lengths, res.rounds, trace.finish, simulated=True)
+                     res.accepted_lengths, res.rounds, trace.finish, simulated=True,
+                     node_counts=res.node_counts)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 MAX_VERIFY = 17  # 1 + the default max draft of 16
+# Token trees verify more: calibration measures up to this many rows (a root and 32 nodes),
+# sampled more sparsely past MAX_VERIFY and interpolated between.
+MAX_TREE_VERIFY = 33
+TREE_VERIFY_SIZES = (21, 25, 29, MAX_TREE_VERIFY)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ table they are registered in.
     table     the registry, the spec language (`svip:0.3+lookup:4:8`), labels and help
     rules     none, constant, heuristic, svip, pmin, adaedl
     cost      svip-cost: SVIP priced with this machine's calibrated costs
-    lookup    prompt lookup, a proposal source
+    lookup    prompt lookup, a proposal source (a chain, or a tree of every occurrence)
+    cape      CaPE, an expander: the draft's chain widened by its top-k alternatives
     auto      `calibrated`: the calibrated choice per sampling temperature, fixed
     live      `auto`: the fastest choice each round, by costs and acceptance learnt live
     strategy  Strategy (policy + proposer) and PerTemperature: what a generation runs
@@ -13,9 +14,11 @@ table they are registered in.
 
 # Importing the modules registers their entries, in this order (the help lists them so).
 from svip_local.policies import rules  # noqa: F401, I001 (registration order)
-from svip_local.policies import cost, lookup, auto, live  # noqa: F401
+from svip_local.policies import cost, lookup, cape, auto, live  # noqa: F401
 from svip_local.policies.base import (
     DraftPolicy,
+    Expander,
+    Option,
     Proposer,
     StepStats,
     Verdict,
@@ -23,13 +26,14 @@ from svip_local.policies.base import (
     entropy_scratch,
 )
 from svip_local.policies.cost import CostAwareSvip
-from svip_local.policies.lookup import PromptLookup
+from svip_local.policies.cape import Cape
+from svip_local.policies.lookup import LookupTree, PromptLookup
 from svip_local.policies.rules import AdaEdl, Constant, Heuristic, NoDraft, PMin, Svip
 from svip_local.policies.strategy import PerTemperature, Plan, Strategy, as_plan
 from svip_local.policies.table import (
     PolicyContext,
     PolicyEntry,
-    build_proposer,
+    build_part,
     check_spec,
     known_specs,
     label,
@@ -39,9 +43,10 @@ from svip_local.policies.table import (
 from svip_local.policies.table import entries as policy_entries
 
 __all__ = [
-    "AdaEdl", "Constant", "CostAwareSvip", "DraftPolicy", "Heuristic", "NoDraft", "PMin",
-    "PerTemperature", "Plan", "PolicyContext", "PolicyEntry", "PromptLookup", "Proposer",
-    "StepStats", "Strategy", "Svip", "Verdict", "as_plan", "build_proposer", "check_spec",
+    "AdaEdl", "Cape", "Constant", "CostAwareSvip", "DraftPolicy", "Expander", "Heuristic", "Option",
+    "LookupTree", "NoDraft", "PMin", "PerTemperature", "Plan", "PolicyContext",
+    "PolicyEntry", "PromptLookup", "Proposer",
+    "StepStats", "Strategy", "Svip", "Verdict", "as_plan", "build_part", "check_spec",
     "entropy_and_top_prob", "entropy_scratch", "known_specs", "label", "parse_policy",
     "policy_entries", "policy_help",
 ]

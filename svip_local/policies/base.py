@@ -3,8 +3,9 @@
 A `DraftPolicy` is a length rule: after each draft step it says keep drafting, stop, or stop
 and drop the token, from the step's statistics (entropy in nats over the whole vocabulary of
 the raw draft logits, and the top-1 probability) and what it learnt from earlier rounds. A
-`Proposer` is a proposal source that needs no draft model (prompt lookup now, token trees
-next): when it has something, the round verifies that and the draft model rests.
+`Proposer` is a proposal source that needs no draft model (prompt lookup, as a chain or a
+tree): when it has something, the round verifies that and the draft model rests. An
+`Expander` widens the draft model's chain into a token tree (CaPE).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from svip_local.config import DEFAULT_MAX_DRAFT
 if TYPE_CHECKING:
     from svip_local.policies.strategy import Plan
     from svip_local.policies.table import PolicyContext, PolicyEntry
+    from svip_local.tree import TokenTree
 
 Arg = int | float
 
@@ -84,14 +86,41 @@ class DraftPolicy(ABC):
 
 
 class Proposer(Protocol):
-    """Tokens to verify without a draft step; [] leaves the round to the draft model."""
+    """Tokens to verify without a draft step (a chain, or a tree of candidates); none leaves
+    the round to the draft model."""
 
     @property
     def name(self) -> str: ...
 
-    def propose(self, context: Sequence[int] | npt.NDArray[np.int32], cap: int) -> list[int]:
-        """At most `cap` tokens to follow `context` (everything before the round)."""
+    def propose_into(self, tree: TokenTree, context: Sequence[int] | npt.NDArray[np.int32],
+                     cap: int) -> None:
+        """Add to the (empty) round tree what should follow `context` (everything before
+        the round), at most `cap` tokens deep."""
         ...
+
+
+Option = tuple[npt.NDArray[np.intp], int]  # a depth's candidate ids best first, and how
+# many of them to offer there (the chain's token included)
+
+
+class Expander(Protocol):
+    """Widens the draft model's chain into a tree (CaPE). Each draft step's best candidates
+    are read while its logits are valid (`tree.top_candidates`), with `width` of them on
+    offer; `expand` adds alternatives from those once the chain is done."""
+
+    @property
+    def name(self) -> str: ...
+
+    def width(self, top_prob: float) -> int:
+        """Candidates to offer at a depth whose draft top-1 probability is `top_prob`."""
+        ...
+
+    def expand(self, tree: TokenTree, options: Sequence[Option]) -> None:
+        """Add alternatives to the chain in `tree`: options[d] belong at depth d + 1, under
+        chain node d - 1 (one more option than chain nodes: the step whose token the policy
+        dropped)."""
+        ...
+
 
 
 def entropy_and_top_prob(logits: npt.NDArray[np.float32], scratch: npt.NDArray[np.float32]

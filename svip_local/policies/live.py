@@ -47,6 +47,7 @@ from svip_local.policies.lookup import PromptLookup
 from svip_local.policies.strategy import Strategy
 from svip_local.policies.table import PolicyContext, register, split_spec
 from svip_local.sampling import SamplingParams
+from svip_local.tree import TokenTree
 
 EXPLORE_SHARE = 0.02  # the most of a reply's time spent on rounds the model said lose
 EXPLORE_DRAFT = 2  # the most tokens an exploring round drafts (or copies)
@@ -189,6 +190,9 @@ class LiveAuto(Strategy):
 
     def with_proposer(self, proposer: Any) -> LiveAuto:
         raise InvalidRequestError("auto chooses prompt lookup itself: use `auto` alone")
+
+    def with_expander(self, expander: Any) -> LiveAuto:
+        raise InvalidRequestError("auto chooses how each round proposes: use `auto` alone")
 
     # -- each round ----------------------------------------------------------------------
 
@@ -338,7 +342,8 @@ class _Copy:
     def name(self) -> str:
         return "lookup (live)"
 
-    def propose(self, context: Sequence[int] | npt.NDArray[np.int32], cap: int) -> list[int]:
-        return self.owner.copy[:cap]
+    def propose_into(self, tree: TokenTree, context: Sequence[int] | npt.NDArray[np.int32],
+                     cap: int) -> None:
+        tree.extend_chain(self.owner.copy[:cap])
 
 

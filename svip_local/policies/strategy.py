@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from svip_local.policies.base import DraftPolicy, Proposer
+from svip_local.policies.base import DraftPolicy, Expander, Proposer
 from svip_local.policies.rules import NoDraft
 from svip_local.sampling import SamplingParams
 
@@ -23,15 +23,20 @@ if TYPE_CHECKING:
 
 
 class Strategy:
-    """A length policy and, optionally, a proposal source tried first each round."""
+    """A length policy, optionally an expander that widens its chain into a tree, and
+    optionally a proposal source tried first each round."""
 
-    __slots__ = ("policy", "proposer")
+    __slots__ = ("policy", "proposer", "expander")
 
-    def __init__(self, policy: DraftPolicy, proposer: Proposer | None = None) -> None:
+    def __init__(self, policy: DraftPolicy, proposer: Proposer | None = None,
+                 expander: Expander | None = None) -> None:
         self.policy = policy
         self.proposer = proposer
+        self.expander = expander
 
     def _join(self, policy_text: str) -> str:
+        if self.expander is not None:
+            policy_text = f"{policy_text}+{self.expander.name}"
         if self.proposer is None:
             return policy_text
         if isinstance(self.policy, NoDraft):  # copies between target-alone steps
@@ -59,7 +64,10 @@ class Strategy:
 
     def with_proposer(self, proposer: Proposer) -> Strategy:
         """The same policy object (its learnt state included) with `proposer` instead."""
-        return Strategy(self.policy, proposer)
+        return Strategy(self.policy, proposer, self.expander)
+
+    def with_expander(self, expander: Expander) -> Strategy:
+        return Strategy(self.policy, self.proposer, expander)
 
     # Hooks of a strategy that decides each round as it goes (the live `auto`):
     def begin_round(self, context: Sequence[int] | npt.NDArray[np.int32] | None,
@@ -105,6 +113,9 @@ class PerTemperature:
 
     def with_proposer(self, proposer: Proposer) -> PerTemperature:
         return PerTemperature([(t, s.with_proposer(proposer)) for t, s in self.by_temperature])
+
+    def with_expander(self, expander: Expander) -> PerTemperature:
+        return PerTemperature([(t, s.with_expander(expander)) for t, s in self.by_temperature])
 
 
 Plan = Strategy | PerTemperature

@@ -5,8 +5,9 @@ parameters and defaults, the rule in one line, its report label, the grid calibr
 The parser and its errors, the CLI's help, the TUI's choices, calibration's candidates and the
 reports' labels all read this table, so a new policy is one registration in one file.
 
-A spec is `POLICY[:ARG[:ARG]]`, optionally `+PROPOSER[:ARG...]` (`svip:0.3+lookup:4:8`), or a
-proposer alone (`lookup:4:8`: the target alone between its copies).
+A spec is `POLICY[:ARG[:ARG]]`, optionally `+EXPANDER[:ARG]` (`svip:0.3+cape:16`: the chain
+widened into a tree) and `+PROPOSER[:ARG...]` (`svip:0.3+lookup:4:8`), or a proposer alone
+(`lookup:4:8`, `lookup-tree:4:16`: the target alone between its copies).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from svip_local.errors import InvalidRequestError
 if TYPE_CHECKING:
     from svip_local.calibration import Calibration
     from svip_local.calibration.live import LiveModel
-    from svip_local.policies.base import Arg, Proposer
+    from svip_local.policies.base import Arg
     from svip_local.policies.strategy import Plan
 
-Kind = Literal["policy", "proposer"]
+Kind = Literal["policy", "expander", "proposer"]
 T = TypeVar("T")
 
 
@@ -154,10 +155,12 @@ def entries(kind: Kind | None = None) -> list[PolicyEntry]:
 
 @dataclass(frozen=True)
 class ParsedSpec:
-    """A spec split into its policy and optional proposer, each (entry, arguments)."""
+    """A spec split into its policy, optional expander and optional proposer, each (entry,
+    arguments)."""
 
     policy: tuple[PolicyEntry, tuple[Arg | None, ...]]
     proposer: tuple[PolicyEntry, tuple[Arg | None, ...]] | None = None
+    expander: tuple[PolicyEntry, tuple[Arg | None, ...]] | None = None
 
 
 def split_spec(spec: str) -> ParsedSpec:
@@ -171,17 +174,22 @@ def split_spec(spec: str) -> ParsedSpec:
             raise InvalidRequestError(f"unknown policy {part or spec!r} in {spec!r}; known: "
                                       f"{known_specs()}")
         if known.kind in found:
-            raise InvalidRequestError(f"bad policy {spec!r}: at most one policy and one "
-                                      "proposal source (POLICY+PROPOSER)")
+            raise InvalidRequestError(f"bad policy {spec!r}: at most one policy, one expander "
+                                      "and one proposal source (POLICY+EXPANDER+PROPOSER)")
         found[known.kind] = (known, known.parse_args(spec, args))
-    return ParsedSpec(found.get("policy", (_TABLE["none"], ())), found.get("proposer"))
+    if "expander" in found and "policy" not in found:
+        raise InvalidRequestError(f"bad policy {spec!r}: {found['expander'][0].name} widens "
+                                  "a draft model's chain: name the length policy too "
+                                  f"(svip+{found['expander'][0].name})")
+    return ParsedSpec(found.get("policy", (_TABLE["none"], ())), found.get("proposer"),
+                      found.get("expander"))
 
 
 def check_spec(spec: str) -> str:
     """Raise InvalidRequestError for a spec the engine would refuse; return it unchanged.
     Specs that need a calibration are checked as far as can be without one."""
     parsed = split_spec(spec)
-    for known, args in filter(None, (parsed.policy, parsed.proposer)):
+    for known, args in filter(None, (parsed.policy, parsed.expander, parsed.proposer)):
         if known.check is not None:
             known.check(args)
     return spec
@@ -195,32 +203,36 @@ def parse_policy(spec: str, context: PolicyContext | None = None) -> Plan:
     parsed = split_spec(spec)
     known, args = parsed.policy
     plan = as_plan(known.build(args, ctx))
+    if parsed.expander is not None:
+        widen, widen_args = parsed.expander
+        plan = plan.with_expander(widen.build(widen_args, ctx))
     if parsed.proposer is not None:
         source, source_args = parsed.proposer
         plan = plan.with_proposer(source.build(source_args, ctx))
     return plan
 
 
-def build_proposer(spec: str) -> Proposer:
-    """A proposal source alone (`lookup:4:8`)."""
-    parsed = split_spec(spec)
-    if parsed.proposer is None or parsed.policy[0].name != "none":
-        raise InvalidRequestError(f"{spec!r} is not a proposal source")
-    source, args = parsed.proposer
-    return source.build(args, PolicyContext())  # type: ignore[no-any-return]
+def build_part(spec: str, kind: Kind) -> Any:
+    """A proposal source or an expander alone (`lookup:4:8`, `cape:16`), to add to a plan."""
+    name, *args = spec.split(":")
+    known = _TABLE.get(name.strip().lower())
+    if known is None or known.kind != kind:
+        raise InvalidRequestError(f"{spec!r} is not a registered {kind}")
+    return known.build(known.parse_args(spec, args), PolicyContext())
 
 
 def known_specs() -> str:
     """For error messages: every name with its parameters."""
     policies = ", ".join(e.usage for e in entries("policy"))
+    expanders = " or ".join(f"+{e.usage}" for e in entries("expander"))
     proposers = " or ".join(f"+{e.usage}" for e in entries("proposer"))
-    return f"{policies}; each optionally {proposers} (or that alone)"
+    return f"{policies}; each optionally {expanders}, and {proposers} (or that alone)"
 
 
 def help_lines() -> Iterator[str]:
     """One line per entry, `usage: rule`, for the CLI's help."""
     for e in entries():
-        prefix = "POLICY+" if e.kind == "proposer" else ""
+        prefix = "" if e.kind == "policy" else "POLICY+"
         yield f"{prefix}{e.usage}: {e.rule}"
 
 
@@ -235,6 +247,8 @@ def label(spec: str, resolved: str = "") -> str:
     parsed = split_spec(spec)
     known, args = parsed.policy
     text = known.describe_label(args, resolved)
+    if parsed.expander is not None:
+        text += " + " + parsed.expander[0].describe_label(parsed.expander[1])
     if parsed.proposer is None:
         return text
     copies = parsed.proposer[0].describe_label(parsed.proposer[1])
@@ -246,6 +260,6 @@ def candidates() -> list[str]:
     return list(itertools.chain.from_iterable(e.candidates() for e in entries("policy")))
 
 
-def proposer_candidates() -> list[str]:
-    """The proposal-source specs calibration tries on top of the best policies."""
-    return list(itertools.chain.from_iterable(e.candidates() for e in entries("proposer")))
+def part_candidates(kind: Kind) -> list[str]:
+    """The proposal-source or expander specs calibration tries on top of the best policies."""
+    return list(itertools.chain.from_iterable(e.candidates() for e in entries(kind)))

@@ -10,6 +10,7 @@ import pytest
 
 from svip_local import Engine, SamplingParams
 from svip_local.bench.traces import TraceSet
+from svip_local.calibration.costs import MAX_TREE_VERIFY
 from svip_local.cli import main
 
 
@@ -31,7 +32,7 @@ def test_calibrate_stores_a_choice_that_calibrated_then_uses(
     assert code == 0
     captured = capsys.readouterr()
     cal = json.loads(captured.out)
-    assert cal["settings"]["positions"] > 0 and len(cal["costs"]["verify_s"]) == 17
+    assert cal["settings"]["positions"] > 0 and len(cal["costs"]["verify_s"]) == MAX_TREE_VERIFY
     assert cal["choice"] == cal["simulated"][0]["policy"] or cal["choice"] == "none"
     assert {"none", "constant:4", "svip:0.3"} <= {c["policy"] for c in cal["simulated"]}
     assert "[validate] none" in captured.err

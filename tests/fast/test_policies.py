@@ -157,7 +157,7 @@ def test_every_front_end_lists_what_the_table_registers() -> None:
     policy table, and the README's table names nothing the table does not register."""
     from pathlib import Path
 
-    from svip_local.bench.calibrate import CANDIDATES, PROPOSERS
+    from svip_local.bench.calibrate import CANDIDATES, EXPANDERS, PROPOSERS
     from svip_local.cli import build_parser
     from svip_local.policies import policy_entries
     from tui.config import POLICY_NAMES
@@ -175,4 +175,5 @@ def test_every_front_end_lists_what_the_table_registers() -> None:
     assert set(POLICY_NAMES) == {e.name for e in policies} and POLICY_NAMES[0] == "auto"
     searched = {c.partition(":")[0] for c in CANDIDATES}
     assert searched == {e.name for e in policies if e.grid != ()}
-    assert {c.partition(":")[0] for c in PROPOSERS} == {"lookup"}
+    assert {c.partition(":")[0] for c in PROPOSERS} == {"lookup", "lookup-tree"}
+    assert {c.partition(":")[0] for c in EXPANDERS} == {"cape"}

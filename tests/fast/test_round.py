@@ -35,7 +35,9 @@ def greedy_trace(engine: Engine, ids: list[int], max_tokens: int) -> PromptTrace
 
 
 @pytest.mark.parametrize("spec", ["constant:3", "svip:0.3", "pmin:0.5", "heuristic",
-                                  "adaedl", "lookup:1:8", "svip:0.3+lookup:2:4"])
+                                  "adaedl", "lookup:1:8", "svip:0.3+lookup:2:4",
+                                  "constant:4+cape:16", "pmin:0.5+cape:8", "lookup-tree:1:16",
+                                  "svip:0.3+cape:8+lookup-tree:2:8"])
 def test_engine_round_and_replay_round_agree_round_for_round(engine: Engine,
                                                              spec: str) -> None:
     """Each round accepts the same tokens and emits the same target token, copies the same
@@ -60,6 +62,8 @@ def test_engine_round_and_replay_round_agree_round_for_round(engine: Engine,
             (sim.accepted, sim.next_token, sim.copied), f"round {rounds}"
         shown = ran.accepted + 1 if ran.accepted < len(ran.proposed) else ran.accepted
         assert ran.proposed[:shown] == sim.proposed[:shown]
+        if ran.copied:  # a copy depends on the true prefix alone
+            assert ran.nodes == sim.nodes
         if ran.accepted == len(ran.proposed) or ran.copied:
             assert len(ran.proposed) == len(sim.proposed)
         else:
