@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build llama.cpp's own command-line tools (llama-quantize, llama-speculative-simple,
-# llama-bench) from the llama.cpp tree vendored in the llama-cpp-python 0.3.36 source package,
-# so the peer baseline runs the very same llama.cpp commit as the Python bindings.
+# llama-speculative, llama-bench) from the llama.cpp tree vendored in the llama-cpp-python
+# 0.3.36 source package, so the peer baseline runs the very same llama.cpp commit as the
+# Python bindings.
 #
 # Benchmark tooling only: nothing in the svip_local package needs these binaries.
 #
@@ -9,13 +10,13 @@
 #   1. pip download the sdist          -> $TOOLS_DIR/dl/llama_cpp_python-0.3.36.tar.gz
 #   2. unpack it                       -> $TOOLS_DIR/src/llama_cpp_python-0.3.36
 #   3. cmake configure vendor/llama.cpp-> $TOOLS_DIR/build-cpu (or build-cuda-ARCH)
-#   4. build the three targets         -> <build>/bin/
+#   4. build the four targets          -> <build>/bin/
 # On a machine without network use --source-dir (an unpacked sdist, or its vendor/llama.cpp)
 # or --sdist (the .tar.gz); --pack-source writes a stripped re-packed sdist (~48 MB) to carry.
 set -euo pipefail
 
 LCP_VERSION="0.3.36"
-TARGETS=(llama-quantize llama-speculative-simple llama-bench)
+TARGETS=(llama-quantize llama-speculative-simple llama-speculative llama-bench)
 
 usage() {
     cat <<EOF
@@ -195,7 +196,7 @@ CMAKE_ARGS_LIST=(
     -DCMAKE_BUILD_TYPE=Release
     -DBUILD_SHARED_LIBS=OFF          # self-contained binaries: never pick up another libllama
     -DLLAMA_BUILD_COMMON=ON
-    -DLLAMA_BUILD_EXAMPLES=ON        # llama-speculative-simple
+    -DLLAMA_BUILD_EXAMPLES=ON        # llama-speculative-simple, llama-speculative
     -DLLAMA_BUILD_TOOLS=ON           # llama-quantize, llama-bench
     -DLLAMA_BUILD_TESTS=OFF
     -DLLAMA_BUILD_SERVER=OFF

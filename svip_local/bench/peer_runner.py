@@ -1,28 +1,51 @@
-"""Run llama.cpp's own ``llama-speculative-simple`` as a peer baseline and parse its output.
+"""Run llama.cpp's own speculative examples as peer baselines and parse their output.
 
-Standard library only: `svip_local.bench.peer` runs it inside a benchmark, and it runs alone
-as a CLI::
+Two binaries: ``llama-speculative-simple`` (one draft chain per round) and ``llama-speculative``
+(a TREE of draft branches: ``-np N_PARALLEL`` sequences, a branch splits off where the draft's
+2nd..8th candidate has probability above ``--spec-draft-p-split``). Standard library only:
+`svip_local.bench.peer` runs them inside a benchmark, and they run alone as a CLI::
 
     python -m svip_local.bench.peer_runner -m target-f16.gguf -md draft.gguf \
         -p "Write a Python function that reverses a string." --n-max 3 --n-predict 64
+    python -m svip_local.bench.peer_runner ... --tree 4 --p-split 0.1 --n-max 8
 
-The binary is built from the llama.cpp tree vendored in llama-cpp-python 0.3.36 by
-``scripts/build_llama_tools.sh``; :func:`default_binary` finds it there (or via the
-``LLAMA_SPECULATIVE_SIMPLE`` environment variable).
+Both are built from the llama.cpp tree vendored in llama-cpp-python 0.3.36 by
+``scripts/build_llama_tools.sh``; :func:`default_binary` finds them there (or via the
+``LLAMA_SPECULATIVE_SIMPLE`` environment variable; ``llama-speculative`` sits beside it).
 
-Command line used (flag names of this llama.cpp snapshot, ``common/arg.cpp``)::
+Command lines used (flag names of this llama.cpp snapshot, ``common/arg.cpp``)::
 
     llama-speculative-simple -m TARGET -md DRAFT --spec-type draft-simple
         --spec-draft-n-max N_MAX --spec-draft-p-min P_MIN -n N -t THREADS -c CTX
         --temp TEMP -s SEED -f PROMPT_FILE [--no-repack] [-ngl L -ngld L]
+    llama-speculative -m TARGET -md DRAFT -np N_PARALLEL --spec-draft-p-split P_SPLIT
+        --spec-draft-n-max N_MAX -n N -t THREADS -c CTX*N_PARALLEL
+        --temp TEMP -s SEED -f PROMPT_FILE [--no-repack] [-ngl L -ngld L]
 
-``--spec-type draft-simple`` is required: ``-md`` alone no longer enables speculation
-(``--draft-max``/``--draft-min`` were removed; ``--draft-p-min`` is an alias of
-``--spec-draft-p-min``). ``-td`` (draft threads) defaults to ``-t``; ``--no-repack`` (``-nr``)
-is inherited by the draft. The prompt is tokenized with special tokens parsed and *no* chat
-template is applied, so pass an already templated prompt. ``-f`` drops one trailing newline
-from the file; we write ``prompt + "\\n"`` so the model sees exactly ``prompt``.
-There is no ``--no-warmup`` in this example (it warms both models up before timing).
+``--spec-type draft-simple`` is required by the simple example: ``-md`` alone no longer enables
+speculation (``--draft-max``/``--draft-min`` were removed; ``--draft-p-min`` is an alias of
+``--spec-draft-p-min``). The tree example ignores ``--spec-type``, ``--spec-draft-p-min`` and
+``--spec-draft-n-min`` (it always drafts to its budget and has no draft-confidence stop), so
+they are not passed; ``--draft-p-split`` is an alias of ``--spec-draft-p-split`` (default 0.1),
+``-np`` defaults to 1 (a single chain) and ``--spec-draft-n-max`` (default 3) is the budget of
+draft tokens per round over the whole tree, not its depth. Its KV cache is not unified (the
+example has no ``--kv-unified``): each of the ``N_PARALLEL`` sequences gets ``-c / N_PARALLEL``
+positions, so we pass ``-c CTX * N_PARALLEL`` to give every branch ``CTX``.
+
+Known limit of the tree example in this snapshot: once the tree branches, the target batch
+holds tokens shared by several sequences, which a KV cache split per sequence refuses
+("split_equal: sequential split is not supported when there are coupled sequences ... -kvu");
+the decode fails, the example carries on with wrong numbers (or aborts on an assertion), and
+``-kvu`` is not accepted by this example. Sampled runs (``--temp`` > 0) with ``-np`` > 1
+branch almost at once; greedy runs give the draft's runner-up candidates probability 0 and
+so seldom branch (only where the example reads past a one-candidate list); ``-np 1`` never
+does. :func:`parse_output` raises :class:`PeerError` on any failed decode, so such a run
+is never reported as a result.
+``-td`` (draft threads) defaults to ``-t``; ``--no-repack`` (``-nr``) is inherited by the
+draft. The prompt is tokenized with special tokens parsed and *no* chat template is applied,
+so pass an already templated prompt. ``-f`` drops one trailing newline from the file; we
+write ``prompt + "\\n"`` so the model sees exactly ``prompt``. There is no ``--no-warmup`` in
+these examples (they warm both models up before timing).
 
 ``--no-repack`` is passed by default, matching ``svip_local`` (which loads models with
 ``use_extra_bufts = False`` unless ``SVIP_LOCAL_EXTRA_BUFTS=1``): the extra buffer types include
@@ -30,8 +53,8 @@ ggml's AMX path, and on AMX CPUs (Sapphire Rapids) any multi-token batch on a Q4
 segfaults in ``ggml_backend_amx_mul_mat`` -- already in the warm-up, so the binary dies with
 SIGSEGV before generating anything. ``repack=True`` (or ``SVIP_LOCAL_EXTRA_BUFTS=1``) drops it.
 
-What it prints (stdout: ``"\\n\\n"`` + the prompt echo + the generated text + blank lines;
-stderr: logs, then these lines)::
+What they print (stdout: ``"\\n\\n"`` + the prompt echo + the generated text + blank lines;
+stderr: logs, then these lines; the same in both examples except the "draft:" section)::
 
     0.17.634.500 I encoded   10 tokens in    1.338 seconds, speed:    7.476 t/s
     0.17.634.503 I decoded   68 tokens in   14.504 seconds, speed:    4.688 t/s
@@ -54,15 +77,21 @@ stderr: logs, then these lines)::
     ... I common_perf_print:    graphs reused =         20
 
 (the "m.ss.mmm.uuu I " prefix is the log timestamp/level; the per-implementation draft
-statistics line only appears at ``-lv 4``; "prompt eval" of the target counts every multi-token
-batch, i.e. also the verification batches, so it is not the prefill.)
+statistics line of the simple example only appears at ``-lv 4``; the tree example prints the
+draft context's ``llama_perf_context_print`` lines under "draft:" where the log level lets
+them through; "prompt eval" of the target counts every multi-token batch, i.e. also the
+verification batches, so it is not the prefill.)
 
-How the peer's timing is measured (``examples/speculative-simple/speculative-simple.cpp``):
+How the peer's timing is measured (``examples/speculative-simple/speculative-simple.cpp``,
+``examples/speculative/speculative.cpp``):
 
 * ``encoded N tokens in T`` (``prefill_s``): wall time from after model load and warm-up to the
-  start of generation: target sampler + speculator init, the target decode of the prompt
-  minus its last token, and the draft decode of the same batch. N counts the whole prompt
-  (the last prompt token is decoded inside the first verification batch, as in our engine).
+  start of generation. Simple: target sampler + speculator init, the target decode of the
+  prompt minus its last token, and the draft decode of the same batch; N counts the whole
+  prompt (the last prompt token is decoded inside the first verification batch, as in our
+  engine). Tree: the target decodes the prompt minus its last token, then that last token
+  alone (its logits give the first generated token), and the draft decodes the whole prompt;
+  sampler init falls between the two intervals, in neither.
 * ``decoded N tokens in T`` (``decode_s``): the generation loop only. Its ``speed`` therefore
   EXCLUDES prefill. N (``n_generated``) counts every accepted token including the bonus token
   and an end-of-generation token.
@@ -75,9 +104,16 @@ How the peer's timing is measured (``examples/speculative-simple/speculative-sim
   yields between N + 1 and N + 1 + n_max tokens unless end-of-generation comes first.
   :func:`run_peer` passes ``-n n_predict - 1`` so the peer generates at least ``n_predict``
   tokens (``adjust_n=False`` passes ``-n n_predict`` unchanged); compare rates, not counts.
-* ``n_drafted`` counts draft tokens that went to verification, ``n_accept`` the accepted ones;
-  ``acceptance = accepted / drafted`` (None when nothing was drafted). Printed times have
-  millisecond resolution.
+  The tree example stops the same way.
+* ``n_accept`` counts accepted draft tokens; ``acceptance = accepted / drafted`` (None when
+  nothing was drafted). Simple: ``n_drafted`` counts draft tokens that went to verification,
+  and each round is one target verification batch, so ``verify_rounds = n_generated -
+  accepted``. Tree: ``n_drafted`` counts draft *steps* (one batched draft decode per tree
+  level; the number of drafted tokens only at ``-np 1``, fewer than the tree's tokens once it
+  branches), so its acceptance is per level; the first token comes from the prefill's
+  logits, so ``verify_rounds = n_generated - accepted - 1``. In both,
+  ``tokens_per_round = 1 + accepted / verify_rounds``. Printed times have millisecond
+  resolution.
 """
 
 from __future__ import annotations
@@ -103,6 +139,12 @@ __all__ = [
 ]
 
 BINARY_NAME = "llama-speculative-simple"
+TREE_BINARY_NAME = "llama-speculative"
+TREE_NEEDS_KVU = (
+    "llama-speculative fails once its draft tree branches: the tokens its branches share need "
+    "a unified KV cache (-kvu), which this llama.cpp snapshot does not offer to that example; "
+    "-np 1 (one chain) never branches, greedy runs seldom do"
+)
 
 _NUM = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)"
 _RE_ENCODED = re.compile(
@@ -125,10 +167,18 @@ _RE_STATS = re.compile(
     r"(?:.*?dur\(b,g,a\)\s*=\s*" + _NUM + r",\s*" + _NUM + r",\s*" + _NUM + r"\s*ms)?"
 )
 _RE_PERF = {
-    "target_prompt_eval": re.compile(
+    "prompt_eval": re.compile(
         r"prompt eval time\s*=\s*" + _NUM + r"\s*ms\s*/\s*(\d+)\s*tokens"
     ),
-    "target_eval": re.compile(r"\beval time\s*=\s*" + _NUM + r"\s*ms\s*/\s*(\d+)\s*runs"),
+    "eval": re.compile(r"\beval time\s*=\s*" + _NUM + r"\s*ms\s*/\s*(\d+)\s*runs"),
+}
+# a failed target or draft decode: the example carries on (exit status 0) with wrong numbers
+_RE_DECODE_FAILED = re.compile(
+    r"^.*\b(?:decode: failed|split_equal: sequential split is not)\b.*$", re.M
+)
+_RE_SECTION = {
+    "draft": re.compile(r"\bdraft:[ \t]*$", re.M),
+    "target": re.compile(r"\btarget:[ \t]*$", re.M),
 }
 
 
@@ -148,22 +198,24 @@ def _last_match(rx: re.Pattern[str], text: str) -> re.Match[str] | None:
     return matches[-1] if matches else None
 
 
-def default_binary() -> Path:
-    """Where ``build_llama_tools.sh`` puts ``llama-speculative-simple`` (CPU build).
+def default_binary(tree: bool = False) -> Path:
+    """Where ``build_llama_tools.sh`` puts ``llama-speculative-simple`` (CPU build); with
+    ``tree``, ``llama-speculative`` in the same directory.
 
     ``$LLAMA_SPECULATIVE_SIMPLE`` (a file) wins, then ``$LLAMA_TOOLS_BIN_DIR``, then
     ``${SVIP_LOCAL_TOOLS_DIR:-~/.cache/svip-local/tools}/build-cpu/bin``.
     """
     env = os.environ.get("LLAMA_SPECULATIVE_SIMPLE")
     if env:
-        return Path(env)
-    bin_dir = os.environ.get("LLAMA_TOOLS_BIN_DIR")
-    if bin_dir:
-        return Path(bin_dir) / BINARY_NAME
-    tools = os.environ.get("SVIP_LOCAL_TOOLS_DIR") or str(
-        Path.home() / ".cache" / "svip-local" / "tools"
-    )
-    return Path(tools) / "build-cpu" / "bin" / BINARY_NAME
+        simple = Path(env)
+    elif bin_dir := os.environ.get("LLAMA_TOOLS_BIN_DIR"):
+        simple = Path(bin_dir) / BINARY_NAME
+    else:
+        tools = os.environ.get("SVIP_LOCAL_TOOLS_DIR") or str(
+            Path.home() / ".cache" / "svip-local" / "tools"
+        )
+        simple = Path(tools) / "build-cpu" / "bin" / BINARY_NAME
+    return simple.with_name(TREE_BINARY_NAME) if tree else simple
 
 
 def build_command(
@@ -182,19 +234,37 @@ def build_command(
     n_min: int | None = None,
     n_gpu_layers: int | None = None,
     repack: bool = False,
+    n_parallel: int | None = None,
+    p_split: float = 0.1,
     extra_args: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
-    """The argument vector for one run (``n_predict`` is passed to ``-n`` unchanged)."""
+    """The argument vector for one run (``n_predict`` is passed to ``-n`` unchanged).
+
+    ``n_parallel`` set: the tree example's command (``binary`` is then ``llama-speculative``):
+    ``-np n_parallel --spec-draft-p-split p_split`` instead of ``--spec-type``/``p_min``/
+    ``n_min`` (which it ignores: a ``p_min`` or ``n_min`` raises ValueError), and ``-c`` is
+    ``ctx * n_parallel`` so that each of its sequences gets ``ctx`` positions.
+    """
+    if n_parallel is None:
+        spec = ["--spec-type", "draft-simple", "--spec-draft-n-max", str(int(n_max)),
+                "--spec-draft-p-min", repr(float(p_min))]
+        n_seq = 1
+    else:
+        n_seq = int(n_parallel)
+        if n_seq < 1:
+            raise ValueError("n_parallel must be >= 1")
+        if p_min or n_min is not None:
+            raise ValueError("llama-speculative has no p_min or n_min (it drafts to n_max)")
+        spec = ["-np", str(n_seq), "--spec-draft-p-split", repr(float(p_split)),
+                "--spec-draft-n-max", str(int(n_max))]
     cmd = [
         os.fspath(binary),
         "-m", os.fspath(target),
         "-md", os.fspath(draft),
-        "--spec-type", "draft-simple",
-        "--spec-draft-n-max", str(int(n_max)),
-        "--spec-draft-p-min", repr(float(p_min)),
+        *spec,
         "-n", str(int(n_predict)),
         "-t", str(int(threads)),
-        "-c", str(int(ctx)),
+        "-c", str(int(ctx) * n_seq),
         "--temp", repr(float(temp)),
         "-s", str(int(seed)),
         "-f", os.fspath(prompt_file),
@@ -209,12 +279,21 @@ def build_command(
     return cmd
 
 
-def parse_output(stderr: str, stdout: str = "", prompt: str | None = None) -> dict[str, Any]:
-    """Parse the end-of-run report of ``llama-speculative-simple``.
+def parse_output(
+    stderr: str, stdout: str = "", prompt: str | None = None, *, tree: bool = False
+) -> dict[str, Any]:
+    """Parse the end-of-run report of ``llama-speculative-simple`` (``tree``:
+    ``llama-speculative``; they print the same lines, but count rounds differently).
 
-    Raises :class:`PeerError` if the "decoded ... tokens" line is missing. Fields the binary
+    Raises :class:`PeerError` if the "decoded ... tokens" line is missing or a decode failed
+    (the example then goes on and exits with 0; see :data:`TREE_NEEDS_KVU`). Fields the binary
     did not print come back as None.
     """
+    failed = _RE_DECODE_FAILED.search(stderr)
+    if failed:
+        hint = f" ({TREE_NEEDS_KVU})" if "coupled sequences" in stderr else ""
+        raise PeerError(f"a decode failed, so the peer's numbers are wrong{hint}: "
+                        f"{failed.group(0).strip()}")
     # the report is on stderr; the generated text (stdout) must never be mistaken for it
     text_all = stderr
     dec = _last_match(_RE_DECODED, text_all)
@@ -242,11 +321,13 @@ def parse_output(stderr: str, stdout: str = "", prompt: str | None = None) -> di
 
     drafted, accepted = res["drafted"], res["accepted"]
     res["acceptance"] = accepted / drafted if drafted and accepted is not None else None
-    # mean tokens per target verification = 1 + accepted per round; rounds = generated - accepted
+    # mean tokens per target verification = 1 + accepted per round. Every round yields its
+    # accepted tokens and one more, so rounds = generated - accepted; in the tree example the
+    # first of those comes from the prefill's logits, not from a verification batch.
     n_gen = res["n_generated"]
-    rounds = n_gen - accepted if accepted is not None else None
+    rounds = max(n_gen - accepted - (1 if tree else 0), 0) if accepted is not None else None
     res["verify_rounds"] = rounds
-    res["tokens_per_round"] = n_gen / rounds if rounds else None
+    res["tokens_per_round"] = 1 + accepted / rounds if rounds and accepted is not None else None
 
     if res["prefill_s"] is not None and not math.isnan(res["prefill_s"]):
         total = res["prefill_s"] + res["decode_s"]
@@ -269,11 +350,18 @@ def parse_output(stderr: str, stdout: str = "", prompt: str | None = None) -> di
             "draft_ms": _float(stats.group(8)) if stats.group(8) else None,
             "accept_ms": _float(stats.group(9)) if stats.group(9) else None,
         }
-    for key, rx in _RE_PERF.items():
-        m = rx.search(tail)
-        if m:
-            res[key + "_ms"] = _float(m.group(1))
-            res[key + "_n"] = int(m.group(2))
+    # perf lines: the target's after "target:"; the draft's (tree example) between the two
+    at_target = _RE_SECTION["target"].search(tail)
+    at_draft = _RE_SECTION["draft"].search(tail)
+    sections = {"target": tail[at_target.end() :] if at_target else tail}
+    if at_draft:
+        sections["draft"] = tail[at_draft.end() : at_target.start() if at_target else None]
+    for who, text in sections.items():
+        for key, rx in _RE_PERF.items():
+            m = rx.search(text)
+            if m:
+                res[f"{who}_{key}_ms"] = _float(m.group(1))
+                res[f"{who}_{key}_n"] = int(m.group(2))
 
     # generated text: stdout is "\n\n" + prompt echo + generation + trailing blank lines
     body = stdout[2:] if stdout.startswith("\n\n") else stdout
@@ -301,11 +389,16 @@ def run_peer(
     n_gpu_layers: int | None = None,
     repack: bool | None = None,
     adjust_n: bool = True,
+    n_parallel: int | None = None,
+    p_split: float = 0.1,
     extra_args: list[str] | tuple[str, ...] = (),
     timeout: float | None = 1800.0,
     env: dict[str, str] | None = None,
+    attempts: int = 2,
 ) -> dict[str, Any]:
-    """Run ``llama-speculative-simple`` once on ``prompt`` (text) and return parsed results.
+    """Run ``llama-speculative-simple`` once on ``prompt`` (text) and return parsed results;
+    with ``n_parallel`` set, the tree example ``llama-speculative`` with ``-np n_parallel``
+    and split probability ``p_split`` instead (``p_min`` must then be 0).
 
     Keys: ``n_generated`` (tokens generated), ``decode_s`` and ``tokens_per_s`` (generation
     loop only, as printed), ``n_prompt``, ``prefill_s``, ``total_s`` (prefill + decode),
@@ -314,15 +407,21 @@ def run_peer(
     ``tokens_per_round``, ``text`` (generated text, None if the echo did not match),
     ``wall_s`` (whole process incl. model load), ``cmd``, ``returncode`` and, when printed,
     ``target_prompt_eval_ms/_n``, ``target_eval_ms/_n``, ``spec_stats`` (only with ``-lv 4`` in
-    ``extra_args``: draft counts, mean acceptance length, ``draft_ms`` = time spent drafting).
+    ``extra_args``: draft counts, mean acceptance length, ``draft_ms`` = time spent drafting),
+    ``draft_prompt_eval_ms/_n``, ``draft_eval_ms/_n`` (tree example); ``n_parallel`` and
+    ``p_split`` (None for the simple example).
 
-    ``binary=None`` uses :func:`default_binary`. With ``adjust_n`` the binary gets
-    ``-n n_predict - 1`` so it generates at least ``n_predict`` tokens (it may overshoot by up
-    to ``n_max``; see module docstring). ``repack=None`` follows ``SVIP_LOCAL_EXTRA_BUFTS``
-    like the engine (default: pass ``--no-repack``). ``n_gpu_layers`` (GPU builds) is applied
-    to both models. Raises :class:`PeerError` on failure.
+    ``binary=None`` uses :func:`default_binary` (the tree example's with ``n_parallel``).
+    With ``adjust_n`` the binary gets ``-n n_predict - 1`` so it generates at least
+    ``n_predict`` tokens (it may overshoot by up to ``n_max``; see module docstring).
+    ``repack=None`` follows ``SVIP_LOCAL_EXTRA_BUFTS`` like the engine (default: pass
+    ``--no-repack``). ``n_gpu_layers`` (GPU builds) is applied to both models. A run that
+    exits with 0 but lost its report (llama.cpp's log thread may not flush before exit, seen
+    in about 1 of 12 runs of the tiny test models) is run again, up to ``attempts`` runs in
+    all. Raises :class:`PeerError` on failure.
     """
-    exe = Path(binary) if binary is not None else default_binary()
+    tree = n_parallel is not None
+    exe = Path(binary) if binary is not None else default_binary(tree)
     if not exe.is_file():
         raise PeerError(f"{exe} not found: build it with scripts/build_llama_tools.sh")
     for p in (target, draft):
@@ -342,29 +441,35 @@ def run_peer(
             exe, target, draft, pfile,
             n_max=n_max, p_min=p_min, n_predict=n_arg, threads=threads, ctx=ctx,
             temp=temp, seed=seed, n_min=n_min, n_gpu_layers=n_gpu_layers,
-            repack=repack, extra_args=extra_args,
+            repack=repack, n_parallel=n_parallel, p_split=p_split, extra_args=extra_args,
         )  # fmt: skip
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout,
-                env={**os.environ, **env} if env else None,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as e:
-            raise PeerError(f"peer timed out after {timeout} s: {' '.join(cmd)}") from e
-        wall = time.perf_counter() - t0
+        for _ in range(max(1, attempts)):
+            t0 = time.perf_counter()
+            try:
+                proc = subprocess.run(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=timeout,
+                    env={**os.environ, **env} if env else None,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as e:
+                raise PeerError(f"peer timed out after {timeout} s: {' '.join(cmd)}") from e
+            wall = time.perf_counter() - t0
+            stdout = proc.stdout.decode("utf-8", errors="replace")
+            stderr = proc.stderr.decode("utf-8", errors="replace")
+            # llama.cpp's logger is a leaked singleton whose worker thread writes both streams:
+            # a process that exits while it lags loses the last lines, report included
+            if proc.returncode != 0 or _RE_DECODED.search(stderr + "\n" + stdout):
+                break
 
-    stdout = proc.stdout.decode("utf-8", errors="replace")
-    stderr = proc.stderr.decode("utf-8", errors="replace")
     if proc.returncode != 0:
         tail = "\n".join(stderr.strip().splitlines()[-15:])
-        raise PeerError(f"peer exited with {proc.returncode}: {' '.join(cmd)}\n{tail}")
+        hint = f" ({TREE_NEEDS_KVU})" if "coupled sequences" in stderr else ""
+        raise PeerError(f"peer exited with {proc.returncode}{hint}: {' '.join(cmd)}\n{tail}")
     try:
-        res = parse_output(stderr, stdout, prompt)
+        res = parse_output(stderr, stdout, prompt, tree=tree)
     except PeerError as e:
         tail = "\n".join(stderr.strip().splitlines()[-15:])
         raise PeerError(f"{e}: {' '.join(cmd)}\n{tail}") from e
@@ -373,6 +478,8 @@ def run_peer(
     res["cmd"] = cmd
     res["n_predict_requested"] = n_predict
     res["p_min"] = p_min
+    res["n_parallel"] = n_parallel
+    res["p_split"] = p_split if tree else None
     if res["n_max"] is None:
         res["n_max"] = n_max
     return res
@@ -380,15 +487,23 @@ def run_peer(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--binary", default=None, help="llama-speculative-simple (default: built)")
+    ap.add_argument("--binary", default=None,
+                    help="llama-speculative-simple, or with --tree llama-speculative "
+                         "(default: the built one)")
     ap.add_argument("-m", "--target", required=True, help="target GGUF")
     ap.add_argument("-md", "--draft", required=True, help="draft GGUF")
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("-p", "--prompt", help="prompt text (no chat template is applied)")
     g.add_argument("-f", "--prompt-file", help="file holding the prompt text (used verbatim)")
-    ap.add_argument("--n-max", type=int, default=3, help="max draft length (default 3)")
+    ap.add_argument("--n-max", type=int, default=3,
+                    help="max draft length; with --tree: draft tokens per round over the "
+                         "whole tree (default 3)")
     ap.add_argument("--p-min", type=float, default=0.0, help="draft stop prob. (default 0)")
     ap.add_argument("--n-min", type=int, default=None, help="drop drafts shorter than this")
+    ap.add_argument("--tree", type=int, default=None, metavar="N_PARALLEL",
+                    help="run the tree example llama-speculative with this many branches")
+    ap.add_argument("--p-split", type=float, default=0.1,
+                    help="with --tree: branch split probability (default 0.1)")
     ap.add_argument("-n", "--n-predict", type=int, default=64, help="tokens to generate")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-c", "--ctx", type=int, default=2048)
@@ -404,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--json", action="store_true", help="print the whole result as JSON")
     args, extra = ap.parse_known_args(argv)
+    if args.tree is not None and (args.p_min or args.n_min is not None):
+        ap.error("--tree takes no --p-min or --n-min (llama-speculative drafts to --n-max)")
 
     prompt = args.prompt
     if prompt is None:
@@ -414,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
             n_max=args.n_max, p_min=args.p_min, n_predict=args.n_predict,
             threads=args.threads, ctx=args.ctx, temp=args.temp, seed=args.seed,
             n_min=args.n_min, n_gpu_layers=args.n_gpu_layers, adjust_n=not args.raw_n,
-            repack=True if args.repack else None,
+            repack=True if args.repack else None, n_parallel=args.tree, p_split=args.p_split,
             extra_args=extra, timeout=args.timeout,
         )  # fmt: skip
     except PeerError as e:
@@ -425,8 +542,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     acc = res["acceptance"]
     incl = res["tokens_per_s_incl_prefill"]
+    setting = (f"n_max={res['n_max']} p_min={res['p_min']}" if args.tree is None else
+               f"n_parallel={res['n_parallel']} p_split={res['p_split']} n_max={res['n_max']}")
     print(
-        f"n_max={res['n_max']} p_min={res['p_min']} generated={res['n_generated']} "
+        f"{setting} generated={res['n_generated']} "
         f"prefill={res['prefill_s']}s decode={res['decode_s']}s "
         f"tok/s={res['tokens_per_s']:.3f} (incl. prefill: "
         f"{'n/a' if incl is None else f'{incl:.3f}'}) drafted={res['drafted']} "

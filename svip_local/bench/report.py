@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from svip_local.bench import python_peer
+from svip_local.bench import peer, python_peer
 from svip_local.bench.calibrate import held_out_line
 from svip_local.bench.prompts import CATEGORIES
 from svip_local.bench.runner import BASELINE, RunRecord, Summary
@@ -58,10 +58,8 @@ def label(policy: str, resolved: str = "") -> str:
     """How a policy spec (or the oracle, or llama.cpp's binary) reads in a table."""
     if policy == ORACLE:
         return "oracle (simulated)"
-    name, _, arg = policy.partition(":")
-    if name == "llama.cpp":
-        n_max, _, p_min = arg.partition(":")
-        return f"llama.cpp n_max={n_max} p_min={p_min}"
+    if peer.handles(policy):
+        return peer.label(policy)
     if python_peer.handles(policy):
         return resolved or policy
     return policy_label(policy, resolved)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from svip_local.bench.calibrate import calibrate
 from svip_local.bench.defaults import DEFAULT_GRID, DEFAULT_POLICIES
-from svip_local.bench.peer import Peer, sweep
+from svip_local.bench.peer import PREFIX, PREFIXES, Peer, handles as peer_handles, sweep
 from svip_local.bench.prompts import Prompt, select
 from svip_local.bench.python_peer import PythonPeer, handles as python_peer_handles
 from svip_local.bench.report import BenchResult
@@ -88,16 +88,18 @@ def run_bench(engine: Engine, opts: BenchOptions) -> BenchResult:
                              n_ctx=engine.n_ctx, n_gpu_layers=engine.config.n_gpu_layers
                              ) if any(python_peer_handles(s) for s in specs) else None
     runners: list[ExternalRunner] = [python_peer] if python_peer else []
-    uncalibrated = [s for s in specs if not python_peer_handles(s)
+    uncalibrated = [s for s in specs if not python_peer_handles(s) and not peer_handles(s)
                     and split_spec(s).policy[0].needs_calibration]
     if cal is None and uncalibrated:
         log.warning("no calibration: leaving out %s (needs it)", ", ".join(uncalibrated))
         specs = [s for s in specs if s not in uncalibrated]
     peer_table: list[dict[str, float | str]] = []
-    if opts.peer:
-        peer, best, peer_table = _sweep_peer(engine, opts, items)
+    if opts.peer or any(peer_handles(s) for s in specs):  # llama.cpp specs in the policies too
+        peer = _peer(engine, opts, specs)
         runners.append(peer)
-        specs.append(best)
+        if opts.peer:
+            best, peer_table = _sweep_peer(peer, opts, items)
+            specs += [best] if best not in specs else []
     external = Externals(runners)
     local = [s for s in specs if not external.handles(s)]
     if opts.fresh_auto:
@@ -125,23 +127,30 @@ def run_bench(engine: Engine, opts: BenchOptions) -> BenchResult:
                        cal.to_dict() if cal else None, run.traces)
 
 
-def _sweep_peer(engine: Engine, opts: BenchOptions, items: list[BenchItem]
-                ) -> tuple[Peer, str, list[dict[str, float | str]]]:
-    """llama.cpp's binary on the first few prompts at every grid setting: the peer, its best
-    setting (which joins the benchmark) and the sweep's table."""
+def _peer(engine: Engine, opts: BenchOptions, specs: list[str]) -> Peer:
+    """llama.cpp's binaries on this pair: the sweep's (with `opts.peer`) and those of the
+    llama.cpp specs among `specs` must be built."""
     assert engine.draft_model is not None
     machine = engine.machine
     # Our -1 is "all layers"; the peer's -1 is "auto", so name a number past any model's.
     layers = engine.config.n_gpu_layers
-    peer = Peer(engine.target_model.path, engine.draft_model.path, threads=machine.threads,
-                n_ctx=engine.n_ctx, binary=opts.peer_binary,
+    needs = [p for p in PREFIXES if (opts.peer and p == PREFIX)
+             or any(s.startswith(p) for s in specs)]
+    return Peer(engine.target_model.path, engine.draft_model.path, threads=machine.threads,
+                n_ctx=engine.n_ctx, binary=opts.peer_binary, needs=needs,
                 n_gpu_layers=None if machine.gpu == "cpu" else 999 if layers < 0 else layers)
+
+
+def _sweep_peer(peer: Peer, opts: BenchOptions, items: list[BenchItem]
+                ) -> tuple[str, list[dict[str, float | str]]]:
+    """llama.cpp's simple binary on the first few prompts at every grid setting: its best
+    setting (which joins the benchmark) and the sweep's table."""
     sweep_items = ([i for i in items if i.suite == "specbench"] or items)[
         :opts.peer_sweep_prompts]
     with progress_bar(len(opts.peer_grid) * len(sweep_items), "llama.cpp sweep",
                       opts.progress) as tick:
         best, table = sweep(peer, sweep_items, opts.peer_grid, on_run=tick)
-    return peer, best, table
+    return best, table
 
 
 def _meta(engine: Engine, opts: BenchOptions) -> dict[str, object]:

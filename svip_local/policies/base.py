@@ -99,7 +99,7 @@ class Proposer(Protocol):
         ...
 
 
-Option = tuple[npt.NDArray[np.intp], int]  # a depth's candidate ids best first, and how
+Option = tuple[npt.NDArray[np.integer[Any]], int]  # a depth's candidate ids best first, and how
 # many of them to offer there (the chain's token included)
 
 

@@ -14,7 +14,9 @@ so spending s more seconds costs s / t1 tokens):
   measured says less about text STALE_TOKENS further on). The prediction: the best constant
   length k under the live acceptance chain (the first token accepted at the mean rate, each
   further one at the rate given that the one before was). Within the round cost-aware SVIP
-  decides the length with the live costs and entropy map (`svip-cost`'s rule).
+  decides the length with the live costs and entropy map (`svip-cost`'s rule); where the
+  calibrated choice at this temperature widens its chain into a token tree (CaPE), so do
+  these rounds (`calibrated_expander`), and their realised gain includes what the tree won.
 * the target alone gains 0.
 
 Switching to drafting after a target-alone stretch first costs the draft's catch-up decode of
@@ -41,7 +43,7 @@ import numpy.typing as npt
 from svip_local.calibration import Calibration
 from svip_local.calibration.live import LiveCosts, LiveModel, default_costs
 from svip_local.errors import InvalidRequestError
-from svip_local.policies.base import DraftPolicy, StepStats, Verdict
+from svip_local.policies.base import DraftPolicy, Expander, StepStats, Verdict
 from svip_local.policies.cost import CostAwareSvip
 from svip_local.policies.lookup import PromptLookup
 from svip_local.policies.strategy import Strategy
@@ -78,6 +80,19 @@ def prior_model(cal: Calibration | None) -> LiveModel:
     if cal is None:
         return LiveModel.start(default_costs(), "defaults")
     return LiveModel.start(LiveCosts.from_model(cal.costs), "calibration", cal)
+
+
+def calibrated_expander(cal: Calibration | None, temperature: float) -> Expander | None:
+    """The expander of the calibrated choice nearest `temperature`: the drafting rounds
+    widen into trees exactly where calibration found this machine's batches pay for them
+    (CaPE on a big target, none where each row costs nearly a decode)."""
+    if cal is None:
+        return None
+    choices = [cal.greedy, *cal.sampled]
+    spec = min(choices, key=lambda c: abs(c.temperature - temperature)).choice
+    parsed = split_spec(spec)
+    return None if parsed.expander is None else parsed.expander[0].build(
+        parsed.expander[1], PolicyContext())
 
 
 def lookup_ngram(cal: Calibration | None) -> int:
@@ -132,7 +147,8 @@ class LiveAuto(Strategy):
 
     def __init__(self, model: LiveModel, *, max_draft: int, has_draft: bool, ngram: int,
                  temperature: float = 0.0) -> None:
-        super().__init__(LiveDraft(max_draft), None)
+        super().__init__(LiveDraft(max_draft), None,
+                         calibrated_expander(model.calibration, temperature))
         self.model, self.has_draft = model, has_draft
         self.lookup = PromptLookup(ngram, max_draft)
         self.proposer = _Copy(self)

@@ -17,7 +17,8 @@ from svip_local.native import Context, Outputs
 
 pytestmark = pytest.mark.real_pair
 
-POLICIES = ["constant:3", "heuristic", "svip", "pmin:0.75", "adaedl"]
+POLICIES = ["constant:3", "heuristic", "svip", "pmin:0.75", "adaedl", "svip+cape:16",
+            "constant:4+cape:32", "lookup-tree:3:16", "svip+cape:8+lookup-tree:2:16"]
 PROMPTS = [
     "def is_prime(n):\n",
     "Translate to French: The weather is nice today.\n",
