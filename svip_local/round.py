@@ -147,8 +147,10 @@ class Speculator:
             h, p1 = entropy_and_top_prob(logits, self._scratch) if stats else (math.nan,
                                                                                 math.nan)
             if expander is not None:
-                options.append((top_candidates(logits if q is None else q),
-                                expander.width(p1)))
+                ids = top_candidates(logits if q is None else q)
+                # softmax of the best logits: p1 = 1/Z, so p(y) = exp(l_y - l_max) * p1
+                probs = np.exp(logits[ids] - logits[ids[0]]) * p1 if q is None else q[ids]
+                options.append((ids, probs, expander.width(p1)))
             verdict = policy.judge(StepStats(n, h, p1))
             if verdict is Verdict.DROP:
                 break

@@ -101,14 +101,6 @@ class TokenTree:
             c = self._next_sibling[c]
         return c
 
-    @property
-    def is_chain(self) -> bool:
-        return all(p == i - 1 for i, p in enumerate(self.parents))
-
-    @property
-    def depth(self) -> int:
-        return max(self.depths, default=0)
-
     def path(self, node: int) -> list[int]:
         """Nodes from the root's child down to `node` ([] for the root)."""
         out = []

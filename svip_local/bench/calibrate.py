@@ -51,6 +51,7 @@ from svip_local.calibration import (
 from svip_local.errors import InvalidRequestError
 from svip_local.policies import (
     Constant,
+    CostAwareCape,
     CostAwareSvip,
     NoDraft,
     Plan,
@@ -145,7 +146,8 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
            expanders: Sequence[str] = EXPANDERS, proposers: Sequence[str] = PROPOSERS,
            margin: float = MARGIN, tie: float = TIE) -> Choice:
     """Simulate every candidate (and svip-cost at the rates Dinkelbach's iteration visits),
-    then the best few widened into trees by each expander, then the best few of all and the
+    then the best few widened into trees by each expander (cape-cost priced at svip-cost's
+    rate), then the best few of all and the
     target alone with each proposal source, and choose the best by `Candidate.score` (the
     mean of per-prompt rates). Trees are priced by the verification cost of all their nodes,
     so they win only where this machine's batches leave room for them.
@@ -196,9 +198,13 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
     def copying(base: str, spec: str) -> Callable[[], Plan]:
         return lambda: makers[base]().with_proposer(build_part(spec, "proposer"))
 
+    def priced(base: str) -> Callable[[], Plan]:  # the tree sized by this machine's costs
+        return lambda: makers[base]().with_expander(CostAwareCape(costs, cost_rate))
+
     for base in drafting():
         for spec in expanders:
             add(widened(base, spec))
+        add(priced(base))
     copyable = any(t.context() is not None for t in traces)  # traces with their prompts
     for base in ("none", *drafting()) if copyable else ():
         for spec in proposers:

@@ -116,7 +116,7 @@ def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, stat
                 draft_s += step_s
                 steps = n
                 if expander is not None:
-                    options.append((trace.candidates(pos),
+                    options.append((*trace.candidates(pos),
                                     expander.width(float(trace.top_prob[pos]))))
                 verdict = policy.judge(StepStats(n, float(trace.entropy[pos]),
                                                  float(trace.top_prob[pos])))

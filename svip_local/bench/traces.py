@@ -129,9 +129,12 @@ class PromptTrace:
                        prompt_ids=_empty("prompt_ids"), accept_prob=_empty("accept_prob"),
                        top_ids=top_ids, alt_accept=_empty("alt_accept"))
 
-    def candidates(self, pos: int) -> npt.NDArray[np.int32]:
-        """The draft's best tokens at `pos`, best first (none in a trace without them)."""
-        return self.top_ids[pos] if len(self.top_ids) else self.top_ids[:0, 0]
+    def candidates(self, pos: int) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float16]]:
+        """The draft's best tokens at `pos`, best first, and their probabilities (none in a
+        trace without them)."""
+        if not len(self.top_ids):
+            return self.top_ids[:0, 0], self.top_probs[:0, 0]
+        return self.top_ids[pos], self.top_probs[pos]
 
     def context(self) -> npt.NDArray[np.int32] | None:
         """Prompt and target path as one sequence (the context before position j is its first

@@ -26,7 +26,7 @@ from svip_local.policies.base import (
     entropy_scratch,
 )
 from svip_local.policies.cost import CostAwareSvip
-from svip_local.policies.cape import Cape
+from svip_local.policies.cape import Cape, CostAwareCape
 from svip_local.policies.lookup import LookupTree, PromptLookup
 from svip_local.policies.rules import AdaEdl, Constant, Heuristic, NoDraft, PMin, Svip
 from svip_local.policies.strategy import PerTemperature, Plan, Strategy, as_plan
@@ -43,7 +43,7 @@ from svip_local.policies.table import (
 from svip_local.policies.table import entries as policy_entries
 
 __all__ = [
-    "AdaEdl", "Cape", "Constant", "CostAwareSvip", "DraftPolicy", "Expander", "Heuristic", "Option",
+    "AdaEdl", "Cape", "Constant", "CostAwareCape", "CostAwareSvip", "DraftPolicy", "Expander", "Heuristic", "Option",
     "LookupTree", "NoDraft", "PMin", "PerTemperature", "Plan", "PolicyContext",
     "PolicyEntry", "PromptLookup", "Proposer",
     "StepStats", "Strategy", "Svip", "Verdict", "as_plan", "build_part", "check_spec",

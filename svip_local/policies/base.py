@@ -99,8 +99,9 @@ class Proposer(Protocol):
         ...
 
 
-Option = tuple[npt.NDArray[np.integer[Any]], int]  # a depth's candidate ids best first, and how
-# many of them to offer there (the chain's token included)
+# A depth's candidate ids best first, their draft probabilities, and how many of them to
+# offer there (the chain's token included).
+Option = tuple[npt.NDArray[np.integer[Any]], npt.NDArray[np.floating[Any]], int]
 
 
 class Expander(Protocol):

@@ -12,6 +12,7 @@ how deep the chain goes; the node budget bounds the whole tree, and shallow dept
 served first (each is reached more often than the next).
 
 Unlike GliDe it needs no draft trained on the target's KV cache: any GGUF draft will do.
+`cape-cost` sizes the tree from this machine's batch costs instead of fixed bins.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from svip_local.calibration.costs import MAX_TREE_VERIFY, CostModel
 from svip_local.errors import InvalidRequestError
 from svip_local.policies.base import Option
 from svip_local.policies.table import Param, PolicyContext, PolicyEntry, register
-from svip_local.tree import TokenTree
+from svip_local.tree import MAX_CANDIDATES, TokenTree
 
 # (top-1 probability below, candidates at that depth, the chain's token included); the widest
 # is tree.MAX_CANDIDATES, what the round reads and traces record.
@@ -65,7 +67,7 @@ class Cape:
 
     def expand(self, tree: TokenTree, options: Sequence[Option]) -> None:
         chain = len(tree)
-        for depth, (ids, width) in enumerate(options):
+        for depth, (ids, _, width) in enumerate(options):
             taken = tree.tokens[depth] if depth < chain else -1
             offered = 1 if depth < chain else 0  # the chain's own token counts
             for t in ids:
@@ -77,3 +79,72 @@ class Cape:
                     tree.add(int(t), depth - 1)
                     offered += 1
 
+
+
+@register("cape-cost", Param("R", float, None, "tokens/s a leaf's expected tokens must beat "
+                                               "(default: the calibrated rate)", fmt=".4g"),
+          kind="expander",
+          rule="+cape-cost: CaPE priced on this machine: the draft's alternatives, most likely "
+               "first, become leaves only while a leaf's expected tokens pay for its row of "
+               "the verification batch (needs `svip-local calibrate`)",
+          label="CaPE, cost-aware", grid=(), needs_calibration=True)
+class CostAwareCape:
+    """A leaf y at depth d is worth P(the chain is accepted up to d - 1) * P(the target picks
+    y at d) tokens, both estimated by the draft's own probabilities (the chain's tokens',
+    then y's: the value Sequoia and SpecInfer grow trees by); it costs the verification row
+    it adds, verify(n + 1) - verify(n) seconds on this machine, a price in tokens at the rate R
+    (svip-cost's). Leaves are added best first while they pay, up to MAX_NODES: wide where
+    a batch row is nearly free (a GPU), narrow or none where it costs almost a decode."""
+
+    MAX_NODES = MAX_TREE_VERIFY - 1
+
+    entry: ClassVar[PolicyEntry]
+
+    def __init__(self, costs: CostModel, rate: float) -> None:
+        if not rate > 0:
+            raise InvalidRequestError(f"cape-cost rate must be positive tokens/s, got {rate}")
+        self.rate = rate
+        d = costs.base_depth
+        # row[n]: the extra seconds of verifying the (n+1)-th node, beside the root.
+        verify = [costs.verify(b, d) for b in range(1, self.MAX_NODES + 2)]
+        self._row = [max(0.0, b - a) for a, b in zip(verify, verify[1:], strict=False)]
+
+    @classmethod
+    def build(cls, args: tuple[Any, ...], context: PolicyContext) -> CostAwareCape:
+        cal = context.calibration() if context.has_draft else None
+        if cal is None:
+            raise InvalidRequestError(
+                "cape-cost needs this machine's costs for this pair: run `svip-local "
+                "calibrate` first (with the same files, threads and GPU offload)")
+        (rate,) = args
+        return cls(cal.costs, rate or cal.greedy.cost_rate)
+
+    @property
+    def name(self) -> str:
+        return self.entry.spec((self.rate,))
+
+    @staticmethod
+    def width(top_prob: float) -> int:
+        return MAX_CANDIDATES
+
+    def expand(self, tree: TokenTree, options: Sequence[Option]) -> None:
+        chain = len(tree)
+        leaves: list[tuple[float, int, int]] = []  # (expected tokens, parent, token)
+        reach = 1.0
+        for depth, (ids, probs, _) in enumerate(options):
+            taken = tree.tokens[depth] if depth < chain else -1
+            kept = 0.0
+            for t, p in zip(ids.tolist(), probs.tolist(), strict=True):
+                if t == taken:
+                    kept = p
+                else:
+                    leaves.append((reach * p, depth - 1, t))
+            reach *= kept
+            if reach <= 0.0:
+                break
+        leaves.sort(reverse=True)
+        for value, parent, token in leaves:
+            n = len(tree)
+            if n >= self.MAX_NODES or value < self.rate * self._row[n]:
+                break
+            tree.add(token, parent)

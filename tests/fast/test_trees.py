@@ -10,11 +10,14 @@ import pytest
 
 import svip_local.sampling as sampling_module
 from svip_local import Engine, Round, SamplingParams
+from svip_local.bench.simulate import simulate
+from svip_local.bench.traces import record_trace
 from svip_local.errors import InvalidRequestError
 from svip_local.native import MAX_BRANCHES
-from svip_local.policies import LookupTree, label, parse_policy
+from svip_local.policies import Constant, CostAwareCape, LookupTree, Strategy, label, parse_policy
 from svip_local.tree import TokenTree
 from tests.fast.test_engine_sampling import chi_square_p, exact_pair_distribution, sampled_pairs
+from tests.support.sim import make_costs
 
 PROMPT = "The quick brown fox"
 REPEATING = "Once upon a time, once upon a time, once upon a time"
@@ -46,7 +49,6 @@ def test_a_tree_lays_out_one_sequence_per_branch() -> None:
     assert tree.children(-1) == [0, 4] and tree.children(0) == [1, 3]
     assert tree.child_with(0, 13) == 3 and tree.child_with(0, 99) == -1
     assert tree.chain_below(3) == [0, 3] and tree.chain_below(-1) == [0, 1, 2]
-    assert not tree.is_chain and TokenTree.chain([1, 2, 3]).is_chain
     assert TokenTree.chain([1, 2]).layout() == ([0, 1, 2], [[0], [0], [0]], 1)
 
 
@@ -55,7 +57,7 @@ def test_pruning_keeps_a_tree() -> None:
     tree.prune(max_nodes=10, max_depth=2)
     assert tree.tokens == [10, 11, 13, 14] and tree.parents == [-1, 0, 0, -1]
     tree.prune(max_nodes=2, max_depth=5)
-    assert tree.tokens == [10, 11] and tree.is_chain
+    assert tree.tokens == [10, 11] and tree.parents == [-1, 0]
 
 
 def test_a_lookup_tree_merges_every_occurrence_most_supported_first() -> None:
@@ -171,3 +173,39 @@ def test_specs_name_trees() -> None:
         parse_policy("svip+cape+cape")
     with pytest.raises(InvalidRequestError, match=">= 1"):
         parse_policy("svip+cape:0")
+
+
+FREE_ROWS = make_costs(lambda b: 0.1 + 1e-6 * b)  # a GPU-like batch: rows almost free
+DEAR_ROWS = make_costs(lambda b: 0.1 * b)  # every row costs a decode
+
+
+def test_cost_aware_cape_is_wide_where_rows_are_free_and_absent_where_they_are_dear() -> None:
+    ids = np.array([5, 6, 7, 8, 9, 10, 11, 12])
+    probs = np.array([0.4, 0.2, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05])
+    options = [(ids, probs, 8), (ids + 20, probs, 8)]
+    wide, none = TokenTree.chain([5, 25]), TokenTree.chain([5, 25])
+    CostAwareCape(FREE_ROWS, rate=10.0).expand(wide, options)
+    CostAwareCape(DEAR_ROWS, rate=10.0).expand(none, options)
+    assert len(none) == 2  # 0.2 expected tokens never pay for a decode's worth of row
+    assert len(wide) == 2 + 7 + 7  # every alternative at both depths
+    assert wide.tokens[2] == 6 and wide.parents[2] == -1  # the most likely alternative first
+    assert {wide.tokens[c] for c in wide.children(0)} == {25, *range(26, 33)}
+
+
+@pytest.mark.parametrize("costs", [FREE_ROWS, DEAR_ROWS])
+def test_cost_aware_cape_is_lossless_and_replays_round_for_round(engine: Engine,
+                                                                 costs: object) -> None:
+    ids, budget = engine.tokenize(PROMPT), 48
+    alone = engine.complete(ids, max_tokens=budget, policy="none", ignore_eos=True)
+    trace = record_trace(engine, ids, alone, prompt_id="p", category="qa", max_tokens=budget)
+    assert isinstance(costs, type(FREE_ROWS))
+
+    def strategy() -> Strategy:
+        return Strategy(Constant(3), expander=CostAwareCape(costs, rate=10.0))
+
+    done = engine.complete(ids, max_tokens=budget, policy=strategy(), ignore_eos=True)
+    assert done.tokens == alone.tokens
+    assert (done.stats.nodes > done.stats.drafted) == (costs is FREE_ROWS)
+    sim = simulate(trace, strategy(), costs)
+    assert sim.accepted_lengths == done.stats.accepted_lengths
+    assert sim.node_counts[:3] == done.stats.node_counts[:3]
