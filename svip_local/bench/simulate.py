@@ -134,7 +134,7 @@ def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, stat
     accepted = len(path)
     if not copied:
         chain_accepted = leading_chain(path, chain)
-        if chain:
+        if steps:  # the draft caught up this round, whatever it kept
             state.draft_ok = seq_len + min(decoded, chain_accepted)
         policy.observe(chain, chain_accepted)
     # Rows read: the accepted path's and the one after it.

@@ -333,3 +333,17 @@ def test_auto_learns_acceptance_from_what_it_drafts(engine: Engine) -> None:
     after = plan.model.acceptance_for(0.0).tries
     assert sum(after) > sum(before)
     assert np.all(np.asarray(after) >= np.asarray(before) - 1e-9)
+
+
+def test_auto_widens_its_drafts_only_where_the_calibrated_choice_does() -> None:
+    from types import SimpleNamespace
+
+    from svip_local.policies import Cape
+    from svip_local.policies.live import calibrated_expander
+
+    cal = SimpleNamespace(greedy=SimpleNamespace(temperature=0.0, choice="svip:0.3+cape:8"),
+                          sampled=[SimpleNamespace(temperature=1.0, choice="svip:0.2")])
+    greedy = calibrated_expander(cal, 0.0)  # type: ignore[arg-type]
+    assert isinstance(greedy, Cape) and greedy.nodes == 8
+    assert calibrated_expander(cal, 0.9) is None  # type: ignore[arg-type]
+    assert calibrated_expander(None, 0.0) is None
