@@ -43,7 +43,8 @@ from svip_local.policies.table import (
 from svip_local.policies.table import entries as policy_entries
 
 __all__ = [
-    "AdaEdl", "Cape", "Constant", "CostAwareCape", "CostAwareSvip", "DraftPolicy", "Expander", "Heuristic", "Option",
+    "AdaEdl", "Cape", "Constant", "CostAwareCape", "CostAwareSvip", "DraftPolicy", "Expander",
+    "Heuristic", "Option",
     "LookupTree", "NoDraft", "PMin", "PerTemperature", "Plan", "PolicyContext",
     "PolicyEntry", "PromptLookup", "Proposer",
     "StepStats", "Strategy", "Svip", "Verdict", "as_plan", "build_part", "check_spec",

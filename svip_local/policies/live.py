@@ -91,8 +91,9 @@ def calibrated_expander(cal: Calibration | None, temperature: float) -> Expander
     choices = [cal.greedy, *cal.sampled]
     spec = min(choices, key=lambda c: abs(c.temperature - temperature)).choice
     parsed = split_spec(spec)
+    # The calibration goes along: a tree sized by this machine's costs (cape-cost) reads them.
     return None if parsed.expander is None else parsed.expander[0].build(
-        parsed.expander[1], PolicyContext())
+        parsed.expander[1], PolicyContext(calibration=lambda: cal))
 
 
 def lookup_ngram(cal: Calibration | None) -> int:

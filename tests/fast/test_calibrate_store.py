@@ -18,6 +18,7 @@ from svip_local.calibration import (
 from svip_local.errors import InvalidRequestError
 from svip_local.policies import (
     Constant,
+    CostAwareCape,
     CostAwareSvip,
     DraftPolicy,
     NoDraft,
@@ -177,3 +178,20 @@ def test_calibrated_without_sampled_choices_copies_only_in_greedy_generations(en
     explicit = engine.complete(prompt, max_tokens=60, policy="lookup:1:8", ignore_eos=True,
                                sampling=sampled)
     assert explicit.stats.lookup_rounds > 0
+
+
+@pytest.mark.parametrize("spec", ["calibrated", "auto"])
+def test_a_choice_that_prices_its_tree_runs_under_calibrated_and_auto(engine: Engine,
+                                                                      spec: str) -> None:
+    """cape-cost reads this machine's costs from the calibration, also when `auto` takes it
+    as the drafting rounds' expander (it once built it without one, and the default policy
+    failed on every machine whose calibration chose it)."""
+    store.save(calibration(engine, "svip:0.3+cape-cost:12.5", {1.0: "svip:0.2"}))
+    plan = engine.make_policy(spec)
+    expander = plan.for_sampling(SamplingParams()).expander
+    assert isinstance(expander, CostAwareCape) and expander.rate == 12.5
+    assert plan.for_sampling(SamplingParams(temperature=1.0)).expander is None
+    prompt = "The quick brown fox"
+    alone = engine.complete(prompt, max_tokens=24, policy="none", ignore_eos=True)
+    assert engine.complete(prompt, max_tokens=24, policy=plan,
+                           ignore_eos=True).tokens == alone.tokens
