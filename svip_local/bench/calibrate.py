@@ -199,7 +199,7 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
         return lambda: makers[base]().with_proposer(build_part(spec, "proposer"))
 
     def priced(base: str) -> Callable[[], Plan]:  # the tree sized by this machine's costs
-        return lambda: makers[base]().with_expander(CostAwareCape(costs, cost_rate))
+        return lambda: makers[base]().with_expander(CostAwareCape.from_costs(costs, cost_rate))
 
     for base in drafting():
         for spec in expanders:

@@ -94,20 +94,36 @@ class CostAwareCape:
     then y's: the value Sequoia and SpecInfer grow trees by); it costs the verification row
     it adds, verify(n + 1) - verify(n) seconds on this machine, a price in tokens at the rate R
     (svip-cost's). Leaves are added best first while they pay, up to MAX_NODES: wide where
-    a batch row is nearly free (a GPU), narrow or none where it costs almost a decode."""
+    a batch row is nearly free (a GPU), narrow or none where it costs almost a decode. The
+    live `auto` re-prices it every drafting round (`price`) from what it measures."""
 
     MAX_NODES = MAX_TREE_VERIFY - 1
 
     entry: ClassVar[PolicyEntry]
 
-    def __init__(self, costs: CostModel, rate: float) -> None:
+    def __init__(self, verify: Sequence[float], rate: float) -> None:
+        self._priced: Sequence[float] = ()
+        self._row: list[float] = []
+        self.price(verify, rate)
+
+    @classmethod
+    def from_costs(cls, costs: CostModel, rate: float) -> CostAwareCape:
+        """Priced by a calibration's cost model, at its depth."""
+        d = costs.base_depth
+        return cls([costs.verify(b, d) for b in range(1, cls.MAX_NODES + 2)], rate)
+
+    def price(self, verify: Sequence[float], rate: float) -> None:
+        """`verify[b-1]`: seconds to verify b rows (b up to MAX_NODES + 1); R in tokens/s."""
         if not rate > 0:
             raise InvalidRequestError(f"cape-cost rate must be positive tokens/s, got {rate}")
+        if len(verify) < self.MAX_NODES + 1:
+            raise ValueError(f"cape-cost needs verification times up to {self.MAX_NODES + 1} "
+                             f"rows, got {len(verify)}")
         self.rate = rate
-        d = costs.base_depth
-        # row[n]: the extra seconds of verifying the (n+1)-th node, beside the root.
-        verify = [costs.verify(b, d) for b in range(1, self.MAX_NODES + 2)]
-        self._row = [max(0.0, b - a) for a, b in zip(verify, verify[1:], strict=False)]
+        if verify is not self._priced:  # the live table is rebuilt only after a verification
+            self._priced = verify
+            # row[n]: the extra seconds of verifying the (n+1)-th node, beside the root.
+            self._row = [max(0.0, b - a) for a, b in zip(verify, verify[1:], strict=False)]
 
     @classmethod
     def build(cls, args: tuple[Any, ...], context: PolicyContext) -> CostAwareCape:
@@ -117,7 +133,7 @@ class CostAwareCape:
                 "cape-cost needs this machine's costs for this pair: run `svip-local "
                 "calibrate` first (with the same files, threads and GPU offload)")
         (rate,) = args
-        return cls(cal.costs, rate or cal.greedy.cost_rate)
+        return cls.from_costs(cal.costs, rate or cal.greedy.cost_rate)
 
     @property
     def name(self) -> str:

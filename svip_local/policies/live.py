@@ -41,9 +41,11 @@ import numpy as np
 import numpy.typing as npt
 
 from svip_local.calibration import Calibration
+from svip_local.calibration.costs import MAX_TREE_VERIFY
 from svip_local.calibration.live import LiveCosts, LiveModel, default_costs
 from svip_local.errors import InvalidRequestError
 from svip_local.policies.base import DraftPolicy, Expander, StepStats, Verdict
+from svip_local.policies.cape import CostAwareCape
 from svip_local.policies.cost import CostAwareSvip
 from svip_local.policies.lookup import PromptLookup
 from svip_local.policies.strategy import Strategy
@@ -96,6 +98,27 @@ def calibrated_expander(cal: Calibration | None, temperature: float) -> Expander
         parsed.expander[1], PolicyContext(calibration=lambda: cal))
 
 
+class LiveCape(CostAwareCape):
+    """Cost-aware CaPE priced each drafting round by the live costs and rate."""
+
+    @property
+    def name(self) -> str:
+        return "cape-cost (live)"
+
+
+def live_expander(model: LiveModel, temperature: float, has_draft: bool) -> Expander | None:
+    """Without a calibration, greedy drafting rounds widen into trees priced by the live
+    costs (the probe's verification curve, then the rounds'): wide on a GPU, where a row is
+    nearly free, and none where a row costs almost a decode, with no calibration run first.
+    Not when sampling: there a leaf is accepted only from the residual that rejecting the
+    drafted token leaves, about half as often as its draft probability says (measured on
+    this pair's sampled traces), so only a calibration that found trees paying at that
+    temperature widens those rounds."""
+    if model.calibration is not None or temperature > 0 or not has_draft:
+        return None
+    return LiveCape(model.costs_for(temperature).table(MAX_TREE_VERIFY), 1.0)
+
+
 def lookup_ngram(cal: Calibration | None) -> int:
     """The n-gram of the calibrated choice's prompt lookup, where it has one."""
     if cal is not None:
@@ -119,6 +142,7 @@ class LiveDraft(CostAwareSvip):
         self.cap = 0
         self.force = False
         self.entropies: list[float] = []
+        self.outcome = (0, 0)  # the last drafted round's chain: (drafted, accepted)
 
     @property
     def name(self) -> str:
@@ -137,6 +161,9 @@ class LiveDraft(CostAwareSvip):
             return Verdict.STOP
         return verdict
 
+    def observe(self, drafted: int, accepted: int) -> None:
+        self.outcome = (drafted, accepted)
+
 
 class LiveAuto(Strategy):
     """The plan `auto` builds: one live strategy per generation (`for_sampling`), all sharing
@@ -149,7 +176,8 @@ class LiveAuto(Strategy):
     def __init__(self, model: LiveModel, *, max_draft: int, has_draft: bool, ngram: int,
                  temperature: float = 0.0) -> None:
         super().__init__(LiveDraft(max_draft), None,
-                         calibrated_expander(model.calibration, temperature))
+                         calibrated_expander(model.calibration, temperature)
+                         or live_expander(model, temperature, has_draft))
         self.model, self.has_draft = model, has_draft
         self.lookup = PromptLookup(ngram, max_draft)
         self.proposer = _Copy(self)
@@ -245,8 +273,11 @@ class LiveAuto(Strategy):
             # least the target alone's and at least what this generation achieves.
             rate = max(1.0 / t1 if t1 > 0 else 0.0,
                        self.tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0)
-            policy.set_prices(costs.table(policy.max_draft + 2), costs.step,
-                              accept.acceptance_map(), max(rate, 1e-9))
+            # One table prices the chain's rule and a live tree's leaves alike.
+            table = costs.table(max(policy.max_draft + 2, MAX_TREE_VERIFY))
+            policy.set_prices(table, costs.step, accept.acceptance_map(), max(rate, 1e-9))
+            if isinstance(self.expander, LiveCape):
+                self.expander.price(table, max(rate, 1e-9))
 
     def _best_copy(self, found: int, t1: float) -> tuple[int, float]:
         """The copy length (0: none) with the largest expected gain, and that gain."""
@@ -305,14 +336,15 @@ class LiveAuto(Strategy):
         self.counts[self.arm] += 1
         self.elapsed_s += spent
         self.tokens += result.accepted + 1
-        costs.observe_verify(n + 1, result.verify_s)
+        costs.observe_verify(result.nodes + 1, result.verify_s)  # a tree's every row
         t1 = costs.verify_at(1)
         if result.copied:
             accept.observe_copy(n, result.accepted, result.chances)
         elif result.draft_steps:
             policy = self.policy
             assert isinstance(policy, LiveDraft)
-            accept.observe_draft(policy.entropies, n, result.accepted, result.chances)
+            # The chain's own outcome: an accepted leaf of a tree is not its chain token's.
+            accept.observe_draft(policy.entropies, *policy.outcome, result.chances)
             # A long catch-up (after target-alone rounds) is the price of switching, not of
             # drafting: a steady drafting round catches up one or two tokens.
             steady = result.draft_s

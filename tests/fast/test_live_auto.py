@@ -15,6 +15,7 @@ import pytest
 
 from svip_local import Engine, SamplingParams
 from svip_local.bench.simulate import ReplayState, replay_round
+from svip_local.bench.traces import PromptTrace
 from svip_local.calibration import CostModel, store
 from svip_local.calibration.live import (
     LiveAcceptance,
@@ -27,6 +28,7 @@ from svip_local.policies.base import StepStats, Verdict
 from svip_local.policies.live import EXPLORE_SHARE, STALE_TOKENS, LiveAuto
 from svip_local.round import RoundResult
 from svip_local.sampling import acceptance_chance
+from svip_local.tree import MAX_CANDIDATES
 from tests.fast.test_engine_sampling import (
     P_THRESHOLD,
     PARAMS,
@@ -40,13 +42,29 @@ CHEAP = make_costs(lambda b: 0.050 + 0.001 * (b - 1), draft=(0.004, 0.006, 0.008
 EXPENSIVE = make_costs(lambda b: 0.050 * b, draft=(0.030, 0.055, 0.080, 0.105))
 
 
+def with_alternatives(trace: PromptTrace) -> PromptTrace:
+    """The trace with the draft's best candidates at each position: its own token at 0.6,
+    then the target's where they differ (else token 7) at 0.3, then six more at 0.01."""
+    n = len(trace.target)
+    ids = np.tile(np.arange(MAX_CANDIDATES, dtype=np.int32) + 6, (n, 1))
+    ids[:, 0] = trace.draft
+    ids[:, 1] = np.where(trace.draft == trace.target, 7, trace.target)
+    probs = np.full((n, MAX_CANDIDATES), 0.01, np.float16)
+    probs[:, 0], probs[:, 1] = 0.6, 0.3
+    return replace(trace, top_ids=ids, top_probs=probs)
+
+
 def live_run(costs: CostModel, rounds: int, *, prior: CostModel | None = None,
-             accept_every: int = 5) -> tuple[LiveAuto, list[dict[str, Any]]]:
+             accept_every: int = 5, alternatives: bool = False
+             ) -> tuple[LiveAuto, list[dict[str, Any]]]:
     """`rounds` replayed rounds of `auto` on a trace whose draft matches the target except at
-    every `accept_every`-th position: from no knowledge at all (default priors), or from a
-    calibration's cost model `prior`."""
+    every `accept_every`-th position (where, with `alternatives`, the draft's second choice
+    is the target's): from no knowledge at all (default priors), or from a calibration's cost
+    model `prior`."""
     n = rounds * 20
     trace = make_trace([i % accept_every != 0 for i in range(n)], budget=n)
+    if alternatives:
+        trace = with_alternatives(trace)
     model = LiveModel.start(LiveCosts.from_model(prior), "test") if prior else \
         LiveModel.start(default_costs(), "defaults")
     strategy = LiveAuto(model, max_draft=16, has_draft=True, ngram=5).for_sampling(
@@ -57,8 +75,8 @@ def live_run(costs: CostModel, rounds: int, *, prior: CostModel | None = None,
     log = []
     for _ in range(rounds):
         result = replay_round(trace, context, state, 16, strategy, costs, n - state.j)
-        log.append({"arm": strategy.arm, "drafted": len(result.proposed),
-                    "accepted": result.accepted,
+        log.append({"arm": strategy.arm, "start": state.j, "drafted": len(result.proposed),
+                    "accepted": result.accepted, "nodes": result.nodes,
                     "spent": result.draft_s + result.verify_s})
         state.j += result.accepted + 1
         state.seq_len += result.accepted + 1
@@ -347,3 +365,42 @@ def test_auto_widens_its_drafts_only_where_the_calibrated_choice_does() -> None:
     assert isinstance(greedy, Cape) and greedy.nodes == 8
     assert calibrated_expander(cal, 0.9) is None  # type: ignore[arg-type]
     assert calibrated_expander(None, 0.0) is None
+
+
+# A row costs two fifths of a decode: drafting long accepted runs pays, a leaf worth 0.3
+# tokens or less does not.
+DEAR_ROWS = make_costs(lambda b: 0.050 + 0.020 * (b - 1), draft=(0.002, 0.003, 0.004, 0.005))
+
+
+@pytest.mark.parametrize(("costs", "widens"), [(CHEAP, True), (DEAR_ROWS, False)])
+def test_without_a_calibration_greedy_drafts_widen_where_rows_are_cheap(
+        costs: CostModel, widens: bool) -> None:
+    """No calibration: the drafting rounds' tree is priced by the live costs, so the same
+    text gets leaves where a row is nearly free and none where it costs 0.4 of a decode;
+    the leaves catch the target's token where the chain missed it."""
+    strategy, log = live_run(costs, 80, prior=costs, alternatives=True)
+    drafting = [r for r in log if r["arm"] == "draft"]
+    assert len(drafting) >= 40
+    assert any(r["nodes"] > r["drafted"] for r in drafting) == widens
+    # A round whose last accepted token stands where the draft's own token was wrong (every
+    # 5th position) accepted a leaf there.
+    leaves = [r for r in drafting if r["accepted"] and (r["start"] + r["accepted"] - 1) % 5 == 0]
+    assert (len(leaves) >= 10) == widens
+    # The acceptance map learns the chain's tokens (4 in 5 right), not the leaves' catches.
+    assert strategy.accept.mean_accept() == pytest.approx(0.8, abs=0.03)
+
+
+def test_live_trees_only_greedy_and_only_without_a_calibration(engine: Engine) -> None:
+    from svip_local.policies.live import LiveCape
+
+    model = LiveModel.start(LiveCosts.from_model(CHEAP), "test")
+    plan = LiveAuto(model, max_draft=16, has_draft=True, ngram=5)
+    assert isinstance(plan.for_sampling(SamplingParams()).expander, LiveCape)
+    assert plan.for_sampling(SamplingParams(temperature=1.0)).expander is None
+    alone = LiveAuto(model, max_draft=16, has_draft=False, ngram=5)
+    assert alone.for_sampling(SamplingParams()).expander is None
+    cal = engine.calibration()
+    assert cal is None  # the tiny pair is not calibrated here: the engine's auto widens
+    done = engine.complete("The quick brown fox", max_tokens=32, ignore_eos=True)
+    assert done.tokens == engine.complete("The quick brown fox", max_tokens=32,
+                                          ignore_eos=True, policy="none").tokens

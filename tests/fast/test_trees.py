@@ -184,8 +184,8 @@ def test_cost_aware_cape_is_wide_where_rows_are_free_and_absent_where_they_are_d
     probs = np.array([0.4, 0.2, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05])
     options = [(ids, probs, 8), (ids + 20, probs, 8)]
     wide, none = TokenTree.chain([5, 25]), TokenTree.chain([5, 25])
-    CostAwareCape(FREE_ROWS, rate=10.0).expand(wide, options)
-    CostAwareCape(DEAR_ROWS, rate=10.0).expand(none, options)
+    CostAwareCape.from_costs(FREE_ROWS, rate=10.0).expand(wide, options)
+    CostAwareCape.from_costs(DEAR_ROWS, rate=10.0).expand(none, options)
     assert len(none) == 2  # 0.2 expected tokens never pay for a decode's worth of row
     assert len(wide) == 2 + 7 + 7  # every alternative at both depths
     assert wide.tokens[2] == 6 and wide.parents[2] == -1  # the most likely alternative first
@@ -201,7 +201,7 @@ def test_cost_aware_cape_is_lossless_and_replays_round_for_round(engine: Engine,
     assert isinstance(costs, type(FREE_ROWS))
 
     def strategy() -> Strategy:
-        return Strategy(Constant(3), expander=CostAwareCape(costs, rate=10.0))
+        return Strategy(Constant(3), expander=CostAwareCape.from_costs(costs, rate=10.0))
 
     done = engine.complete(ids, max_tokens=budget, policy=strategy(), ignore_eos=True)
     assert done.tokens == alone.tokens
