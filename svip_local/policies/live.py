@@ -116,7 +116,9 @@ def live_expander(model: LiveModel, temperature: float, has_draft: bool) -> Expa
     temperature widens those rounds."""
     if model.calibration is not None or temperature > 0 or not has_draft:
         return None
-    return LiveCape(model.costs_for(temperature).table(MAX_TREE_VERIFY), 1.0)
+    costs = model.costs_for(temperature)
+    # Priced again before every drafting round; until then at the target alone's rate.
+    return LiveCape(costs.table(MAX_TREE_VERIFY), 1.0 / max(costs.verify_at(1), 1e-9))
 
 
 def lookup_ngram(cal: Calibration | None) -> int:
@@ -273,11 +275,14 @@ class LiveAuto(Strategy):
             # least the target alone's and at least what this generation achieves.
             rate = max(1.0 / t1 if t1 > 0 else 0.0,
                        self.tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0)
+            rate = max(rate, 1e-9)
+            tree = self.expander if isinstance(self.expander, LiveCape) else None
             # One table prices the chain's rule and a live tree's leaves alike.
-            table = costs.table(max(policy.max_draft + 2, MAX_TREE_VERIFY))
-            policy.set_prices(table, costs.step, accept.acceptance_map(), max(rate, 1e-9))
-            if isinstance(self.expander, LiveCape):
-                self.expander.price(table, max(rate, 1e-9))
+            table = costs.table(policy.max_draft + 2 if tree is None
+                                else max(policy.max_draft + 2, MAX_TREE_VERIFY))
+            policy.set_prices(table, costs.step, accept.acceptance_map(), rate)
+            if tree is not None:
+                tree.price(table, rate)
 
     def _best_copy(self, found: int, t1: float) -> tuple[int, float]:
         """The copy length (0: none) with the largest expected gain, and that gain."""

@@ -400,8 +400,9 @@ def test_live_trees_only_greedy_and_only_without_a_calibration(engine: Engine) -
     assert plan.for_sampling(SamplingParams(temperature=1.0)).expander is None
     alone = LiveAuto(model, max_draft=16, has_draft=False, ngram=5)
     assert alone.for_sampling(SamplingParams()).expander is None
-    cal = engine.calibration()
-    assert cal is None  # the tiny pair is not calibrated here: the engine's auto widens
+    assert engine.calibration() is None  # the tiny pair is not calibrated here
+    engine_auto = engine.make_policy("auto").for_sampling(SamplingParams())
+    assert isinstance(engine_auto.expander, LiveCape)
     done = engine.complete("The quick brown fox", max_tokens=32, ignore_eos=True)
     assert done.tokens == engine.complete("The quick brown fox", max_tokens=32,
                                           ignore_eos=True, policy="none").tokens
