@@ -295,6 +295,7 @@ class Model:
         self.n_vocab: int = C.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train: int = C.llama_model_n_ctx_train(ptr)
         self.n_layer: int = C.llama_model_n_layer(ptr)
+        self.n_embd: int = C.llama_model_n_embd(ptr)  # width of the last hidden state
         self.vocab_type = VocabType(C.llama_vocab_type(self.vocab))
         self.special = SpecialTokens(
             bos=C.llama_vocab_bos(self.vocab), eos=C.llama_vocab_eos(self.vocab),
@@ -493,6 +494,8 @@ class Context:
                                   True: C.LLAMA_FLASH_ATTN_TYPE_ENABLED,
                                   False: C.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]
         params.no_perf = True
+        # Per-token last hidden states (`hidden`), when a policy turns them on: no pooling.
+        params.pooling_type = C.LLAMA_POOLING_TYPE_NONE
         model.check_open()
         _consume_recent_errors()
         _Interrupt.pending = False
@@ -526,6 +529,8 @@ class Context:
         for ids in self._seq_ids:
             ids[0] = 0
         self._n_vocab = model.n_vocab
+        self._n_embd = model.n_embd
+        self.embeddings = False  # whether decodes also output last hidden states
         self.tokens: list[int] = []
         self.n_decoded = 0  # tokens decoded over the context's life: prefix reuse shows here
         self._closed = False
@@ -590,6 +595,25 @@ class Context:
         if not ptr:
             raise DecodeError(f"no logits for batch row {index}")
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def output_hidden(self, on: bool) -> None:
+        """Make the following decodes also output each output row's last hidden state (the
+        final norm's output, what the LM head reads) for `hidden`. Off by default: only a
+        policy that reads them (`specdec`) pays for the copy, about 3.5 KB a row."""
+        if on != self.embeddings:
+            self.check_open()
+            C.llama_set_embeddings(self.ptr, on)
+            self.embeddings = on
+
+    def hidden(self, index: int = -1) -> npt.NDArray[np.float32]:
+        """Row `index`'s last hidden state of the last batch (decoded with `output_hidden`
+        on), as a zero-copy view valid until the next decode."""
+        self.check_open()
+        ptr = C.llama_get_embeddings_ith(self.ptr, index) if self.embeddings else None
+        if not ptr:
+            raise DecodeError(f"no hidden state for batch row {index} (output_hidden is "
+                              f"{'on' if self.embeddings else 'off'})")
+        return np.ctypeslib.as_array(ptr, shape=(self._n_embd,))
 
     def truncate(self, n_keep: int) -> None:
         """Drop every cached token from position n_keep on (rejected drafts, edited turns)."""

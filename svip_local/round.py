@@ -130,6 +130,7 @@ class Speculator:
         # Usually one token (the last accepted); two after an all-accepted round, because the
         # last draft token was never decoded; the whole catch-up after a target-alone stretch.
         t0 = perf_counter()
+        ctx.output_hidden(policy.wants_hidden)
         catchup = seq[ctx.keep_prefix(seq, len(seq) - 1):]
         ctx.decode(catchup, Outputs.LAST)
         catchup_s = perf_counter() - t0
@@ -151,7 +152,8 @@ class Speculator:
                 # softmax of the best logits: p1 = 1/Z, so p(y) = exp(l_y - l_max) * p1
                 probs = np.exp(logits[ids] - logits[ids[0]]) * p1 if q is None else q[ids]
                 options.append((ids, probs, expander.width(p1)))
-            verdict = policy.judge(StepStats(n, h, p1))
+            verdict = policy.judge(StepStats(n, h, p1, ctx.hidden() if policy.wants_hidden
+                                             else None))
             if verdict is Verdict.DROP:
                 break
             tree.add(tok, len(tree) - 1, q)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from svip_local.bench import predictors
 from svip_local.bench.costs import fit_overhead, measure_costs
 from svip_local.bench.prompts import Prompt
 from svip_local.bench.simulate import (
@@ -41,6 +42,7 @@ from svip_local.bench.simulate import (
 )
 from svip_local.bench.traces import PromptTrace, record_trace
 from svip_local.calibration import (
+    AcceptanceHead,
     AcceptanceMap,
     Calibration,
     CostModel,
@@ -52,10 +54,12 @@ from svip_local.errors import InvalidRequestError
 from svip_local.policies import (
     Constant,
     CostAwareCape,
+    CostAwareSpecDec,
     CostAwareSvip,
     NoDraft,
     Plan,
     PolicyContext,
+    SpecDec,
     Strategy,
     build_part,
     parse_policy,
@@ -82,6 +86,9 @@ PROPOSERS: tuple[str, ...] = tuple(policy_table.part_candidates("proposer"))
 _LOOKUP_BASES = 3  # the best speculative policies that are also tried with lookup, or widened
 _RATE_STEPS = (0.7, 0.85, 1.0, 1.15, 1.3)  # multiples of the best other rate tried for R
 _DINKELBACH_ITERATIONS = 6
+# SpecDec++'s thresholds on P(a rejection in the round), tried where a head was learnt (its
+# scripts use 0.3 to 0.7).
+SPECDEC_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 FOLDS = 3  # held-out validation: each third of the prompts replayed under the others' choice
 
 
@@ -111,6 +118,8 @@ class Choice:
     candidates: tuple[Candidate, ...]  # best first
     makers: dict[str, Callable[[], Plan]] = field(default_factory=dict, compare=False,
                                                   repr=False)  # each candidate's plan
+    head_threshold: float | None = None  # the best specdec:h (None: no head)
+    head_rate: float | None = None  # the best specdec-cost:R
 
     def score(self, policy: str) -> float:
         return next(c.score for c in self.candidates if c.policy == policy)
@@ -142,7 +151,8 @@ def evaluate(traces: Sequence[PromptTrace], name: str, make: Callable[[], Plan],
 
 
 def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: AcceptanceMap, *,
-           max_draft: int, candidates: Sequence[str] = CANDIDATES,
+           max_draft: int, head: AcceptanceHead | None = None,
+           candidates: Sequence[str] = CANDIDATES,
            expanders: Sequence[str] = EXPANDERS, proposers: Sequence[str] = PROPOSERS,
            margin: float = MARGIN, tie: float = TIE) -> Choice:
     """Simulate every candidate (and svip-cost at the rates Dinkelbach's iteration visits),
@@ -169,20 +179,46 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
                                                        max_draft=max_draft)),
                         costs, max_draft=max_draft)
 
-    tried = [cost_aware(start * m) for m in _RATE_STEPS]
-    rate = start
-    for _ in range(_DINKELBACH_ITERATIONS):
-        got = cost_aware(rate)
-        tried.append(got)
-        if math.isclose(got.decode_tokens_per_s, rate, rel_tol=1e-3) \
-                or got.decode_tokens_per_s <= 0:
-            break
-        rate = got.decode_tokens_per_s
-    best_cost = max(tried, key=lambda c: c.score)
-    table[best_cost.policy] = best_cost
-    cost_rate = float(best_cost.policy.partition(":")[2])
-    makers[best_cost.policy] = lambda: Strategy(CostAwareSvip(costs, acceptance, cost_rate,
-                                                              max_draft=max_draft))
+    def best_rate(make: Callable[[float], Plan], name: str) -> float:
+        """R of a cost-aware rule: the best of a few multiples of the best other rate and
+        the rates Dinkelbach's iteration visits; its candidate joins the table."""
+        def at(rate: float) -> Candidate:
+            return evaluate(traces, f"{name}:{rate:.4g}", lambda: make(rate), costs,
+                            max_draft=max_draft)
+
+        tried = [at(start * m) for m in _RATE_STEPS]
+        rate = start
+        for _ in range(_DINKELBACH_ITERATIONS):
+            got = at(rate)
+            tried.append(got)
+            if math.isclose(got.decode_tokens_per_s, rate, rel_tol=1e-3) \
+                    or got.decode_tokens_per_s <= 0:
+                break
+            rate = got.decode_tokens_per_s
+        best = max(tried, key=lambda c: c.score)
+        chosen = float(best.policy.partition(":")[2])
+        table[best.policy] = best
+        makers[best.policy] = lambda: make(chosen)
+        return chosen
+
+    cost_rate = best_rate(lambda r: Strategy(CostAwareSvip(costs, acceptance, r,
+                                                           max_draft=max_draft)), "svip-cost")
+    head_threshold = head_rate = None
+    if head is not None:
+        learnt = head
+
+        def stopping_at(h: float) -> Plan:
+            return Strategy(SpecDec(learnt, h, max_draft=max_draft))
+
+        by_threshold = {h: evaluate(traces, f"specdec:{h:g}",
+                                    functools.partial(stopping_at, h), costs,
+                                    max_draft=max_draft) for h in SPECDEC_GRID}
+        head_threshold = max(by_threshold, key=lambda h: by_threshold[h].score)
+        best_h = by_threshold[head_threshold]
+        table[best_h.policy] = best_h
+        makers[best_h.policy] = functools.partial(stopping_at, head_threshold)
+        head_rate = best_rate(lambda r: Strategy(CostAwareSpecDec(
+            costs, acceptance, r, learnt, max_draft=max_draft)), "specdec-cost")
     def drafting() -> list[str]:
         return [c.policy for c in sorted(table.values(), key=lambda c: -c.score)
                 if c.policy != "none"][:_LOOKUP_BASES]
@@ -215,17 +251,20 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
         best = table[DEFAULT]
     if best.policy != "none" and best.score < table["none"].score * (1 + margin):
         best = table["none"]
-    return Choice(best.policy, cost_rate, ranked, makers)
+    return Choice(best.policy, cost_rate, ranked, makers, head_threshold, head_rate)
 
 
 def fit_and_search(traces: Sequence[PromptTrace], costs: CostModel, *, max_draft: int
-                   ) -> tuple[Choice, AcceptanceMap]:
-    """Fit the acceptance map and search, on traces of one temperature (sampled ones through
-    realisations, the same for every candidate)."""
+                   ) -> tuple[Choice, AcceptanceMap, AcceptanceHead | None]:
+    """Fit the acceptance map and (where the traces hold hidden states) the acceptance head,
+    and search, on traces of one temperature (sampled ones replayed through realisations,
+    the same for every candidate; the head learns from their chances)."""
     replay = realise_all(traces)
     acceptance = AcceptanceMap.fit([(t.entropy[:t.generated], t.match[:t.generated])
                                     for t in replay])
-    return search(replay, costs, acceptance, max_draft=max_draft), acceptance
+    head = predictors.fit_head(traces, traces[0].temperature if traces else 0.0)
+    return (search(replay, costs, acceptance, max_draft=max_draft, head=head), acceptance,
+            head)
 
 
 def held_out(traces: Sequence[PromptTrace], costs: CostModel, *, max_draft: int,
@@ -239,8 +278,8 @@ def held_out(traces: Sequence[PromptTrace], costs: CostModel, *, max_draft: int,
     inside, outside, picks = [], [], []
     for f in range(k):
         test_ids = set(ids[f::k])
-        choice, _ = fit_and_search([t for t in traces if t.prompt_id not in test_ids], costs,
-                                   max_draft=max_draft)
+        choice, _, _ = fit_and_search([t for t in traces if t.prompt_id not in test_ids],
+                                      costs, max_draft=max_draft)
         test = realise_all([t for t in traces if t.prompt_id in test_ids])
         picked, alone = (evaluate(test, p, choice.makers[p], costs, max_draft=max_draft)
                          for p in (choice.policy, "none"))
@@ -274,7 +313,7 @@ def choose(traces: Sequence[PromptTrace], costs: CostModel, *, max_draft: int,
     """Search on the traces of one temperature, validate the way of choosing on held-out
     prompts, and prefer the simplest candidate within what that validation says the choice
     is overrated by."""
-    choice, acceptance = fit_and_search(traces, costs, max_draft=max_draft)
+    choice, acceptance, head = fit_and_search(traces, costs, max_draft=max_draft)
     check = held_out(traces, costs, max_draft=max_draft)
     policy = choice.policy
     if check is not None:
@@ -284,7 +323,9 @@ def choose(traces: Sequence[PromptTrace], costs: CostModel, *, max_draft: int,
                      policy, 100 * check.optimism, choice.policy)
     return TemperatureChoice(temperature, policy, acceptance, choice.cost_rate,
                              [asdict(c) for c in choice.candidates],
-                             asdict(check) if check is not None else {})
+                             asdict(check) if check is not None else {}, head,
+                             choice.head_threshold, choice.head_rate,
+                             predictors.compare(traces))
 
 
 def record_traces(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int,
@@ -414,6 +455,8 @@ def summary_lines(cal: Calibration, top: int = 8) -> list[str]:
                      "tokens/s, prefill included):")
         if at.validation:
             lines.append("  " + held_out_line(at.validation))
+        if at.predictors:
+            lines.append("  " + predictors.summary_line(at.predictors))
         none = next((s for s in at.simulated if s["policy"] == "none"), None)
         for s in at.simulated[:top]:
             rel = f"  x{s['mean_tokens_per_s'] / none['mean_tokens_per_s']:.3f}" if none else ""

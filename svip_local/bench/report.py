@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from svip_local.bench import peer, python_peer
+from svip_local.bench import peer, predictors, python_peer
 from svip_local.bench.calibrate import held_out_line
 from svip_local.bench.prompts import CATEGORIES
 from svip_local.bench.runner import BASELINE, RunRecord, Summary
@@ -43,6 +43,9 @@ class BenchResult:
     peer_sweep: list[dict[str, Any]] = field(default_factory=list)
     calibration: dict[str, Any] | None = None
     traces: list[PromptTrace] = field(default_factory=list)
+    # Per temperature, how well each rule predicts acceptance on these traces' prompts,
+    # held out by folds (`bench.predictors.compare`).
+    predictors: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"meta": self.meta, "policies": self.policies,
@@ -50,6 +53,7 @@ class BenchResult:
                 "validation": [c.to_dict() for c in self.checks],
                 "peer_sweep": self.peer_sweep, "calibration": self.calibration,
                 "acceptance_by_entropy": entropy_bins(self.traces),
+                "acceptance_prediction": self.predictors,
                 "records": [r.to_dict() for r in self.records],
                 "predicted": [r.to_dict() for r in self.predicted]}
 
@@ -135,7 +139,27 @@ def markdown(result: BenchResult, images: Sequence[str] = ()) -> str:
             lines += [f"| {c['policy']} | {c['mean_tokens_per_s']:.2f} | "
                       f"{c['tokens_per_s']:.2f} | {c['mean_draft']:.2f} | "
                       f"{c['acceptance']:.0%} |" for c in at["simulated"][:12]]
+            if at.get("predictors"):
+                lines += ["", predictors.summary_line(at["predictors"])]
             lines.append("")
+    if result.predictors:
+        lines += ["## How well each rule predicts acceptance (held-out prompts)", "",
+                  "On the benchmark's own target-alone traces, each fold of prompts predicted by "
+                  "rules fitted on the others: the entropy map (SVIP's signal), the top-1 "
+                  "probability (llama.cpp's p_min), both as monotone maps, and the learnt head "
+                  "(SpecDec++). Log-loss is against the traces' labels (greedy: argmax match; "
+                  "sampled: the chance rejection sampling accepts); lower is better. ROC AUC: "
+                  "how well each ranks accepted above rejected tokens.", "",
+                  "| temperature | positions | predictor | log-loss | ROC AUC |",
+                  "|---|---:|---|---:|---:|"]
+        for at in result.predictors:
+            for name, r in at["predictors"].items():
+                lines.append(f"| {temperature_label(at['temperature'])} | {at['positions']} | "
+                             f"{name} | {r['log_loss']:.4f} | {r['auc']:.3f} |")
+            lines.append(f"| {temperature_label(at['temperature'])} | {at['positions']} | "
+                         f"constant (base rate {at['base_rate']:.2f}) | "
+                         f"{at['base_log_loss']:.4f} | 0.500 |")
+        lines.append("")
     if images:
         lines += ["## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images] + [""]
     return "\n".join(lines)
@@ -325,7 +349,8 @@ def write_plots(result: BenchResult, out: Path) -> list[Path]:
     for name, draw in (("speedup_by_category.png", _plot_categories),
                        ("speedup_by_length.png", _plot_lengths),
                        ("draft_lengths.png", _plot_lengths_hist),
-                       ("acceptance_vs_entropy.png", _plot_entropy)):
+                       ("acceptance_vs_entropy.png", _plot_entropy),
+                       ("acceptance_calibration.png", _plot_reliability)):
         fig = draw(plt, result)
         if fig is not None:
             fig.savefig(out / name, dpi=110, bbox_inches="tight")
@@ -442,6 +467,26 @@ def _plot_entropy(plt: Any, result: BenchResult) -> Any:
     ax.set_ylabel("P(draft token accepted)")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
+    return fig
+
+
+def _plot_reliability(plt: Any, result: BenchResult) -> Any:
+    """Calibration plot: mean predicted against mean observed acceptance, per predictor and
+    temperature, on held-out prompts (a calibrated rule lies on the diagonal)."""
+    if not result.predictors:
+        return None
+    fig, axes = plt.subplots(1, len(result.predictors), figsize=(5.5 * len(result.predictors),
+                                                                 4.8), squeeze=False)
+    for ax, at in zip(axes[0], result.predictors, strict=True):
+        for name, r in at["predictors"].items():
+            bins = r["reliability"]
+            ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], "o-",
+                    label=f"{name} (log-loss {r['log_loss']:.3f}, AUC {r['auc']:.2f})")
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.set_title(f"held-out prompts, {temperature_label(at['temperature'])}")
+        ax.set_xlabel("predicted P(accepted)")
+        ax.set_ylabel("observed acceptance")
+        ax.legend(fontsize=8)
     return fig
 
 

@@ -119,7 +119,8 @@ def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, stat
                     options.append((*trace.candidates(pos),
                                     expander.width(float(trace.top_prob[pos]))))
                 verdict = policy.judge(StepStats(n, float(trace.entropy[pos]),
-                                                 float(trace.top_prob[pos])))
+                                                 float(trace.top_prob[pos]),
+                                                 hidden_at(trace, pos, policy)))
                 if verdict is Verdict.DROP:
                     break
                 tree.add(int(trace.draft[j + n - 1]) if j + n - 1 < n_pos else -1, n - 2)
@@ -148,6 +149,17 @@ def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, stat
 
 
 _TREE = TokenTree()  # the replay's round tree, reused as the engine's is
+
+
+def hidden_at(trace: PromptTrace, pos: int, policy: DraftPolicy
+              ) -> npt.NDArray[np.float16] | None:
+    """The draft's hidden state at `pos` for a policy that reads it (None otherwise)."""
+    if not policy.wants_hidden:
+        return None
+    if not len(trace.hidden):
+        raise ValueError(f"{policy.name} reads the draft's hidden states, and the trace of "
+                         f"{trace.prompt_id} was recorded without them: record it again")
+    return trace.hidden[pos]
 
 
 def _walk(tree: TokenTree, ahead: npt.NDArray[np.int32]) -> list[int]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from svip_local.bench import predictors
 from svip_local.bench.calibrate import calibrate
 from svip_local.bench.defaults import DEFAULT_GRID, DEFAULT_POLICIES
 from svip_local.bench.peer import PREFIX, PREFIXES, Peer, handles as peer_handles, sweep
@@ -28,6 +29,7 @@ from svip_local.bench.runner import (
     summarize,
     warm_up,
 )
+from svip_local.bench.traces import PromptTrace
 from svip_local.bench.validate import compare, predict
 from svip_local.calibration import Calibration, store as calibration_store
 from svip_local.errors import InvalidRequestError
@@ -124,7 +126,19 @@ def run_bench(engine: Engine, opts: BenchOptions) -> BenchResult:
     measured_sum, predicted_sum = summarize(run.records), summarize(predicted)
     return BenchResult(_meta(engine, opts), run.records, predicted, measured_sum + predicted_sum,
                        compare(measured_sum, predicted_sum), specs, peer_table,
-                       cal.to_dict() if cal else None, run.traces)
+                       cal.to_dict() if cal else None, run.traces,
+                       acceptance_prediction(run.traces))
+
+
+def acceptance_prediction(traces: list[PromptTrace]) -> list[dict[str, Any]]:
+    """Per temperature, how each acceptance predictor does on the benchmark's traces, by
+    folds of its prompts (none where the traces hold no hidden states)."""
+    out = []
+    for temp in sorted({t.temperature for t in traces}):
+        result = predictors.compare([t for t in traces if t.temperature == temp])
+        if result:
+            out.append({"temperature": temp, **result})
+    return out
 
 
 def _peer(engine: Engine, opts: BenchOptions, specs: list[str]) -> Peer:

@@ -12,6 +12,9 @@ Token trees replay from the draft's MAX_CANDIDATES best tokens at each position 
 probabilities): a CaPE leaf at a depth where the chain was rejected is accepted exactly when it
 holds the target's token.
 
+Each position also keeps the draft's last hidden state there (float16), the input of the
+learned acceptance head (`calibration.head`, `specdec`).
+
 A sampled trace follows a sampled target-alone run instead and adds, per position, the chance
 that speculative sampling accepts a draft token there: sum_x min(p(x), q(x)) for the target's
 and the draft's distributions at that temperature; and, for trees, the chance that one of the
@@ -46,11 +49,11 @@ _ARRAYS = ("target", "draft", "entropy", "top_prob", "draft_eog")
 # Absent from older files: the prompt, the draft's best tokens, the sampled chances.
 _OPTIONAL = {"prompt_ids": "prompt_length", "top_ids": "top_length",
              "top_probs": "top_length", "accept_prob": "chance_length",
-             "alt_accept": "chance_length"}
+             "alt_accept": "chance_length", "hidden": "hidden_length"}
 _EMPTY: dict[str, tuple[tuple[int, ...], Any]] = {
     "prompt_ids": ((0,), np.int32), "top_ids": ((0, MAX_CANDIDATES), np.int32),
     "top_probs": ((0, MAX_CANDIDATES), np.float16), "accept_prob": ((0,), np.float32),
-    "alt_accept": ((0, MAX_CANDIDATES - 1), np.float16)}
+    "alt_accept": ((0, MAX_CANDIDATES - 1), np.float16), "hidden": ((0, 0), np.float16)}
 
 
 def _empty(name: str) -> npt.NDArray[Any]:
@@ -86,6 +89,9 @@ class PromptTrace:
     # Sampled only: alt_accept[i, r] = the chance that one of the first r + 1 of the draft's
     # next best tokens (top_ids[i, 1:]) is accepted after the drafted token was rejected.
     alt_accept: npt.NDArray[np.float16] = field(default_factory=lambda: _empty("alt_accept"))
+    # Per position, the draft's last hidden state where it predicted that position (empty
+    # in traces recorded before the acceptance head).
+    hidden: npt.NDArray[np.float16] = field(default_factory=lambda: _empty("hidden"))
 
     @property
     def generated(self) -> int:
@@ -159,10 +165,10 @@ class TraceSet:
                   "prompt_tokens": t.prompt_tokens, "budget": t.budget, "finish": t.finish,
                   "temperature": t.temperature, "length": len(t.target),
                   "prompt_length": len(t.prompt_ids), "top_length": len(t.top_ids),
-                  "chance_length": len(t.accept_prob)}
+                  "chance_length": len(t.accept_prob), "hidden_length": len(t.hidden)}
                  for t in self.traces]
-        arrays: dict[str, Any] = {name: np.concatenate([getattr(t, name) for t in self.traces])
-                  if self.traces else np.empty(0) for name in (*_ARRAYS, *_OPTIONAL)}
+        arrays: dict[str, Any] = {name: _joined([getattr(t, name) for t in self.traces])
+                                  for name in (*_ARRAYS, *_OPTIONAL)}
         header = json.dumps({"meta": self.meta, "index": index})
         np.savez_compressed(path, header=np.array(header), **arrays)
         return path
@@ -187,6 +193,13 @@ class TraceSet:
             for key in starts:
                 starts[key] += lengths[key]
         return cls(header["meta"], traces)
+
+
+def _joined(parts: Sequence[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    """One array of every trace's rows; traces without an optional array add nothing (an
+    empty one may not even have the others' width)."""
+    held = [a for a in parts if len(a)]
+    return np.concatenate(held) if held else np.empty(0)
 
 
 def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: str,
@@ -220,7 +233,9 @@ def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: s
     chances = np.empty(n if sampled else 0, np.float32)
     alt_accept = np.empty((n if sampled else 0, MAX_CANDIDATES - 1), np.float16)
     dctx, tctx = engine.draft_ctx, engine.target_ctx
+    hidden = np.empty((n, dctx.model.n_embd), np.float16)
     dctx.clear()
+    dctx.output_hidden(True)
     dctx.decode(seq[: len(ids) - 1], Outputs.NONE)
     if sampled:  # the target's cache still holds the prompt from the run
         tctx.decode(seq[tctx.keep_prefix(ids, len(ids) - 1): len(ids) - 1], Outputs.NONE)
@@ -235,6 +250,7 @@ def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: s
             logits = dctx.logits(r)[:n_vocab]
             tok = int(logits.argmax())
             draft[i] = tok
+            hidden[i] = dctx.hidden(r)
             entropy[i], top[i] = entropy_and_top_prob(logits, scratch)
             eog[i] = engine.draft_model.is_eog(tok)
             best = top_candidates(logits)
@@ -248,6 +264,7 @@ def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: s
                 chances[i] = np.minimum(p, q).sum()
                 alts = top_candidates(q)[1:]
                 alt_accept[i] = np.cumsum(residual(p, q, tok)[alts])
+    dctx.output_hidden(False)
     dctx.clear()
     tctx.clear()
     budget = min(max_tokens, engine.n_ctx - len(ids))
@@ -255,7 +272,7 @@ def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: s
                        np.asarray(target, np.int32), draft, entropy, top, eog,
                        np.asarray(ids, np.int32),
                        sampling.temperature if sampling is not None else 0.0, chances,
-                       top_ids, top_probs, alt_accept)
+                       top_ids, top_probs, alt_accept, hidden)
 
 
 def _end_token(engine: Engine, ids: Sequence[int], generated: list[int]) -> int:

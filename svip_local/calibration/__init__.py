@@ -3,6 +3,7 @@
     costs       CostModel: seconds per target verification, draft step and per-row work
     machine     Fingerprint (CPU, GPU, offload, threads) and PairIdentity (the files)
     acceptance  AcceptanceMap: draft entropy -> chance the target accepts the token
+    head        AcceptanceHead: the draft's hidden state -> that chance (SpecDec++), trained
     record      Calibration and TemperatureChoice: what `svip-local calibrate` chose
     live        LiveModel: the running estimates the live `auto` learns round by round
     store       one JSON file per (pair, machine): load, save; the live estimates beside it
@@ -14,8 +15,9 @@ engine reads a stored calibration through `store.load` when a policy (`auto`, `c
 
 from svip_local.calibration.acceptance import AcceptanceMap
 from svip_local.calibration.costs import CostModel, nondecreasing
+from svip_local.calibration.head import AcceptanceHead
 from svip_local.calibration.machine import Fingerprint, PairIdentity, fingerprint
 from svip_local.calibration.record import Calibration, TemperatureChoice, temperature_label
 
-__all__ = ["AcceptanceMap", "Calibration", "CostModel", "Fingerprint", "PairIdentity",
-           "TemperatureChoice", "fingerprint", "nondecreasing", "temperature_label"]
+__all__ = ["AcceptanceHead", "AcceptanceMap", "Calibration", "CostModel", "Fingerprint",
+           "PairIdentity", "TemperatureChoice", "fingerprint", "nondecreasing", "temperature_label"]

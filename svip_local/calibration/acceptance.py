@@ -43,23 +43,27 @@ class AcceptanceMap:
         return cls(tuple(data["knots"]), tuple(data["now"]), tuple(data["after"]))
 
     @classmethod
-    def fit(cls, runs: Sequence[tuple[npt.NDArray[np.floating], npt.NDArray[np.bool_]]],
+    def fit(cls, runs: Sequence[tuple[npt.NDArray[np.floating], npt.NDArray[Any]]],
             bins: int = 12) -> AcceptanceMap:
         """Fit on (entropy, accepted) arrays, one pair per prompt, binned by entropy
-        quantiles and made non-increasing (pool-adjacent-violators)."""
+        quantiles and made non-increasing (pool-adjacent-violators). `accepted` may be
+        outcomes (booleans) or chances (a sampled trace's): a_next then weighs each
+        position by the chance its token was accepted."""
         ent = np.concatenate([e for e, _ in runs]).astype(np.float64)
         acc = np.concatenate([m for _, m in runs]).astype(np.float64)
         if len(ent) == 0:
             raise ValueError("no trace positions to fit an acceptance map on")
-        # For a_next: positions whose token was accepted and that have a successor.
-        nxt_e = np.concatenate([e[:-1][m[:-1]] for e, m in runs]).astype(np.float64)
-        nxt_a = np.concatenate([m[1:][m[:-1]] for _, m in runs]).astype(np.float64)
+        # For a_next: positions with a successor, weighted by their own acceptance.
+        nxt_e = np.concatenate([e[:-1] for e, _ in runs]).astype(np.float64)
+        nxt_w = np.concatenate([np.asarray(m[:-1], np.float64) for _, m in runs])
+        nxt_a = np.concatenate([np.asarray(m[1:], np.float64) for _, m in runs])
         n_bins = max(1, min(bins, len(ent) // 20))
         edges = np.unique(np.quantile(ent, np.linspace(0, 1, n_bins + 1)))
         if len(edges) < 2:
             edges = np.array([ent.min(), ent.min() + 1e-6])
         knots, now, after, w_now, w_after = [], [], [], [], []
-        overall_next = float(nxt_a.mean()) if len(nxt_a) else float(acc.mean())
+        overall_next = float((nxt_a * nxt_w).sum() / nxt_w.sum()) if nxt_w.sum() > 0 \
+            else float(acc.mean())
         for lo, hi in zip(edges[:-1], edges[1:], strict=True):
             last = hi == edges[-1]
             sel = (ent >= lo) & ((ent <= hi) if last else (ent < hi))
@@ -69,8 +73,10 @@ class AcceptanceMap:
             now.append(float(acc[sel].mean()))
             w_now.append(float(sel.sum()))
             nsel = (nxt_e >= lo) & ((nxt_e <= hi) if last else (nxt_e < hi))
-            after.append(float(nxt_a[nsel].mean()) if nsel.any() else overall_next)
-            w_after.append(float(max(1, nsel.sum())))
+            weight = float(nxt_w[nsel].sum())
+            after.append(float((nxt_a[nsel] * nxt_w[nsel]).sum()) / weight if weight > 0
+                         else overall_next)
+            w_after.append(max(1.0, weight))
         return cls(tuple(knots), tuple(nonincreasing(now, w_now)),
                    tuple(nonincreasing(after, w_after)))
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from svip_local.calibration.acceptance import AcceptanceMap
 from svip_local.calibration.costs import CostModel
+from svip_local.calibration.head import AcceptanceHead
 from svip_local.calibration.machine import Fingerprint, PairIdentity
 
 FORMAT = 1
@@ -33,17 +34,28 @@ class TemperatureChoice:
     simulated: list[dict[str, Any]] = field(default_factory=list)  # every candidate's rates
     # Held-out validation (`bench.calibrate.HeldOut`): in_sample, held_out, choices.
     validation: dict[str, Any] = field(default_factory=dict)
+    # The learnt acceptance head (stored beside the JSON, `store`) and what `specdec` and
+    # `specdec-cost` run with by default; how well each acceptance predictor did on held-out
+    # prompts (`bench.predictors`).
+    head: AcceptanceHead | None = None
+    head_threshold: float | None = None
+    head_rate: float | None = None
+    predictors: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "choice": self.choice,
                 "acceptance": self.acceptance.to_dict(), "cost_rate": self.cost_rate,
-                "simulated": self.simulated, "validation": self.validation}
+                "simulated": self.simulated, "validation": self.validation,
+                "head_threshold": self.head_threshold, "head_rate": self.head_rate,
+                "predictors": self.predictors}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TemperatureChoice:
         return cls(float(data.get("temperature", 0.0)), data["choice"],
                    AcceptanceMap.from_dict(data["acceptance"]), float(data["cost_rate"]),
-                   data.get("simulated", []), data.get("validation", {}))
+                   data.get("simulated", []), data.get("validation", {}), None,
+                   data.get("head_threshold"), data.get("head_rate"),
+                   data.get("predictors", {}))
 
 
 @dataclass
@@ -61,6 +73,19 @@ class Calibration:
     @property
     def choice(self) -> str:
         return self.greedy.choice
+
+    @property
+    def choices(self) -> list[TemperatureChoice]:
+        return [self.greedy, *self.sampled]
+
+    def heads(self) -> list[AcceptanceHead]:
+        return [c.head for c in self.choices if c.head is not None]
+
+    def attach_heads(self, heads: list[AcceptanceHead]) -> None:
+        """Give each temperature's choice the head trained at its temperature."""
+        by_temperature = {h.temperature: h for h in heads}
+        for c in self.choices:
+            c.head = by_temperature.get(c.temperature)
 
     def to_dict(self) -> dict[str, Any]:
         # The greedy choice's fields stay at the top level, where format 1 always had them.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import platformdirs
 
+from svip_local.calibration.head import AcceptanceHead, HeadMismatch, dump_heads, load_heads
 from svip_local.calibration.live import LiveModel
 from svip_local.calibration.machine import Fingerprint, PairIdentity
 from svip_local.calibration.record import Calibration
@@ -43,7 +44,19 @@ def live_path(pair: PairIdentity, machine: Fingerprint) -> Path:
     return calibration_path(pair, machine).with_suffix(".live.json")
 
 
+def head_path(pair: PairIdentity, machine: Fingerprint) -> Path:
+    """Where the calibration's acceptance heads are kept (numpy arrays, beside its JSON)."""
+    return calibration_path(pair, machine).with_suffix(".head.npz")
+
+
 def save(cal: Calibration) -> Path:
+    """The calibration, and its acceptance heads beside it (an older head file goes: it
+    belongs to the calibration this one replaces)."""
+    heads = head_path(cal.pair, cal.machine)
+    if cal.heads():
+        _write_bytes(heads, dump_heads(cal.heads(), asdict(cal.pair)))
+    else:
+        heads.unlink(missing_ok=True)
     return _write(calibration_path(cal.pair, cal.machine), cal.to_dict())
 
 
@@ -52,12 +65,16 @@ def save_live(pair: PairIdentity, machine: Fingerprint, model: LiveModel) -> Pat
 
 
 def _write(path: Path, data: dict[str, object]) -> Path:
+    return _write_bytes(path, json.dumps(data, indent=1).encode("utf-8"))
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
     """Write atomically (temporary name, then rename): a reader never sees half a file, and
     a full disk leaves the old file as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     try:
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        tmp.write_bytes(data)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -82,9 +99,24 @@ def load(pair: PairIdentity, machine: Fingerprint) -> Calibration | None:
     """The stored calibration, or None (missing, or unreadable: then say why)."""
     path = calibration_path(pair, machine)
     try:
-        return Calibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        cal = Calibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring calibration %s (%s); run `svip-local calibrate` again", path, exc)
         return None
+    cal.attach_heads(_load_heads(head_path(pair, machine), cal))
+    return cal
+
+
+def _load_heads(path: Path, cal: Calibration) -> list[AcceptanceHead]:
+    """The heads stored beside a calibration; none (with a warning) where they were trained
+    for other files or cannot be read: the calibration stands without them."""
+    try:
+        return load_heads(path.read_bytes(), asdict(cal.pair))
+    except FileNotFoundError:
+        return []
+    except (HeadMismatch, OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring the acceptance head %s (%s): specdec needs `svip-local "
+                    "calibrate` again", path, exc)
+        return []

@@ -5,6 +5,7 @@ table they are registered in.
     table     the registry, the spec language (`svip:0.3+lookup:4:8`), labels and help
     rules     none, constant, heuristic, svip, pmin, adaedl
     cost      svip-cost: SVIP priced with this machine's calibrated costs
+    specdec   specdec, specdec-cost: SpecDec++'s rule on the head learnt at calibration
     lookup    prompt lookup, a proposal source (a chain, or a tree of every occurrence)
     cape      CaPE, an expander: the draft's chain widened by its top-k alternatives
     auto      `calibrated`: the calibrated choice per sampling temperature, fixed
@@ -14,7 +15,7 @@ table they are registered in.
 
 # Importing the modules registers their entries, in this order (the help lists them so).
 from svip_local.policies import rules  # noqa: F401, I001 (registration order)
-from svip_local.policies import cost, lookup, cape, auto, live  # noqa: F401
+from svip_local.policies import cost, specdec, lookup, cape, auto, live  # noqa: F401
 from svip_local.policies.base import (
     DraftPolicy,
     Expander,
@@ -29,6 +30,7 @@ from svip_local.policies.cost import CostAwareSvip
 from svip_local.policies.cape import Cape, CostAwareCape
 from svip_local.policies.lookup import LookupTree, PromptLookup
 from svip_local.policies.rules import AdaEdl, Constant, Heuristic, NoDraft, PMin, Svip
+from svip_local.policies.specdec import CostAwareSpecDec, SpecDec
 from svip_local.policies.strategy import PerTemperature, Plan, Strategy, as_plan
 from svip_local.policies.table import (
     PolicyContext,
@@ -43,8 +45,8 @@ from svip_local.policies.table import (
 from svip_local.policies.table import entries as policy_entries
 
 __all__ = [
-    "AdaEdl", "Cape", "Constant", "CostAwareCape", "CostAwareSvip", "DraftPolicy", "Expander",
-    "Heuristic", "Option",
+    "AdaEdl", "Cape", "Constant", "CostAwareCape", "CostAwareSpecDec", "CostAwareSvip",
+    "DraftPolicy", "Expander", "Heuristic", "Option", "SpecDec",
     "LookupTree", "NoDraft", "PMin", "PerTemperature", "Plan", "PolicyContext",
     "PolicyEntry", "PromptLookup", "Proposer",
     "StepStats", "Strategy", "Svip", "Verdict", "as_plan", "build_part", "check_spec",

@@ -38,11 +38,15 @@ class Verdict(Enum):
 
 @dataclass(frozen=True, slots=True)
 class StepStats:
-    """What a policy may look at after a draft step; fields a policy did not ask for are nan."""
+    """What a policy may look at after a draft step; fields a policy did not ask for are nan
+    (None: the hidden state)."""
 
     n_drafted: int  # draft tokens so far in this round, this one included
     entropy: float
     top_prob: float
+    # The draft's last hidden state where it produced this step's distribution (a view,
+    # valid during `judge` only), for a policy with `wants_hidden`.
+    hidden: npt.NDArray[np.floating[Any]] | None = None
 
 
 class DraftPolicy(ABC):
@@ -55,6 +59,8 @@ class DraftPolicy(ABC):
     entry: ClassVar[PolicyEntry | None] = None  # set by `policies.table.register`
     wants_entropy: ClassVar[bool] = False
     wants_top_prob: ClassVar[bool] = False
+    # The draft context then outputs hidden states (an instance may turn it on: live `auto`)
+    wants_hidden: bool = False
 
     def __init__(self, *args: Arg, max_draft: int = DEFAULT_MAX_DRAFT) -> None:
         self.args = args

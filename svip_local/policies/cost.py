@@ -65,16 +65,22 @@ class CostAwareSvip(DraftPolicy):
                               for n in range(1, self.max_draft + 2)]
         self._step = step_s
 
+    def chances(self, step: StepStats) -> tuple[float, float]:
+        """P(this token accepted | the ones before were), and P(the next one accepted | this
+        one is): from the entropy map here, from the learned head in `specdec-cost`."""
+        return (self.acceptance.accept(step.entropy),
+                self.acceptance.accept_next(step.entropy))
+
     def judge(self, step: StepStats) -> Verdict:
         n = step.n_drafted
         if n == 1:
             self._p = 1.0
-        p = self._p * self.acceptance.accept(step.entropy)
+        now, after = self.chances(step)
+        p = self._p * now
         if p < self.rate * self._keep[n]:
             return Verdict.DROP
         self._p = p
-        gain = p * self.acceptance.accept_next(step.entropy)
-        if gain < self.rate * (self._step + self._keep[n + 1]):
+        if p * after < self.rate * (self._step + self._keep[n + 1]):
             return Verdict.STOP
         return Verdict.CONTINUE
 

@@ -14,7 +14,8 @@ so spending s more seconds costs s / t1 tokens):
   measured says less about text STALE_TOKENS further on). The prediction: the best constant
   length k under the live acceptance chain (the first token accepted at the mean rate, each
   further one at the rate given that the one before was). Within the round cost-aware SVIP
-  decides the length with the live costs and entropy map (`svip-cost`'s rule); where the
+  decides the length with the live costs and entropy map (`svip-cost`'s rule; with the
+  learnt acceptance head's chances where the calibrated choice reads them); where the
   calibrated choice at this temperature widens its chain into a token tree (CaPE), so do
   these rounds (`calibrated_expander`), and their realised gain includes what the tree won.
 * the target alone gains 0.
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from svip_local.calibration import Calibration
+from svip_local.calibration import AcceptanceHead, Calibration
 from svip_local.calibration.costs import MAX_TREE_VERIFY
 from svip_local.calibration.live import LiveCosts, LiveModel, default_costs
 from svip_local.errors import InvalidRequestError
@@ -98,6 +99,18 @@ def calibrated_expander(cal: Calibration | None, temperature: float) -> Expander
         parsed.expander[1], PolicyContext(calibration=lambda: cal))
 
 
+def calibrated_head(cal: Calibration | None, temperature: float) -> AcceptanceHead | None:
+    """The learnt acceptance head where the calibrated choice nearest `temperature` stops
+    its drafts by one (`specdec`, `specdec-cost`): there the head predicted acceptance
+    better than the entropy map by enough to pay, and the drafting rounds' cost-aware rule
+    reads its chances instead of the live entropy map's."""
+    if cal is None:
+        return None
+    choice = min(cal.choices, key=lambda c: abs(c.temperature - temperature))
+    reads_head = split_spec(choice.choice).policy[0].name in ("specdec", "specdec-cost")
+    return choice.head if reads_head else None
+
+
 class LiveCape(CostAwareCape):
     """Cost-aware CaPE priced each drafting round by the live costs and rate."""
 
@@ -138,8 +151,10 @@ class LiveDraft(CostAwareSvip):
     somewhere would otherwise never learn better), not that of a fixed length that drafts
     where the rule would not."""
 
-    def __init__(self, max_draft: int) -> None:
+    def __init__(self, max_draft: int, head: AcceptanceHead | None = None) -> None:
         DraftPolicy.__init__(self, max_draft=max_draft)
+        self.head = head
+        self.wants_hidden = head is not None
         self._p = 1.0
         self.cap = 0
         self.force = False
@@ -148,7 +163,13 @@ class LiveDraft(CostAwareSvip):
 
     @property
     def name(self) -> str:
-        return "svip-cost (live)"
+        return "svip-cost (live)" if self.head is None else "specdec-cost (live)"
+
+    def chances(self, step: StepStats) -> tuple[float, float]:
+        if self.head is None:
+            return super().chances(step)
+        assert step.hidden is not None
+        return self.head.predict(step.hidden, step.entropy, step.top_prob)
 
     def round_limit(self) -> int:
         return self.cap
@@ -159,7 +180,7 @@ class LiveDraft(CostAwareSvip):
         self.entropies.append(step.entropy)
         verdict = super().judge(step)
         if self.force and step.n_drafted == 1 and verdict is Verdict.DROP:
-            self._p = self.acceptance.accept(step.entropy)
+            self._p = self.chances(step)[0]
             return Verdict.STOP
         return verdict
 
@@ -177,7 +198,8 @@ class LiveAuto(Strategy):
 
     def __init__(self, model: LiveModel, *, max_draft: int, has_draft: bool, ngram: int,
                  temperature: float = 0.0) -> None:
-        super().__init__(LiveDraft(max_draft), None,
+        super().__init__(LiveDraft(max_draft, calibrated_head(model.calibration, temperature)),
+                         None,
                          calibrated_expander(model.calibration, temperature)
                          or live_expander(model, temperature, has_draft))
         self.model, self.has_draft = model, has_draft

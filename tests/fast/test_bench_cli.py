@@ -20,7 +20,7 @@ ROWS = [
      "turns": ["Translate German to English: Der Hund schläft."]},
 ]
 PLOTS = {"speedup_by_category.png", "speedup_by_length.png", "draft_lengths.png",
-         "acceptance_vs_entropy.png"}
+         "acceptance_vs_entropy.png", "acceptance_calibration.png"}
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +71,12 @@ def test_bench_writes_tables_json_and_plots(tiny_target: Path, tiny_draft_noisy:
     assert {(c["temperature"], c["policy"], c["group"]) for c in data["validation"]} >= {
         (t, p, "all") for t in (0.0, 1.0) for p in ("none", "constant:4")}
     assert any(s["policy"] == "oracle" for s in data["summaries"])
+    # How each rule predicts acceptance, per temperature, on held-out folds of the prompts.
+    assert [a["temperature"] for a in data["acceptance_prediction"]] == [0.0, 1.0]
+    for at in data["acceptance_prediction"]:
+        assert set(at["predictors"]) == {"entropy map", "top-1 probability", "head"}
+        assert all(0 <= r["auc"] <= 1 and r["log_loss"] > 0 for r in at["predictors"].values())
+    assert "How well each rule predicts acceptance" in report
     # One trace per target-alone run: 3 SpecBench prompts and the MT-Bench one at 2 lengths,
     # greedy and sampled (those with their acceptance chances).
     traces = TraceSet.load(out / "traces.npz").traces
