@@ -445,6 +445,11 @@ def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     return i
 
 
+# With hidden states on, a batch of at least this many tokens, of which only the last needs an
+# output, is decoded as two (the rest without them): one more decode call costs less than the
+# LM head on every extra row from about here on a CPU.
+_HIDDEN_SPLIT = 8
+
 MAX_BRANCHES = 64  # sequences a tree-verifying context is made for (llama.cpp allows 256)
 
 
@@ -559,6 +564,20 @@ class Context:
         self.check_open()
         if not tokens:
             return
+        if self.embeddings and outputs is not Outputs.ALL and (
+                outputs is Outputs.NONE or len(tokens) >= _HIDDEN_SPLIT):
+            # With hidden states on, llama.cpp outputs every row of a batch (logits too): a
+            # prompt's catch-up would run the LM head on every token. Decode the rows that
+            # need nothing with them off, and the last one (if wanted) with them on.
+            head = tokens if outputs is Outputs.NONE else tokens[:-1]
+            self.output_hidden(False)
+            try:
+                self.decode(head, Outputs.NONE)
+            finally:
+                self.output_hidden(True)
+            if outputs is Outputs.LAST:
+                self.decode(tokens[-1:], Outputs.LAST)
+            return
         if outputs is Outputs.ALL and len(tokens) > self.n_batch:
             raise ValueError(f"{len(tokens)} tokens with all logits exceed n_batch {self.n_batch}")
         if len(self.tokens) + len(tokens) > self.n_ctx:
@@ -599,7 +618,8 @@ class Context:
     def output_hidden(self, on: bool) -> None:
         """Make the following decodes also output each output row's last hidden state (the
         final norm's output, what the LM head reads) for `hidden`. Off by default: only a
-        policy that reads them (`specdec`) pays for the copy, about 3.5 KB a row."""
+        policy that reads them (`specdec`) turns it on. llama.cpp then outputs every row of
+        a batch, so `decode` splits off what needs no output."""
         if on != self.embeddings:
             self.check_open()
             C.llama_set_embeddings(self.ptr, on)

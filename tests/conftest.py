@@ -14,14 +14,26 @@ from tests.support.tiny_models import write_mismatched_vocab_model, write_tiny_m
 REAL_PAIR = "qwen2.5-coder-1.5b"
 
 
+def _isolate_user_dirs(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SVIP_LOCAL_CONFIG_DIR", str(base / "config"))
+    monkeypatch.setenv("SVIP_LOCAL_DATA_DIR", str(base / "data"))
+    monkeypatch.setenv("SVIP_LOCAL_CALIBRATION_DIR", str(base / "calibration"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_session_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Between tests too: a generator left unfinished by one test stores `auto`'s live
+    estimates when it is collected, after that test's own isolation is undone."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _isolate_user_dirs(tmp_path_factory.getbasetemp() / "user-dirs", monkeypatch)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory,
                         monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads or writes the developer's own svip-local config, data or calibration."""
-    base = tmp_path_factory.getbasetemp() / "user-dirs"
-    monkeypatch.setenv("SVIP_LOCAL_CONFIG_DIR", str(base / "config"))
-    monkeypatch.setenv("SVIP_LOCAL_DATA_DIR", str(base / "data"))
-    monkeypatch.setenv("SVIP_LOCAL_CALIBRATION_DIR", str(base / "calibration"))
+    _isolate_user_dirs(tmp_path_factory.getbasetemp() / "user-dirs", monkeypatch)
 
 
 @pytest.fixture(scope="session")

@@ -155,12 +155,13 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
            candidates: Sequence[str] = CANDIDATES,
            expanders: Sequence[str] = EXPANDERS, proposers: Sequence[str] = PROPOSERS,
            margin: float = MARGIN, tie: float = TIE) -> Choice:
-    """Simulate every candidate (and svip-cost at the rates Dinkelbach's iteration visits),
-    then the best few widened into trees by each expander (cape-cost priced at svip-cost's
-    rate), then the best few of all and the
-    target alone with each proposal source, and choose the best by `Candidate.score` (the
-    mean of per-prompt rates). Trees are priced by the verification cost of all their nodes,
-    so they win only where this machine's batches leave room for them.
+    """Simulate every candidate (and svip-cost at the rates Dinkelbach's iteration visits;
+    with a learnt `head`, specdec over SPECDEC_GRID and specdec-cost at its own rates), then
+    the best few widened into trees by each expander (cape-cost priced at svip-cost's rate),
+    then the best few of all and the target alone with each proposal source, and choose the
+    best by `Candidate.score` (the mean of per-prompt rates). Trees are priced by the
+    verification cost of all their nodes, so they win only where this machine's batches
+    leave room for them.
 
     svip-cost's R is a decode rate, not a total one: a generation's length is fixed, so one
     more token saves the time the loop would spend making it; prefill is paid either way.
@@ -172,12 +173,6 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
     table = {spec: evaluate(traces, spec, make, costs, max_draft=max_draft)
              for spec, make in makers.items()}
     start = max(c.decode_tokens_per_s for c in table.values())
-
-    def cost_aware(rate: float) -> Candidate:
-        return evaluate(traces, f"svip-cost:{rate:.4g}",
-                        lambda: Strategy(CostAwareSvip(costs, acceptance, rate,
-                                                       max_draft=max_draft)),
-                        costs, max_draft=max_draft)
 
     def best_rate(make: Callable[[float], Plan], name: str) -> float:
         """R of a cost-aware rule: the best of a few multiples of the best other rate and
@@ -219,6 +214,7 @@ def search(traces: Sequence[PromptTrace], costs: CostModel, acceptance: Acceptan
         makers[best_h.policy] = functools.partial(stopping_at, head_threshold)
         head_rate = best_rate(lambda r: Strategy(CostAwareSpecDec(
             costs, acceptance, r, learnt, max_draft=max_draft)), "specdec-cost")
+
     def drafting() -> list[str]:
         return [c.policy for c in sorted(table.values(), key=lambda c: -c.score)
                 if c.policy != "none"][:_LOOKUP_BASES]

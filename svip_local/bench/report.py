@@ -179,7 +179,10 @@ def _headline(result: BenchResult, suite: str, temp: float) -> list[str]:
 
     named = [("best constant", pick("constant:")),
              ("SVIP", rows.get("svip:0.3") or pick("svip:")),
-             ("cost-aware SVIP", pick("svip-cost")), ("calibrated", rows.get("calibrated")),
+             ("cost-aware SVIP", pick("svip-cost")), ("SpecDec++", pick("specdec:")
+                                                      or rows.get("specdec")),
+             ("cost-aware SpecDec++", pick("specdec-cost")),
+             ("calibrated", rows.get("calibrated")),
              ("auto", rows.get("auto")),
              ("llama.cpp best", pick("llama.cpp:")),
              ("llama-cpp-python best", pick(python_peer.PLAIN)), ("oracle", rows.get(ORACLE))]
@@ -188,6 +191,7 @@ def _headline(result: BenchResult, suite: str, temp: float) -> list[str]:
               if s is not None and s.speedup is not None]
     found = dict(named)
     for a, b in (("SVIP", "best constant"), ("cost-aware SVIP", "SVIP"),
+                 ("SpecDec++", "cost-aware SVIP"), ("cost-aware SpecDec++", "cost-aware SVIP"),
                  ("calibrated", "SVIP"), ("auto", "SVIP"), ("auto", "calibrated"),
                  ("SVIP", "llama.cpp best"), ("auto", "llama.cpp best"),
                  ("auto", "llama-cpp-python best")):

@@ -34,6 +34,7 @@ from svip_local.calibration.head import (
     train,
 )
 from svip_local.errors import InvalidRequestError
+from svip_local.native import Outputs
 from svip_local.policies import CostAwareSpecDec, NoDraft, SpecDec, StepStats, Verdict
 from tests.fast.test_engine_sampling import chi_square_p, exact_pair_distribution, sampled_pairs
 from tests.support.sim import make_costs
@@ -202,6 +203,18 @@ def test_the_draft_context_outputs_hidden_states_only_when_asked(engine: Engine)
     h = ctx.hidden().copy()
     assert h.shape == (engine.draft_model.n_embd,) and np.isfinite(h).all()  # type: ignore[union-attr]
     assert np.abs(h).max() > 0
+    # A long batch with hidden states on is split (llama.cpp would output every row): the
+    # last row's logits and hidden state are those of one batch that outputs them all.
+    long = engine.tokenize("The quick brown fox jumps over the lazy dog and runs far away")
+    assert len(long) >= 10
+    ctx.clear()
+    ctx.decode(long, Outputs.ALL)
+    want_h, want_l = ctx.hidden().copy(), ctx.logits().copy()
+    ctx.clear()
+    ctx.decode(long, Outputs.LAST)
+    assert ctx.embeddings and ctx.tokens == long and ctx.pos_max() == len(long) - 1
+    assert np.allclose(ctx.hidden(), want_h, atol=1e-3)
+    assert np.allclose(ctx.logits(), want_l, atol=1e-3)
     ctx.output_hidden(False)
     ctx.clear()
 

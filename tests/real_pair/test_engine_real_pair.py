@@ -83,3 +83,73 @@ def test_weights_are_repacked_for_this_cpu_and_batches_run(real_pair: tuple[Path
     assert any("CPU_REPACK" in line for line in buffers) == ("CPU_REPACK" in
                                                              native.EXTRA_BUFFER_TYPES)
     assert done.stats.generated == 8
+
+
+HEAD_PROMPTS = ["def fibonacci(n):\n", "Write a haiku about the sea.\n",
+                "List three uses of Python dictionaries.\n", "class Stack:\n",
+                "Explain what a hash map is in one paragraph.\n"]
+
+
+@pytest.fixture(scope="module")
+def head_traces(engine: Engine) -> list:  # type: ignore[type-arg]
+    from svip_local.bench.traces import record_trace
+    from svip_local.policies import NoDraft
+
+    traces = []
+    for p in HEAD_PROMPTS:
+        ids = engine.tokenize(p)
+        done = engine.complete(ids, max_tokens=64, policy=NoDraft())
+        traces.append(record_trace(engine, ids, done, prompt_id=p, category="qa",
+                                   max_tokens=64))
+    return traces
+
+
+def test_a_head_on_the_real_pairs_hidden_states_predicts_acceptance(
+        head_traces: list) -> None:  # type: ignore[type-arg]
+    """Trained on four prompts' llama.cpp hidden states, it ranks the fifth's accepted draft
+    tokens above its rejected ones."""
+    from svip_local.bench import predictors
+
+    head = predictors.fit_head(head_traces[:4], 0.0)
+    assert head is not None
+    test = head_traces[4]
+    n = test.generated
+    p = head.predict_batch(test.hidden[:n], test.entropy[:n], test.top_prob[:n])[:, 0]
+    assert 0.0 < test.match[:n].mean() < 1.0
+    assert predictors.weighted_auc(p, test.match[:n]) > 0.7
+
+
+def test_specdec_on_the_real_pair_matches_target(
+        engine: Engine, head_traces: list,  # type: ignore[type-arg]
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from svip_local.bench import predictors
+    from svip_local.calibration import (
+        AcceptanceMap,
+        Calibration,
+        PairIdentity,
+        TemperatureChoice,
+        store,
+    )
+    from tests.support.sim import make_costs
+
+    monkeypatch.setenv("SVIP_LOCAL_CALIBRATION_DIR", str(tmp_path))
+    amap = AcceptanceMap((0.0, 1.0), (0.9, 0.5), (0.8, 0.4))
+    assert engine.draft_model is not None
+    cal = Calibration(PairIdentity.of(engine.target_model.path, engine.draft_model.path),
+                      engine.machine, TemperatureChoice(0.0, "specdec:0.5", amap, 20.0),
+                      make_costs(lambda b: 0.04 + 0.01 * b), [], {})
+    cal.attach_heads([predictors.fit_head(head_traces, 0.0)])  # type: ignore[list-item]
+    store.save(cal)
+    for prompt in PROMPTS[:2]:
+        ids = engine.tokenize(prompt)
+        alone = engine.complete(ids, max_tokens=MAX_TOKENS, policy="none")
+        for policy in ("specdec:0.3", "specdec:0.7", "specdec-cost:15"):
+            spec = engine.complete(ids, max_tokens=MAX_TOKENS, policy=policy)
+            assert spec.stats.drafted > 0
+            if spec.tokens == alone.tokens:
+                continue
+            i = next(i for i, (a, b) in enumerate(zip(spec.tokens, alone.tokens,
+                                                      strict=False)) if a != b)
+            prefix = ids + list(alone.tokens[:i])
+            gaps = [logit_gap(engine, prefix, t) for t in (spec.tokens[i], alone.tokens[i])]
+            assert max(gaps) < NEAR_TIE, (policy, i, gaps)
