@@ -36,6 +36,15 @@ def _isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory,
     _isolate_user_dirs(tmp_path_factory.getbasetemp() / "user-dirs", monkeypatch)
 
 
+@pytest.fixture
+def own_calibration_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh calibration directory for one test (the isolated one is shared by the session),
+    for tests that store calibrations."""
+    path = tmp_path / "calibration"
+    monkeypatch.setenv("SVIP_LOCAL_CALIBRATION_DIR", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("tiny-models")

@@ -32,8 +32,12 @@ if TYPE_CHECKING:
     from svip_local.policies.strategy import Plan
 
 
-@register("svip-cost", Param("R", float, None, "tokens/s one more token must beat "
-                                               "(default: the calibrated rate)", fmt=".4g"),
+# R of the cost-aware rules (svip-cost, specdec-cost).
+RATE = Param("R", float, None, "tokens/s one more token must beat (default: the calibrated "
+                               "rate)", fmt=".4g")
+
+
+@register("svip-cost", RATE,
           rule="cost-aware SVIP: draft one more token only while its acceptance chance pays "
                "for its cost on this machine (needs `svip-local calibrate`)",
           label="cost-aware SVIP ({resolved})", grid=(), needs_calibration=True)

@@ -27,7 +27,7 @@ from svip_local.config import DEFAULT_MAX_DRAFT
 from svip_local.errors import InvalidRequestError
 from svip_local.policies.auto import choice_at, temperature_choices
 from svip_local.policies.base import DraftPolicy, StepStats, Verdict
-from svip_local.policies.cost import CostAwareSvip
+from svip_local.policies.cost import RATE, CostAwareSvip
 from svip_local.policies.strategy import PerTemperature, Plan, Strategy
 from svip_local.policies.table import Param, PolicyContext, register
 
@@ -70,8 +70,7 @@ class SpecDec(DraftPolicy):
             head, h or c.head_threshold or DEFAULT_THRESHOLD, max_draft=context.max_draft))
 
 
-@register("specdec-cost", Param("R", float, None, "tokens/s one more token must beat "
-                                                  "(default: the calibrated rate)", fmt=".4g"),
+@register("specdec-cost", RATE,
           rule="cost-aware SVIP's rule on the learnt head's chances instead of the entropy "
                "map (needs `svip-local calibrate`)",
           label="cost-aware SpecDec++ ({resolved})", grid=(), needs_calibration=True)

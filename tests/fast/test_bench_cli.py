@@ -23,9 +23,7 @@ PLOTS = {"speedup_by_category.png", "speedup_by_length.png", "draft_lengths.png"
          "acceptance_vs_entropy.png", "acceptance_calibration.png"}
 
 
-@pytest.fixture(autouse=True)
-def _own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SVIP_LOCAL_CALIBRATION_DIR", str(tmp_path / "calibration"))
+pytestmark = pytest.mark.usefixtures("own_calibration_store")
 
 
 @pytest.fixture

@@ -13,10 +13,7 @@ from svip_local.bench.traces import TraceSet
 from svip_local.calibration.costs import MAX_TREE_VERIFY
 from svip_local.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SVIP_LOCAL_CALIBRATION_DIR", str(tmp_path / "calibration"))
+pytestmark = pytest.mark.usefixtures("own_calibration_store")
 
 
 def pair_args(target: Path, draft: Path) -> list[str]:

@@ -28,11 +28,7 @@ from svip_local.policies import (
 )
 from tests.support.sim import make_costs
 
-
-@pytest.fixture(autouse=True)
-def _own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fresh calibration directory per test (conftest's is shared by the session)."""
-    monkeypatch.setenv("SVIP_LOCAL_CALIBRATION_DIR", str(tmp_path / "calibration"))
+pytestmark = pytest.mark.usefixtures("own_calibration_store")
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,8 @@ from svip_local.policies import CostAwareSpecDec, NoDraft, SpecDec, StepStats, V
 from tests.fast.test_engine_sampling import chi_square_p, exact_pair_distribution, sampled_pairs
 from tests.support.sim import make_costs
 
+pytestmark = pytest.mark.usefixtures("own_calibration_store")
+
 PROMPTS = ["The quick brown fox", "In the morning the village was", "Once upon a time",
            "She opened the door and", "The river ran past the mill"]
 COSTS = make_costs(lambda b: 0.1 + 0.01 * b)
@@ -143,11 +145,6 @@ def test_weighted_auc_counts_soft_labels_as_expected_draws() -> None:
 
 
 # -- on the tiny llama.cpp pair ---------------------------------------------------------------
-
-@pytest.fixture(autouse=True)
-def _own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SVIP_LOCAL_CALIBRATION_DIR", str(tmp_path / "calibration"))
-
 
 @pytest.fixture(scope="module")
 def engine(tiny_target: Path, tiny_draft_noisy: Path) -> Engine:
