@@ -235,8 +235,8 @@ def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: s
     dctx, tctx = engine.draft_ctx, engine.target_ctx
     hidden = np.empty((n, dctx.model.n_embd), np.float16)
     dctx.clear()
-    dctx.output_hidden(True)
     dctx.decode(seq[: len(ids) - 1], Outputs.NONE)
+    dctx.output_hidden(True)
     if sampled:  # the target's cache still holds the prompt from the run
         tctx.decode(seq[tctx.keep_prefix(ids, len(ids) - 1): len(ids) - 1], Outputs.NONE)
     step = min(dctx.n_batch, tctx.n_batch)

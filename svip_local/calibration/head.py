@@ -80,8 +80,16 @@ class AcceptanceHead:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._scalars = np.empty(N_SCALARS, np.float32)  # reused by every `predict`
-        self._width = int(self.w_out.shape[0])
+        self._width = width = int(self.w_out.shape[0])
+        # Buffers every `predict` reuses: the features, the input layer's output (the
+        # network's activations, then the linear path's two logits), a block's
+        # pre-activation and its gate, the logits.
+        self._scalars = np.empty(N_SCALARS, np.float32)
+        self._y = np.empty(width + 2, np.float32)
+        self._y2 = np.empty(width + 2, np.float32)
+        self._u = np.empty(width, np.float32)
+        self._gate = np.empty(width, np.float32)
+        self._z = np.empty(2, np.float32)
 
     @property
     def n_embd(self) -> int:
@@ -92,19 +100,24 @@ class AcceptanceHead:
         """(P(this draft token accepted), P(the next one accepted too | this one is)), for
         one draft step: one (d x width) product and a few small ones, nothing
         vocabulary-sized."""
-        s = self._scalars
+        s, y, u, gate, z = self._scalars, self._y, self._u, self._gate, self._z
         h = max(entropy, 0.0)
         p = min(max(top_prob, 1e-6), 1.0 - 1e-6)
         s[:] = (h, math.sqrt(h), h * h, p, math.log(p), math.log1p(-p))
-        y = hidden @ self.w_hidden
-        y += s @ self.w_scalar
+        np.matmul(hidden, self.w_hidden, out=y)
+        y += np.matmul(s, self.w_scalar, out=self._y2)
         y += self.b_in
         x = y[:self._width]
         for w, b in self.blocks:
-            u = x @ w
+            np.matmul(x, w, out=u)
             u += b
-            x += _silu(u)
-        z = x @ self.w_out
+            np.multiply(u, 0.5, out=gate)  # silu(u) = u * (1 + tanh(u / 2)) / 2
+            np.tanh(gate, out=gate)
+            gate += 1.0
+            gate *= u
+            gate *= 0.5
+            x += gate
+        np.matmul(x, self.w_out, out=z)
         z += y[self._width:]
         return 1.0 / (1.0 + math.exp(-float(z[0]))), 1.0 / (1.0 + math.exp(-float(z[1])))
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from svip_local.calibration import Calibration, TemperatureChoice
 from svip_local.errors import InvalidRequestError
+from svip_local.policies.base import DraftPolicy
 from svip_local.policies.rules import NoDraft
 from svip_local.policies.strategy import PerTemperature, Plan, Strategy
 from svip_local.policies.table import PolicyContext, parse_policy, register, split_spec
@@ -59,6 +60,25 @@ def temperature_choices(cal: Calibration) -> list[TemperatureChoice]:
     parsed = split_spec(cal.greedy.choice)
     known, args = parsed.policy
     return [cal.greedy, replace(cal.greedy, temperature=1.0, choice=known.spec(args))]
+
+
+P = TypeVar("P", bound=DraftPolicy)
+
+
+def per_calibrated_choice(context: PolicyContext, name: str,
+                          make: Callable[[TemperatureChoice, Calibration], P]) -> P | Plan:
+    """A policy fitted to the calibration (`svip-cost`, `specdec`): `make(choice, cal)` at
+    the context's temperature, or one per calibrated temperature; a clear error without a
+    calibration."""
+    cal = context.calibration() if context.has_draft else None
+    if cal is None:
+        raise InvalidRequestError(
+            f"{name} needs this machine's costs for this pair: run `svip-local calibrate` "
+            "first (with the same files, threads and GPU offload)")
+    if context.temperature is not None:
+        return make(choice_at(cal, context.temperature), cal)
+    return PerTemperature([(c.temperature, Strategy(make(c, cal)))
+                           for c in temperature_choices(cal)])
 
 
 def choice_at(cal: Calibration, temperature: float) -> TemperatureChoice:

@@ -20,12 +20,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from svip_local.calibration import AcceptanceMap, CostModel, TemperatureChoice
+from svip_local.calibration import AcceptanceHead, AcceptanceMap, CostModel
 from svip_local.config import DEFAULT_MAX_DRAFT
 from svip_local.errors import InvalidRequestError
-from svip_local.policies.auto import choice_at, temperature_choices
+from svip_local.policies.auto import per_calibrated_choice
 from svip_local.policies.base import DraftPolicy, StepStats, Verdict
-from svip_local.policies.strategy import PerTemperature, Strategy
 from svip_local.policies.table import Param, PolicyContext, register
 
 if TYPE_CHECKING:
@@ -53,6 +52,7 @@ class CostAwareSvip(DraftPolicy):
         super().__init__(rate, max_draft=max_draft)
         d = costs.base_depth
         self._p = 1.0
+        self.head: AcceptanceHead | None = None
         self.set_prices([costs.verify(b, d) for b in range(1, max_draft + 3)],
                         costs.draft(1, d) + costs.step_s + costs.argmax_s + costs.entropy_s,
                         acceptance, rate)
@@ -69,9 +69,18 @@ class CostAwareSvip(DraftPolicy):
                               for n in range(1, self.max_draft + 2)]
         self._step = step_s
 
+    def read_head(self, head: AcceptanceHead | None) -> None:
+        """Take the chances from a learnt acceptance head (`specdec-cost`, and the live
+        `auto` where the calibration chose it) instead of the entropy map; None: the map."""
+        self.head = head
+        self.wants_hidden = head is not None
+
     def chances(self, step: StepStats) -> tuple[float, float]:
         """P(this token accepted | the ones before were), and P(the next one accepted | this
-        one is): from the entropy map here, from the learned head in `specdec-cost`."""
+        one is): from the learnt head where it reads one, else the entropy map."""
+        if self.head is not None:
+            assert step.hidden is not None, "the acceptance head reads the hidden state"
+            return self.head.predict(step.hidden, step.entropy, step.top_prob)
         return (self.acceptance.accept(step.entropy),
                 self.acceptance.accept_next(step.entropy))
 
@@ -92,18 +101,6 @@ class CostAwareSvip(DraftPolicy):
     def build(cls, args: tuple[Any, ...], context: PolicyContext) -> CostAwareSvip | Plan:
         """With this machine's costs and, at each calibrated temperature, that temperature's
         acceptance map and rate (an explicit R replaces the rate everywhere)."""
-        cal = context.calibration() if context.has_draft else None
-        if cal is None:
-            raise InvalidRequestError(
-                "svip-cost needs this machine's costs for this pair: run `svip-local "
-                "calibrate` first (with the same files, threads and GPU offload)")
         (rate,) = args
-
-        def at(choice: TemperatureChoice) -> CostAwareSvip:
-            return cls(cal.costs, choice.acceptance, rate or choice.cost_rate,
-                       max_draft=context.max_draft)
-
-        if context.temperature is not None:
-            return at(choice_at(cal, context.temperature))
-        return PerTemperature([(c.temperature, Strategy(at(c)))
-                               for c in temperature_choices(cal)])
+        return per_calibrated_choice(context, "svip-cost", lambda c, cal: cls(
+            cal.costs, c.acceptance, rate or c.cost_rate, max_draft=context.max_draft))

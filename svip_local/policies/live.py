@@ -153,8 +153,7 @@ class LiveDraft(CostAwareSvip):
 
     def __init__(self, max_draft: int, head: AcceptanceHead | None = None) -> None:
         DraftPolicy.__init__(self, max_draft=max_draft)
-        self.head = head
-        self.wants_hidden = head is not None
+        self.read_head(head)
         self._p = 1.0
         self.cap = 0
         self.force = False
@@ -164,12 +163,6 @@ class LiveDraft(CostAwareSvip):
     @property
     def name(self) -> str:
         return "svip-cost (live)" if self.head is None else "specdec-cost (live)"
-
-    def chances(self, step: StepStats) -> tuple[float, float]:
-        if self.head is None:
-            return super().chances(step)
-        assert step.hidden is not None
-        return self.head.predict(step.hidden, step.entropy, step.top_prob)
 
     def round_limit(self) -> int:
         return self.cap

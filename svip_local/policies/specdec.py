@@ -18,21 +18,17 @@ and R by simulation on the same traces) and turn on the draft context's hidden-s
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
-from svip_local.calibration import AcceptanceMap, Calibration, CostModel, TemperatureChoice
+from svip_local.calibration import AcceptanceMap, CostModel, TemperatureChoice
 from svip_local.calibration.head import AcceptanceHead
 from svip_local.config import DEFAULT_MAX_DRAFT
 from svip_local.errors import InvalidRequestError
-from svip_local.policies.auto import choice_at, temperature_choices
+from svip_local.policies.auto import per_calibrated_choice
 from svip_local.policies.base import DraftPolicy, StepStats, Verdict
 from svip_local.policies.cost import RATE, CostAwareSvip
-from svip_local.policies.strategy import PerTemperature, Plan, Strategy
+from svip_local.policies.strategy import Plan
 from svip_local.policies.table import Param, PolicyContext, register
 
 DEFAULT_THRESHOLD = 0.5  # where a calibration has a head but chose no threshold
-P = TypeVar("P", bound=DraftPolicy)
 
 
 @register("specdec", Param("h", float, None, "stop once P(a rejection in the round) > h "
@@ -66,8 +62,9 @@ class SpecDec(DraftPolicy):
     def build(cls, args: tuple[float | None, ...], context: PolicyContext
               ) -> SpecDec | Plan:
         (h,) = args
-        return _per_temperature(context, "specdec", lambda c, head, cal: cls(
-            head, h or c.head_threshold or DEFAULT_THRESHOLD, max_draft=context.max_draft))
+        return per_calibrated_choice(context, "specdec", lambda c, cal: cls(
+            head_at(c, "specdec"), h or c.head_threshold or DEFAULT_THRESHOLD,
+            max_draft=context.max_draft))
 
 
 @register("specdec-cost", RATE,
@@ -83,38 +80,15 @@ class CostAwareSpecDec(CostAwareSvip):
     def __init__(self, costs: CostModel, acceptance: AcceptanceMap, rate: float,
                  head: AcceptanceHead, *, max_draft: int = DEFAULT_MAX_DRAFT) -> None:
         super().__init__(costs, acceptance, rate, max_draft=max_draft)
-        self.head = head
-
-    def chances(self, step: StepStats) -> tuple[float, float]:
-        assert step.hidden is not None, "specdec-cost reads the draft's hidden state"
-        return self.head.predict(step.hidden, step.entropy, step.top_prob)
+        self.read_head(head)
 
     @classmethod
     def build(cls, args: tuple[float | None, ...], context: PolicyContext
               ) -> CostAwareSpecDec | Plan:
         (rate,) = args
-        return _per_temperature(context, "specdec-cost", lambda c, head, cal: cls(
-            cal.costs, c.acceptance, rate or c.head_rate or c.cost_rate, head,
-            max_draft=context.max_draft))
-
-
-def _per_temperature(context: PolicyContext, name: str,
-                     make: Callable[[TemperatureChoice, AcceptanceHead, Calibration], P]
-                     ) -> P | Plan:
-    """`make(choice, head, calibration)` at the context's temperature, or one per calibrated
-    temperature; a clear error where the calibration or its head is missing."""
-    cal = context.calibration() if context.has_draft else None
-    if cal is None:
-        raise InvalidRequestError(
-            f"{name} needs this pair's calibration on this machine, with its acceptance head: "
-            "run `svip-local calibrate` first (with the same files, threads and GPU offload)")
-
-    def at(choice: TemperatureChoice) -> P:
-        return make(choice, head_at(choice, name), cal)
-
-    if context.temperature is not None:
-        return at(choice_at(cal, context.temperature))
-    return PerTemperature([(c.temperature, Strategy(at(c))) for c in temperature_choices(cal)])
+        return per_calibrated_choice(context, "specdec-cost", lambda c, cal: cls(
+            cal.costs, c.acceptance, rate or c.head_rate or c.cost_rate,
+            head_at(c, "specdec-cost"), max_draft=context.max_draft))
 
 
 def head_at(choice: TemperatureChoice, name: str) -> AcceptanceHead:

@@ -33,7 +33,7 @@ from svip_local.calibration.head import (
     log_loss,
     train,
 )
-from svip_local.errors import InvalidRequestError
+from svip_local.errors import DecodeError, InvalidRequestError
 from svip_local.native import Outputs
 from svip_local.policies import CostAwareSpecDec, NoDraft, SpecDec, StepStats, Verdict
 from tests.fast.test_engine_sampling import chi_square_p, exact_pair_distribution, sampled_pairs
@@ -192,7 +192,7 @@ def test_the_draft_context_outputs_hidden_states_only_when_asked(engine: Engine)
     assert ctx is not None
     ctx.clear()
     ctx.decode(engine.tokenize("The quick"), )
-    with pytest.raises(Exception, match="no hidden state"):
+    with pytest.raises(DecodeError, match="no hidden state"):
         ctx.hidden()
     ctx.output_hidden(True)
     ctx.truncate(1)
