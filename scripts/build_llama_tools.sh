@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # Build llama.cpp's own command-line tools (llama-quantize, llama-speculative-simple,
-# llama-speculative, llama-bench) from the llama.cpp tree vendored in the llama-cpp-python
-# 0.3.36 source package, so the peer baseline runs the very same llama.cpp commit as the
-# Python bindings.
+# llama-speculative, llama-bench) and its RPC server (ggml-rpc-server) from the llama.cpp tree
+# vendored in the llama-cpp-python 0.3.36 source package, so the peer baseline and the servers a
+# target is split across run the very same llama.cpp commit (and RPC protocol) as the Python
+# bindings.
 #
-# Benchmark tooling only: nothing in the svip_local package needs these binaries.
+# Tooling only: nothing in the svip_local package needs these binaries. ggml-rpc-server lends
+# this machine's devices to a client over TCP without any authentication: it binds 127.0.0.1
+# unless given -H, and must never face an untrusted network.
 #
 # Steps (each skipped when already done):
 #   1. pip download the sdist          -> $TOOLS_DIR/dl/llama_cpp_python-0.3.36.tar.gz
 #   2. unpack it                       -> $TOOLS_DIR/src/llama_cpp_python-0.3.36
 #   3. cmake configure vendor/llama.cpp-> $TOOLS_DIR/build-cpu (or build-cuda-ARCH)
-#   4. build the four targets          -> <build>/bin/
+#   4. build the five targets          -> <build>/bin/
 # On a machine without network use --source-dir (an unpacked sdist, or its vendor/llama.cpp)
 # or --sdist (the .tar.gz); --pack-source writes a stripped re-packed sdist (~48 MB) to carry.
 set -euo pipefail
 
 LCP_VERSION="0.3.36"
-TARGETS=(llama-quantize llama-speculative-simple llama-speculative llama-bench)
+TARGETS=(llama-quantize llama-speculative-simple llama-speculative llama-bench ggml-rpc-server)
 
 usage() {
     cat <<EOF
@@ -203,6 +206,7 @@ CMAKE_ARGS_LIST=(
     -DLLAMA_BUILD_APP=OFF            # the unified 'llama' binary needs the server
     -DLLAMA_CURL=OFF
     -DLLAMA_OPENSSL=OFF
+    -DGGML_RPC=ON                    # ggml-rpc-server; the tools can take --rpc too
 )
 if [[ -n "$CUDA_ARCH" ]]; then
     CMAKE_ARGS_LIST+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH")

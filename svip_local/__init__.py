@@ -26,6 +26,8 @@ if TYPE_CHECKING:
         ModelNotDownloadedError as ModelNotDownloadedError,
         PromptTooLongError as PromptTooLongError,
         RegistryError as RegistryError,
+        RemoteServerError as RemoteServerError,
+        RpcUnavailableError as RpcUnavailableError,
         SvipError as SvipError,
     )
     from svip_local.events import (
@@ -57,7 +59,8 @@ _EXPORTS = {
     "svip_local.errors": ("ContextFullError", "DecodeError", "EngineClosedError",
                           "IncompatiblePairError",
                           "InvalidRequestError", "ModelFileError", "ModelNotDownloadedError",
-                          "PromptTooLongError", "RegistryError", "SvipError"),
+                          "PromptTooLongError", "RegistryError", "RemoteServerError",
+                          "RpcUnavailableError", "SvipError"),
     "svip_local.events": ("Done", "Event", "GenerationStats", "Notice", "Round", "Token"),
     "svip_local.loader": ("load",),
     "svip_local.policies": ("DraftPolicy", "PerTemperature", "Plan", "StepStats", "Strategy",

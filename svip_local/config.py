@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from svip_local.errors import InvalidRequestError
+from svip_local.rpc import parse_endpoints
 
 DEFAULT_MAX_DRAFT = 16
 
@@ -21,6 +22,10 @@ class EngineConfig:
     n_gpu_layers: int = -1  # -1: all layers (no effect on a CPU-only build)
     draft_n_gpu_layers: int | None = None  # None: same as the target
     n_threads: int | None = None  # None: native.default_threads()
+    # llama.cpp RPC servers ("HOST:PORT", or one comma-separated string) whose devices hold
+    # the model's offloaded layers: the target's, and rarely the draft's.
+    rpc_servers: tuple[str, ...] = ()
+    draft_rpc_servers: tuple[str, ...] = ()
     flash_attn: bool | None = None  # None: llama.cpp decides
     max_draft: int = DEFAULT_MAX_DRAFT
     policy: str = "auto"
@@ -36,6 +41,10 @@ class EngineConfig:
             raise InvalidRequestError(f"max_draft must be >= 1, got {self.max_draft}")
         if self.n_threads is not None and self.n_threads < 1:
             raise InvalidRequestError(f"n_threads must be >= 1, got {self.n_threads}")
+        for name in ("rpc_servers", "draft_rpc_servers"):
+            value = getattr(self, name)
+            if value:  # a frozen field, normalized once: "a:1,b:2" -> ("a:1", "b:2")
+                object.__setattr__(self, name, parse_endpoints(value))
 
     @property
     def draft_layers(self) -> int:

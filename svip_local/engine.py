@@ -31,7 +31,12 @@ from svip_local.calibration import (
 from svip_local.calibration.live import LiveModel
 from svip_local.compat import check_pair
 from svip_local.config import EngineConfig
-from svip_local.errors import EngineClosedError, InvalidRequestError, PromptTooLongError
+from svip_local.errors import (
+    EngineClosedError,
+    InvalidRequestError,
+    PromptTooLongError,
+    RemoteServerError,
+)
 from svip_local.events import Done, Event, GenerationStats, Round, Token
 from svip_local.native import MAX_BRANCHES, Context, Model, Outputs, TextStream
 from svip_local.policies import (
@@ -72,11 +77,13 @@ class Engine:
         check_spec(cfg.policy)  # a typo fails before gigabytes are loaded
         with ExitStack() as stack:
             # Anything loaded before a failure (bad draft, incompatible pair) is freed here.
-            self.target_model = Model(target, n_gpu_layers=cfg.n_gpu_layers)
+            self.target_model = Model(target, n_gpu_layers=cfg.n_gpu_layers,
+                                      rpc_servers=cfg.rpc_servers)
             stack.callback(self.target_model.close)
             self.draft_model: Model | None = None
             if draft is not None:
-                self.draft_model = Model(draft, n_gpu_layers=cfg.draft_layers)
+                self.draft_model = Model(draft, n_gpu_layers=cfg.draft_layers,
+                                         rpc_servers=cfg.draft_rpc_servers)
                 stack.callback(self.draft_model.close)
                 check_pair(self.target_model, self.draft_model)
             # The target verifies token trees: one sequence per branch (native.MAX_BRANCHES).
@@ -336,6 +343,11 @@ class Engine:
                 yield from batch
                 if len(out) >= budget:
                     break
+        except RemoteServerError:
+            # The target's server is gone: this engine cannot decode again, and freeing its
+            # remote memory would abort the process (the model leaves it behind).
+            self.close()
+            raise
         finally:
             with self._native:
                 self.target_ctx.ensure_consistent()  # a no-op once closed

@@ -39,6 +39,19 @@ class ContextFullError(DecodeError):
     """The KV cache has no room for the batch (llama_decode returned 1)."""
 
 
+class RemoteServerError(SvipError, ConnectionError):
+    """An RPC server a model is split across is unreachable, speaks another protocol, or hung
+    up; `endpoint` names it."""
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        super().__init__(f"RPC server {endpoint}: {reason}")
+        self.endpoint = endpoint
+
+
+class RpcUnavailableError(SvipError, RuntimeError):
+    """RPC servers were asked for but this llama-cpp-python was built without RPC."""
+
+
 class RegistryError(SvipError):
     """models.toml is invalid, a name is unknown, or a pull failed."""
 

@@ -27,12 +27,15 @@ import numpy as np
 import numpy.typing as npt
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from svip_local import rpc
 from svip_local.errors import (
     ContextFullError,
     DecodeError,
     EngineClosedError,
     InvalidRequestError,
     ModelFileError,
+    RemoteServerError,
+    RpcUnavailableError,
 )
 
 log = logging.getLogger("svip_local.llama_cpp")
@@ -210,6 +213,9 @@ def gpu_devices() -> tuple[str, ...]:
     count.restype, get.restype, get.argtypes = ctypes.c_size_t, ctypes.c_void_p, [ctypes.c_size_t]
     kind.restype, kind.argtypes = ctypes.c_int, [ctypes.c_void_p]
     describe.restype, describe.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+    if _rpc_registry() is not None and count() == sum(  # only the CPU: offload is RPC's
+            kind(get(i)) not in _GPU_DEVICE_TYPES for i in range(count())):
+        return ()
     devices = [get(i) for i in range(count())]
     return tuple((describe(d) or b"gpu").decode("utf-8", errors="replace")
                  for d in devices if kind(d) in _GPU_DEVICE_TYPES) or ("gpu",)
@@ -218,6 +224,99 @@ def gpu_devices() -> tuple[str, ...]:
 def gpu_name() -> str:
     """The first GPU's name when this llama.cpp build can offload, else "cpu"."""
     return next(iter(gpu_devices()), "cpu")
+
+
+# -- llama.cpp's RPC backend: a model's layers on other machines' devices -------------------------
+# llama-cpp-python 0.3.36 binds none of it (its `rpc_servers` argument is gone): servers are
+# added through ggml's backend registry, as llama.cpp's own `--rpc` does, and each model names
+# its devices, so a draft never lands on a target's servers.
+RPC_BUILD = ('CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-deps --no-cache-dir '
+             '--no-binary llama-cpp-python llama-cpp-python==0.3.36')
+
+
+def _rpc_registry() -> int | None:
+    """ggml's "RPC" backend registry entry, None in a build without it."""
+    lib, vp = C._lib, ctypes.c_void_p
+    try:
+        by_name = lib.ggml_backend_reg_by_name
+    except AttributeError:
+        return None
+    by_name.restype, by_name.argtypes = vp, [ctypes.c_char_p]
+    reg = by_name(b"RPC")
+    return int(reg) if reg else None
+
+
+def supports_rpc() -> bool:
+    return _rpc_registry() is not None
+
+
+@functools.cache
+def _rpc_add_server() -> Any:
+    """`ggml_backend_rpc_add_server(endpoint) -> registry of that server's devices`."""
+    reg = _rpc_registry()
+    if reg is None:
+        raise RpcUnavailableError(
+            "this llama-cpp-python was built without RPC, so a model cannot use RPC servers; "
+            f"rebuild it with RPC (a few minutes): {RPC_BUILD}")
+    lib, vp = C._lib, ctypes.c_void_p
+    proc_of = lib.ggml_backend_reg_get_proc_address
+    proc_of.restype, proc_of.argtypes = vp, [vp, ctypes.c_char_p]
+    proc = proc_of(reg, b"ggml_backend_rpc_add_server")
+    if not proc:
+        raise RpcUnavailableError("this llama.cpp's RPC backend has no add_server entry point "
+                                  f"(an older build?); rebuild: {RPC_BUILD}")
+    for name, restype, argtypes in (("ggml_backend_reg_dev_count", ctypes.c_size_t, [vp]),
+                                    ("ggml_backend_reg_dev_get", vp, [vp, ctypes.c_size_t])):
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    _watch_aborts()
+    return ctypes.CFUNCTYPE(vp, ctypes.c_char_p)(proc)
+
+
+def _rpc_devices(endpoint: str) -> list[int]:
+    """The devices `endpoint` lends (llama.cpp connects to it here)."""
+    reg = _rpc_add_server()(endpoint.encode())
+    n = C._lib.ggml_backend_reg_dev_count(reg) if reg else 0
+    if not n:
+        raise RemoteServerError(endpoint, "lends no device")
+    return [int(C._lib.ggml_backend_reg_dev_get(reg, i)) for i in range(n)]
+
+
+def _local_gpu_devices() -> list[int]:
+    """This machine's GPUs as llama.cpp's default would pick them (integrated ones only where
+    there is no discrete one), to offload next to the remote devices."""
+    if not supports_gpu_offload():
+        return []
+    lib = C._lib
+    gpu_devices()  # binds the device API's types
+    rpc_reg = _rpc_registry()
+    reg_of = lib.ggml_backend_dev_backend_reg
+    reg_of.restype, reg_of.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    devices = [int(lib.ggml_backend_dev_get(i)) for i in range(lib.ggml_backend_dev_count())]
+    local = [(d, lib.ggml_backend_dev_type(d)) for d in devices if reg_of(d) != rpc_reg]
+    gpus = [d for d, kind in local if kind == _GPU_DEVICE_TYPES[0]]
+    return gpus or [d for d, kind in local if kind == _GPU_DEVICE_TYPES[1]]
+
+
+def _on_ggml_abort(message: bytes | None) -> None:
+    """ggml's last words before abort(): its message, then which RPC server hung up (its
+    own "Remote RPC server crashed" names none). abort() follows: nothing here can stop it."""
+    text = (message or b"").decode("utf-8", errors="replace")
+    os.write(2, f"{text}\n{rpc.describe_lost()}".encode())
+
+
+_ABORT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+_ABORT_HOOK = _ABORT_CALLBACK(_on_ggml_abort)  # kept: ggml holds only the pointer
+
+
+@functools.cache
+def _watch_aborts() -> None:
+    try:
+        setter = C._lib.ggml_set_abort_callback
+    except AttributeError:
+        return
+    setter.restype, setter.argtypes = ctypes.c_void_p, [_ABORT_CALLBACK]
+    setter(_ABORT_HOOK)
 
 
 def system_info() -> str:
@@ -268,11 +367,23 @@ class Model:
     """A loaded GGUF: weights (possibly offloaded) and its vocabulary."""
 
     def __init__(self, path: str | os.PathLike[str], *, n_gpu_layers: int = -1,
-                 vocab_only: bool = False) -> None:
+                 vocab_only: bool = False, rpc_servers: Sequence[str] = ()) -> None:
+        """`rpc_servers` ("HOST:PORT"): split the offloaded layers across those servers'
+        devices, first, and this machine's GPUs, as llama.cpp's `--rpc` does."""
         self.path = Path(path)
         _check_gguf_file(self.path)
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        self.rpc_servers = tuple(rpc_servers)
+        peers: dict[str, tuple[str, int]] = {}
+        if self.rpc_servers:
+            _rpc_add_server()  # a build without RPC says so before anything connects
+            # llama.cpp aborts the process on a server that is not there: try each first.
+            peers = {e: rpc.handshake(e) for e in self.rpc_servers}
+            devices = [d for e in self.rpc_servers for d in _rpc_devices(e)]
+            devices += _local_gpu_devices()
+            self._devices = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
+            params.devices = ctypes.addressof(self._devices)
         params.vocab_only = vocab_only
         params.use_extra_bufts = use_extra_buffer_types()  # see EXTRA_BUFFER_TYPES
         params.progress_callback = _load_progress
@@ -290,6 +401,8 @@ class Model:
         self._stack.callback(C.llama_model_free, ptr)
         self.closed = False
         self.ptr = ptr
+        # The connections llama.cpp now holds to the servers, watched between decodes.
+        self.links = rpc.Links.find(peers) if peers else None
         self.n_gpu_layers = n_gpu_layers
         self.vocab = C.llama_model_get_vocab(ptr)
         self.n_vocab: int = C.llama_vocab_n_tokens(self.vocab)
@@ -305,10 +418,24 @@ class Model:
         self._pieces: dict[int, bytes] = {}
 
     def close(self) -> None:
+        if self.links is not None:
+            self.links.forget()
+            if self.links.lost is not None:
+                # Freeing remote buffers writes to the dead server, and llama.cpp aborts on
+                # that: the native model and its contexts are left behind, unreachable.
+                self._stack.pop_all()
+                self._mark_closed()
+                return
         self._stack.close()
 
     def _mark_closed(self) -> None:
         self.closed = True
+
+    def check_remote(self) -> None:
+        """Raise `RemoteServerError` if a server this model is split across hung up: before
+        llama.cpp writes to it (which would abort the process)."""
+        if self.links is not None:
+            self.links.check()
 
     def check_open(self) -> None:
         """Raise instead of letting llama.cpp touch freed memory (which aborts the process)."""
@@ -546,8 +673,13 @@ class Context:
             self._closed = True
             self._stack.close()
 
+    @property
+    def closed(self) -> bool:
+        """Closed itself, or its model was (a model left behind by a lost server keeps it)."""
+        return self._closed or self.model.closed
+
     def check_open(self) -> None:
-        if self._closed:
+        if self.closed:
             raise EngineClosedError(f"the context of {self.model.path.name} is closed")
 
     def __enter__(self) -> Context:
@@ -594,6 +726,7 @@ class Context:
             if outputs is Outputs.LAST and start + n == len(tokens):
                 self._out[n - 1] = 1
             self._batch.n_tokens = n
+            self.model.check_remote()
             rc = C.llama_decode(self.ptr, self._batch)
             if rc != 0:
                 self.ensure_consistent()
@@ -669,6 +802,7 @@ class Context:
             raise ContextFullError(
                 f"the context holds {self.n_ctx} tokens; {p0} are used and a tree of {n} "
                 "more does not fit")
+        self.model.check_remote()
         for b in range(1, n_branches):  # the prefix is every branch's (a tag, not a copy)
             C.llama_memory_seq_cp(self._mem, 0, b, -1, -1)
         self._tok[:n] = tokens
@@ -726,6 +860,7 @@ class Context:
 
     def clear(self) -> None:
         self.check_open()
+        self.model.check_remote()  # clearing remote buffers writes to the servers
         C.llama_memory_clear(self._mem, True)
         self.tokens.clear()
 
@@ -740,7 +875,7 @@ class Context:
         Some ubatches of a failed batch may have landed; llama.cpp's own position is the truth.
         A closed context has nothing left to agree with.
         """
-        if self._closed:
+        if self.closed:
             return
         n = self.pos_max() + 1
         if n < len(self.tokens):

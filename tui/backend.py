@@ -61,6 +61,7 @@ class EngineSlot:
         engine = load(source.pair, target=source.target, draft=source.draft, pull=source.pull,
                       progress=progress, n_ctx=settings.n_ctx,
                       n_gpu_layers=settings.n_gpu_layers, n_threads=settings.n_threads,
+                      rpc_servers=settings.rpc_servers,
                       policy=settings.policy)
         with self.lock:
             if self.closed:

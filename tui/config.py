@@ -40,6 +40,7 @@ class ChatSettings:
     n_ctx: int | None = None  # None: the pair's recommendation (or 4096 for plain paths)
     n_gpu_layers: int = -1
     n_threads: int | None = None  # None: llama.cpp threads for this machine (native default)
+    rpc_servers: str | None = None  # the target across llama.cpp RPC servers: "HOST:PORT,..."
 
     @property
     def sampling(self) -> SamplingParams:

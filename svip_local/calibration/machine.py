@@ -23,6 +23,9 @@ class Fingerprint:
     gpu: str
     n_gpu_layers: str  # "target/draft"; 0/0 on a build without offload
     threads: int
+    # The RPC servers the target (and draft) are split across, "target/draft": the network
+    # is part of the costs. "" without (and then left out of the store's key).
+    rpc: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,5 +57,9 @@ def cpu_model() -> str:
 def fingerprint(config: EngineConfig, *, gpu: str, default_threads: int) -> Fingerprint:
     """The fingerprint of an engine with `config` on this machine; `gpu` is llama.cpp's first
     GPU device ("cpu" for none), `default_threads` what `n_threads=None` means here."""
-    layers = "0/0" if gpu == "cpu" else f"{config.n_gpu_layers}/{config.draft_layers}"
-    return Fingerprint(cpu_model(), gpu, layers, config.n_threads or default_threads)
+    rpc = ""
+    if config.rpc_servers or config.draft_rpc_servers:
+        rpc = f"{','.join(config.rpc_servers)}/{','.join(config.draft_rpc_servers)}"
+    offload = gpu != "cpu" or rpc
+    layers = f"{config.n_gpu_layers}/{config.draft_layers}" if offload else "0/0"
+    return Fingerprint(cpu_model(), gpu, layers, config.n_threads or default_threads, rpc)

@@ -33,7 +33,10 @@ def calibration_dir() -> Path:
 
 
 def calibration_path(pair: PairIdentity, machine: Fingerprint) -> Path:
-    key = json.dumps([asdict(pair), asdict(machine)], sort_keys=True)
+    fields = asdict(machine)
+    if not fields["rpc"]:  # the key of a machine without RPC is what it was before RPC
+        del fields["rpc"]
+    key = json.dumps([asdict(pair), fields], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(pair.target).stem)[:40]
     return calibration_dir() / f"{stem}-{digest}.json"

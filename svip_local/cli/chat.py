@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmd.add_argument("--policy", default="auto", help=policy_help())
     cmd.add_argument("--n-gpu-layers", type=int, default=-1,
                      help="layers to offload to the GPU (-1: all, 0: CPU only)")
+    cmd.add_argument("--rpc", metavar="HOST:PORT[,HOST:PORT...]", default=None,
+                     help="llama.cpp RPC servers to split the target across (trusted "
+                          "networks only: the protocol has no authentication)")
     cmd.add_argument("--n-ctx", type=int, help="context size (default: the pair's setting)")
     cmd.add_argument("--threads", type=int, help="CPU threads (default: up to 8, all allowed)")
     cmd.add_argument("--max-tokens", type=int, default=512, help="most tokens per reply")
@@ -61,7 +64,7 @@ def _chat(args: argparse.Namespace) -> int:
     settings = ChatSettings(system_prompt=args.system, policy=args.policy,
                             temperature=args.temperature, max_tokens=args.max_tokens,
                             n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers,
-                            n_threads=args.threads)
+                            n_threads=args.threads, rpc_servers=args.rpc)
     with _logs_to_app():
         ChatApp(source, settings).run()
     return 0

@@ -24,6 +24,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="layers to offload to the GPU, -1 = all (default)")
     parser.add_argument("--draft-n-gpu-layers", type=int, default=None,
                         help="the draft's own offload (default: same as --n-gpu-layers)")
+    parser.add_argument("--rpc", metavar="HOST:PORT[,HOST:PORT...]", default=None,
+                        help="llama.cpp RPC servers to split the target's offloaded layers "
+                             "across (needs llama-cpp-python built with -DGGML_RPC=on; the "
+                             "protocol has no authentication: trusted networks only)")
+    parser.add_argument("--draft-rpc", metavar="HOST:PORT[,...]", default=None,
+                        help="RPC servers for the draft (rarely useful: it is small)")
     parser.add_argument("--n-ctx", type=int, default=None, help="context size in tokens")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per model")
     parser.add_argument("--pull", action="store_true",
@@ -42,6 +48,7 @@ def open_engine(args: argparse.Namespace, *, policy: str | None = None) -> Engin
     return load(args.name, target=args.target, draft=args.draft, pull=args.pull,
                 n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers,
                 draft_n_gpu_layers=args.draft_n_gpu_layers, n_threads=args.threads,
+                rpc_servers=args.rpc, draft_rpc_servers=args.draft_rpc,
                 policy=policy, probe=False if args.no_probe else None)
 
 
