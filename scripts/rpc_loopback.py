@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -72,10 +73,18 @@ def main() -> int:
 
 def check_identity(args: argparse.Namespace, prompts: list[Any], endpoints: str,
                    settings: dict[str, Any]) -> bool:
-    """The local target's greedy tokens against the RPC target's, alone and under `auto`."""
+    """The RPC target's greedy tokens, alone and under `auto`, against the local target's.
+
+    The local reference loads without the CPU's repacked weights (SVIP_LOCAL_EXTRA_BUFTS=0):
+    llama.cpp's RPC server keeps plain buffers, and repacked kernels round differently, so a
+    near-tie can flip within a few tokens. Same kernels, same arithmetic: identical tokens."""
     texts = [p.text for p in prompts]
-    with load(target=args.target, **settings) as local:
-        want = [local.complete(t, max_tokens=args.identity_tokens).tokens for t in texts]
+    os.environ["SVIP_LOCAL_EXTRA_BUFTS"] = "0"  # read at each model load
+    try:
+        with load(target=args.target, **settings) as local:
+            want = [local.complete(t, max_tokens=args.identity_tokens).tokens for t in texts]
+    finally:
+        del os.environ["SVIP_LOCAL_EXTRA_BUFTS"]
     same = True
     with load(target=args.target, draft=args.draft, rpc_servers=endpoints,
               **settings) as remote:

@@ -737,6 +737,14 @@ class Context:
             self.tokens.extend(chunk)
             self.n_decoded += n
 
+    def synchronize(self) -> None:
+        """Wait until the last decode has run. On asynchronous backends (GPUs, RPC servers)
+        `llama_decode` returns once the work is queued and the wait falls on the next read
+        of its logits; a timer that reads none must wait here, or each time it takes is
+        partly the previous decode's."""
+        self.check_open()
+        C.llama_synchronize(self.ptr)
+
     def logits(self, index: int = -1) -> npt.NDArray[np.float32]:
         """Row `index` of the last batch (negative: from the end) as a zero-copy view.
 

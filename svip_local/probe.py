@@ -38,6 +38,7 @@ def decode_times(ctx: Context, ids: Sequence[int], depth: int, sizes: Sequence[i
             batch = ids[depth:depth + b]
             t0 = perf_counter()
             ctx.decode(batch, outputs)
+            ctx.synchronize()
             dt = perf_counter() - t0
             ctx.truncate(depth)
             if r >= warmup:

@@ -133,6 +133,7 @@ class Speculator:
         ctx.output_hidden(policy.wants_hidden)
         catchup = seq[ctx.keep_prefix(seq, len(seq) - 1):]
         ctx.decode(catchup, Outputs.LAST)
+        ctx.synchronize()  # its own time, not the first draft step's (GPUs, RPC)
         catchup_s = perf_counter() - t0
         stats = policy.wants_entropy or policy.wants_top_prob or expander is not None
         options: list[Option] = []  # per depth, what the expander may add there

@@ -37,7 +37,12 @@ CONNECT_TIMEOUT_S = 5.0
 KEEPALIVE = (15, 5, 3)
 DEFAULT_PORT = 50052  # rpc-server's own default
 
-_POLL_LOST = select.POLLIN | select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+# Between decodes a readable socket is not yet a hung-up one: llama.cpp's client sends from a
+# thread of its own, so an answer may still be on its way. A hang-up is HUP/ERR, RDHUP (Linux:
+# the server's FIN), or a read that peeks at end of stream.
+_POLL_HUNG_UP = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select,
+                                                                            "POLLRDHUP", 0)
+_POLL_WATCH = select.POLLIN | _POLL_HUNG_UP
 
 
 def parse_endpoints(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -125,7 +130,7 @@ class Links:
     def __post_init__(self) -> None:
         for fds in self.fds.values():
             for fd in fds:
-                self._poll.register(fd, _POLL_LOST)
+                self._poll.register(fd, _POLL_WATCH)
         with _LIVE_LOCK:
             _LIVE.append(self)
 
@@ -153,7 +158,7 @@ class Links:
                                                "its machine went away); the engine is closed")
 
     def _gone(self) -> list[str]:
-        hit = {fd for fd, _ in self._poll.poll(0)}
+        hit = {fd for fd, ev in self._poll.poll(0) if ev & _POLL_HUNG_UP or _at_eof(fd)}
         return [e for e, fds in self.fds.items() if hit.intersection(fds)]
 
     def forget(self) -> None:
@@ -174,6 +179,17 @@ def describe_lost() -> str:
         return ""
     return (f"svip-local: RPC server {', '.join(gone)} closed the connection during a decode; "
             "llama.cpp's RPC client cannot recover from that and ends the process\n")
+
+
+def _at_eof(fd: int) -> bool:
+    """Whether the stream on `fd` has ended (peeked at, nothing consumed)."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as s:
+            return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _socket_fds() -> Iterable[int]:

@@ -77,6 +77,7 @@ def _prefill_curve(ctx: Context, ids: Sequence[int], sizes: Sequence[int], outpu
             ctx.clear()
             t0 = perf_counter()
             ctx.decode(ids[:n], outputs)
+            ctx.synchronize()
             times.append(perf_counter() - t0)
         xs.append(n)
         ys.append(median(times[1:]))
