@@ -377,4 +377,8 @@ class Engine:
             if self._cancel.is_set() or (cancel is not None and cancel.is_set()):
                 break
             ctx.decode(todo[i:i + ctx.n_batch], Outputs.NONE)
+        if todo:
+            # Asynchronous backends (GPUs, RPC) are still computing: without the wait, the
+            # first round's verification would pay for the prompt, and `auto` learn from it.
+            ctx.synchronize()
         return len(ctx.tokens) - keep

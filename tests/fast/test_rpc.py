@@ -33,6 +33,7 @@ from svip_local import (
 )
 from svip_local.calibration import store
 from svip_local.calibration.machine import Fingerprint, PairIdentity, fingerprint
+from svip_local.cli import main
 from svip_local.engine import Engine
 from svip_local.native import Model
 from tests.support.rpc_servers import server_binary, start_relay, start_server, stop
@@ -157,6 +158,21 @@ def test_a_build_without_rpc_says_how_to_rebuild(tiny_target: Path) -> None:
         Model(tiny_target, rpc_servers=("127.0.0.1:50052",))
     with pytest.raises(RpcUnavailableError, match="built without RPC"):
         Engine(tiny_target, rpc_servers="127.0.0.1:50052")
+
+
+def test_the_cli_takes_rpc_and_refuses_a_bad_endpoint_before_loading(
+        tiny_target: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "--target", str(tiny_target), "--rpc", "gpu-box",
+                 "--prompt", "x", "--threads", "1"]) == 1
+    assert "RPC endpoint 'gpu-box' is not HOST:PORT" in capsys.readouterr().err
+    code = main(["generate", "--target", str(tiny_target), "--rpc", "127.0.0.1:9",
+                 "--prompt", "x", "--threads", "1", "--max-tokens", "2"])
+    err = capsys.readouterr().err
+    assert code == 1
+    if native.supports_rpc():
+        assert "RPC server 127.0.0.1:9: cannot connect" in err
+    else:
+        assert "built without RPC" in err and "-DGGML_RPC=on" in err
 
 
 # -- with RPC compiled in and the server built -------------------------------------------------
