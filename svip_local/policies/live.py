@@ -353,10 +353,14 @@ class LiveAuto(Strategy):
         costs, accept = self.costs, self.accept
         n = len(result.proposed)
         spent = result.draft_s + result.verify_s
+        first = not any(self.counts.values())
         self.counts[self.arm] += 1
         self.elapsed_s += spent
         self.tokens += result.accepted + 1
-        costs.observe_verify(result.nodes + 1, result.verify_s)  # a tree's every row
+        if not first:
+            # The reply's first verification also pays for leaving the prompt's batch shape
+            # (over RPC 3-30x a steady one; a graph capture on GPUs): not a price to learn.
+            costs.observe_verify(result.nodes + 1, result.verify_s)  # a tree's every row
         t1 = costs.verify_at(1)
         if result.copied:
             accept.observe_copy(n, result.accepted, result.chances)

@@ -185,6 +185,22 @@ def test_a_few_unlucky_rounds_do_not_outweigh_the_prediction(rounds: float,
     assert (strategy.arm == "draft") is drafts
 
 
+def test_a_replys_first_verification_is_not_learnt_as_the_targets_price() -> None:
+    """Right after the prompt a verification also pays for leaving the prompt's batch shape
+    (over RPC 185-1500 ms where a steady one takes 52): learnt, it made the target alone look
+    dear and `auto` drafted where drafting loses."""
+    model = LiveModel.start(LiveCosts.from_model(CHEAP), "test")
+    strategy = LiveAuto(model, max_draft=16, has_draft=True, ngram=5).for_sampling(
+        SamplingParams())
+    steady = strategy.costs.verify_at(1)
+    for seconds in (30 * steady, 2 * steady):
+        strategy.begin_round(None, 0, 1000)  # no room: the target alone
+        strategy.learn(RoundResult((), 0, 7, False, 0.0, seconds, 0, 0, 0.0))
+        if seconds > 2 * steady:
+            assert strategy.costs.verify_at(1) == steady
+    assert strategy.costs.verify_at(1) == pytest.approx(2 * steady)
+
+
 def test_a_stale_measurement_gives_way_to_the_prediction() -> None:
     """Drafting measured a loss, then the reply moved on without drafting: after several
     STALE_TOKENS the text that loss was measured on is far behind, and the prediction (here:
