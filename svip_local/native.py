@@ -200,25 +200,34 @@ _GPU_DEVICE_TYPES = (1, 2)
 
 
 @functools.cache
-def gpu_devices() -> tuple[str, ...]:
-    """The GPUs llama.cpp itself would offload to (CUDA, Metal, Vulkan ...), by description."""
-    if not supports_gpu_offload():
-        return ()
+def _gpu_handles() -> tuple[tuple[int, int], ...] | None:
+    """This machine's GPU devices in ggml's order, as (handle, device type); None in a build
+    that hides ggml's symbols. RPC servers' devices are never among them: svip-local hands
+    them to one model each instead of registering them."""
     lib = C._lib
     try:
         count, get = lib.ggml_backend_dev_count, lib.ggml_backend_dev_get
         kind, describe = lib.ggml_backend_dev_type, lib.ggml_backend_dev_description
-    except AttributeError:  # a build that hides ggml's symbols: offload works, names unknown
-        return ("gpu",)
+    except AttributeError:
+        return None
     count.restype, get.restype, get.argtypes = ctypes.c_size_t, ctypes.c_void_p, [ctypes.c_size_t]
     kind.restype, kind.argtypes = ctypes.c_int, [ctypes.c_void_p]
     describe.restype, describe.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
-    if _rpc_registry() is not None and count() == sum(  # only the CPU: offload is RPC's
-            kind(get(i)) not in _GPU_DEVICE_TYPES for i in range(count())):
+    devices = (int(get(i)) for i in range(count()))
+    return tuple((d, t) for d in devices if (t := kind(d)) in _GPU_DEVICE_TYPES)
+
+
+@functools.cache
+def gpu_devices() -> tuple[str, ...]:
+    """The GPUs llama.cpp itself would offload to (CUDA, Metal, Vulkan ...), by description.
+    Empty on a build whose offload is RPC's alone."""
+    if not supports_gpu_offload():
         return ()
-    devices = [get(i) for i in range(count())]
-    return tuple((describe(d) or b"gpu").decode("utf-8", errors="replace")
-                 for d in devices if kind(d) in _GPU_DEVICE_TYPES) or ("gpu",)
+    handles = _gpu_handles()
+    if handles is None:  # offload works, names unknown
+        return ("gpu",)
+    return tuple((C._lib.ggml_backend_dev_description(d) or b"gpu").decode(
+        "utf-8", errors="replace") for d, _ in handles)
 
 
 def gpu_name() -> str:
@@ -285,17 +294,9 @@ def _rpc_devices(endpoint: str) -> list[int]:
 def _local_gpu_devices() -> list[int]:
     """This machine's GPUs as llama.cpp's default would pick them (integrated ones only where
     there is no discrete one), to offload next to the remote devices."""
-    if not supports_gpu_offload():
-        return []
-    lib = C._lib
-    gpu_devices()  # binds the device API's types
-    rpc_reg = _rpc_registry()
-    reg_of = lib.ggml_backend_dev_backend_reg
-    reg_of.restype, reg_of.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
-    devices = [int(lib.ggml_backend_dev_get(i)) for i in range(lib.ggml_backend_dev_count())]
-    local = [(d, lib.ggml_backend_dev_type(d)) for d in devices if reg_of(d) != rpc_reg]
-    gpus = [d for d, kind in local if kind == _GPU_DEVICE_TYPES[0]]
-    return gpus or [d for d, kind in local if kind == _GPU_DEVICE_TYPES[1]]
+    handles = _gpu_handles() or ()
+    discrete = [d for d, kind in handles if kind == _GPU_DEVICE_TYPES[0]]
+    return discrete or [d for d, kind in handles if kind == _GPU_DEVICE_TYPES[1]]
 
 
 def _on_ggml_abort(message: bytes | None) -> None:
