@@ -51,7 +51,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
     plain: list[float] = []
     async with app.run_test(size=(100, 40)) as pilot:
         await until(lambda: app.engine is not None and app.policy is not None)
-        app.baseline = 0.0  # not timing the target alone after the first reply
+        app.time_target = False  # no timing of the target alone after replies
         engine, policy = app.engine, app.policy
         assert engine is not None and policy is not None
 

@@ -8,6 +8,7 @@ meet (no model, context full, bad file) arrive as messages too and are shown in 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -20,17 +21,17 @@ from textual.containers import Vertical
 from textual.widgets import Footer, Label, ProgressBar, Static
 
 from svip_local import GenerationStats, SvipError
-from svip_local.chat import ChatTemplate, decode_rate, device_summary
+from svip_local.chat import ChatTemplate, device_summary
 from svip_local.conversation import Conversation, SavedConversation, list_saved
 from svip_local.registry import human_size, load_registry, status
 
 if TYPE_CHECKING:
     from svip_local import Engine, Plan
 
+from tui.attach import AttachError, expand, has_attachments
 from tui.backend import AppClosing, EngineSlot, ReplyJob, run_reply, time_target_alone
 from tui.config import ChatSettings, ModelSource
 from tui.events import (
-    BaselineMeasured,
     EngineFailed,
     EngineReady,
     LogRecordPosted,
@@ -39,11 +40,15 @@ from tui.events import (
     ReplyDone,
     ReplyFailed,
     ReplyNotice,
+    TargetTimed,
 )
 from tui.screens import ConversationsScreen, PairScreen, SettingsScreen
+from tui.speed import Speedup, live_estimate, measured
 from tui.widgets import MessageList, Note, PromptInput, Reply, StatusBar, UserMessage
 
 log = logging.getLogger(__name__)
+PLACEHOLDER = ("Message  (Enter sends · Ctrl+J new line · ↑↓ history · "
+               "/attach PATH: a file)")  # 76 columns: the box's inside at 80
 LEGEND = "[b $success]accepted draft tokens[/]  [$warning]tokens the target wrote itself[/]"
 
 
@@ -60,9 +65,11 @@ class ChatApp(App[None]):
         Binding("ctrl+e", "edit_last", "Edit"),
         Binding("ctrl+t", "toggle_origin", "Origin"),
         Binding("ctrl+o", "open_saved", "Open"),
-        Binding("ctrl+s", "settings", "Settings"),
+        # With the prompt's Edit and Newline these fill a footer of 80 columns: hence "Setup",
+        # and no Ctrl+C there (it quits as in every terminal program; so does q in the chat).
+        Binding("ctrl+s", "settings", "Setup"),
         Binding("ctrl+l", "pick_pair", "Models"),
-        Binding("ctrl+c", "quit", "Quit", priority=True),
+        Binding("ctrl+c", "quit", "Quit", priority=True, show=False),
     ]
 
     def __init__(self, source: ModelSource | None, settings: ChatSettings | None = None) -> None:
@@ -73,11 +80,13 @@ class ChatApp(App[None]):
         self.engine: Engine | None = None
         self.template: ChatTemplate | None = None
         self.policy: Plan | None = None
-        self.baseline: float | None = None  # the target's own tok/s, once measured
         self.last_stats: GenerationStats | None = None
+        self.speedup: Speedup | None = None  # the last reply's, once known
+        self.time_target = True  # time the target alone after replies (benchmarks turn it off)
         self.label = ""
         self._slot = EngineSlot()
         self._cancel: threading.Event | None = None  # set: a reply is streaming
+        self._timing: threading.Event | None = None  # the last reply's: stops its timing
         self._editing = False
         self._log_handler = _PostingLogHandler(self)
 
@@ -89,7 +98,7 @@ class ChatApp(App[None]):
             yield Label("", id="loading-label")
             yield ProgressBar(id="pull-bar")
         yield Static(LEGEND, id="legend")
-        yield PromptInput(placeholder="Message  (Enter sends, ↑↓ history)", id="prompt")
+        yield PromptInput(placeholder=PLACEHOLDER, id="prompt")
         yield StatusBar()
         yield Footer(compact=True)
 
@@ -103,8 +112,9 @@ class ChatApp(App[None]):
 
     def on_unmount(self) -> None:
         logging.getLogger("svip_local").removeHandler(self._log_handler)
-        if self._cancel is not None:
-            self._cancel.set()
+        for event in (self._cancel, self._timing):
+            if event is not None:
+                event.set()
         self._slot.close()  # waits for the reply worker to stop, then frees the contexts
 
     @property
@@ -115,7 +125,7 @@ class ChatApp(App[None]):
 
     def _load(self, source: ModelSource) -> None:
         self.engine = self.template = self.policy = None
-        self.baseline = self.last_stats = None
+        self.last_stats = self.speedup = None
         self.label = source.label
         self.query_one("#loading-label", Label).update(f"Loading {source.label}…")
         self.query_one("#pull-bar").display = False
@@ -168,11 +178,14 @@ class ChatApp(App[None]):
 
     # -- sending and streaming -----------------------------------------------------------
 
-    async def on_input_submitted(self, event: PromptInput.Submitted) -> None:
-        text = event.value.strip()
+    async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
+        text = message_text(event.value)
+        prompt = self.query_one(PromptInput)
+        if has_attachments(text):
+            self._attach_files(prompt, text)
+            return
         if not text or not self._ready_to_generate():
             return
-        prompt = self.query_one(PromptInput)
         prompt.remember(text)
         prompt.value = ""
         messages = self.query_one(MessageList)
@@ -184,6 +197,17 @@ class ChatApp(App[None]):
             self.conversation.add_user(text)
         await messages.mount(UserMessage(text))
         await self._start_reply()
+
+    def _attach_files(self, prompt: PromptInput, text: str) -> None:
+        """Put the files of `/attach` lines into the prompt, to be read before Enter sends."""
+        try:
+            expanded, names = expand(text)
+        except AttachError as exc:
+            self._show_error(str(exc))
+            return
+        prompt.value = expanded
+        prompt.focus()
+        self.notify(f"Attached {', '.join(names)}: Enter sends the message.")
 
     def _ready_to_generate(self) -> bool:
         if self.generating:
@@ -199,11 +223,13 @@ class ChatApp(App[None]):
         reply = Reply()
         await self.query_one(MessageList).mount(reply)
         reply.start_stream()
+        if self._timing is not None:
+            self._timing.set()  # the last reply's timing gives way to this one
         self._cancel = threading.Event()
         self.query_one(StatusBar).update("thinking…")
         self._reply_worker(ReplyJob(self.engine, self.template, self.policy,
                                     self.conversation.prompt(), self.settings, self._cancel,
-                                    measure_baseline=self.baseline is None))
+                                    time_target=self.time_target))
 
     @work(thread=True, exclusive=True, group="reply", exit_on_error=False)
     def _reply_worker(self, job: ReplyJob) -> None:
@@ -211,7 +237,7 @@ class ChatApp(App[None]):
             if self._slot.closed:
                 return
             try:
-                run_reply(job, self.post_message)
+                done = run_reply(job, self.post_message)
             except SvipError as exc:
                 self.post_message(ReplyFailed(str(exc)))
                 return
@@ -219,9 +245,9 @@ class ChatApp(App[None]):
                 log.exception("reply failed")
                 self.post_message(ReplyFailed(f"unexpected error: {exc!r}"))
                 return
-            if job.measure_baseline:
+            if done is not None:
                 try:
-                    time_target_alone(job, self.post_message)
+                    time_target_alone(job, done, self.post_message)
                 except SvipError as exc:
                     log.warning("could not time the target alone: %s", exc)
 
@@ -245,8 +271,9 @@ class ChatApp(App[None]):
         reply = self._current_reply()
         runs = await reply.finish(done.text, done.finish_reason) if reply else ()
         self.conversation.add_reply(done.text, runs, done.finish_reason)
-        self._cancel = None
+        self._timing, self._cancel = self._cancel, None
         self.last_stats = done.stats
+        self.speedup = live_estimate(done.stats)
         self._show_final_stats()
         if done.finish_reason == "context":
             self.notify("The context is full: Ctrl+N starts a new chat.", severity="warning")
@@ -265,10 +292,10 @@ class ChatApp(App[None]):
         if self.engine is not None:
             self.query_one(StatusBar).show_idle(self.label)
 
-    def on_baseline_measured(self, msg: BaselineMeasured) -> None:
-        if msg.engine is not self.engine:
-            return  # timed on a pair that has been replaced since
-        self.baseline = msg.rate
+    def on_target_timed(self, msg: TargetTimed) -> None:
+        if msg.engine is not self.engine or msg.stats is not self.last_stats:
+            return  # timed after an earlier reply, or on a pair replaced since
+        self.speedup = measured(msg.stats, msg.seconds_per_token)
         if not self.generating:
             self._show_final_stats()
 
@@ -276,13 +303,11 @@ class ChatApp(App[None]):
         stats = self.last_stats
         if stats is None or self.policy is None:
             return
-        speedup = decode_rate(stats) / self.baseline if self.baseline and stats.generated \
-            else None
         status_bar = self.query_one(StatusBar)
         # Adaptive policies change as they learn; `auto` says what this reply ran.
         status_bar.policy = stats.policy if stats.live is not None else \
             self.policy.for_sampling(self.settings.sampling).describe()
-        status_bar.show_final(stats, speedup)
+        status_bar.show_final(stats, self.speedup)
 
     # -- actions -------------------------------------------------------------------------
 
@@ -431,6 +456,12 @@ class ChatApp(App[None]):
 
     def on_log_record_posted(self, msg: LogRecordPosted) -> None:
         self.notify(msg.text, severity="error" if msg.error else "warning", timeout=8)
+
+
+def message_text(value: str) -> str:
+    """The prompt's text as a message: blank lines around it and trailing spaces dropped, the
+    first line's indentation kept (pasted code may start indented)."""
+    return re.sub(r"\A(?:[ \t]*\n)+", "", value.rstrip())
 
 
 class _PostingLogHandler(logging.Handler):

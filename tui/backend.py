@@ -18,7 +18,8 @@ from svip_local import Done, Notice, Round, Token, load
 from svip_local.chat import ChatTemplate, measure_target_alone, stream_chat
 from svip_local.registry import ProgressCallback
 from tui.config import ChatSettings, ModelSource
-from tui.events import BaselineMeasured, LiveStats, ReplyChunk, ReplyDone, ReplyNotice
+from tui.events import LiveStats, ReplyChunk, ReplyDone, ReplyNotice, TargetTimed
+from tui.speed import MIN_TOKENS, live_estimate
 
 if TYPE_CHECKING:
     from svip_local import Engine, Plan
@@ -99,14 +100,14 @@ class ReplyJob:
     policy: Plan
     messages: list[dict[str, str]]
     settings: ChatSettings
-    cancel: threading.Event
-    measure_baseline: bool
+    cancel: threading.Event  # also stops the timing after the reply
+    time_target: bool  # time the target alone after the reply (unless `auto` priced it)
 
 
-def run_reply(job: ReplyJob, post: Post) -> None:
+def run_reply(job: ReplyJob, post: Post) -> Done | None:
     """Stream one reply: chunks of whole draft-and-verify rounds, at most one per
     `UPDATE_INTERVAL_S` (the first at once: it ends the wait for the reply), notices, then
-    the `Done`."""
+    the `Done`, which it also returns."""
     start = perf_counter()
     last_post = start - UPDATE_INTERVAL_S
     live = LiveStats()
@@ -139,12 +140,17 @@ def run_reply(job: ReplyJob, post: Post) -> None:
         elif isinstance(event, Done):
             flush()
             post(ReplyDone(event))
+            return event
+    return None
 
 
-def time_target_alone(job: ReplyJob, post: Post) -> None:
-    """After the first finished reply: time the target alone once (see measure_target_alone)."""
-    if job.cancel.is_set() or not job.policy.for_sampling(job.settings.sampling).speculates:
+def time_target_alone(job: ReplyJob, done: Done, post: Post) -> None:
+    """After a reply long enough to compare and not priced by `auto` itself: time the target
+    alone at the context the reply ended at (a few decodes: see measure_target_alone)."""
+    if (not job.time_target or job.cancel.is_set() or done.stats.generated < MIN_TOKENS
+            or live_estimate(done.stats) is not None
+            or not job.policy.for_sampling(job.settings.sampling).speculates):
         return
     rate = measure_target_alone(job.engine, cancel=job.cancel)
     if rate:
-        post(BaselineMeasured(job.engine, rate))
+        post(TargetTimed(job.engine, done.stats, 1 / rate))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 if TYPE_CHECKING:
-    from svip_local import Done, Engine
+    from svip_local import Done, Engine, GenerationStats
     from svip_local.chat import ChatTemplate
 
 
@@ -71,12 +71,13 @@ class ReplyFailed(Message):
         self.error = error
 
 
-class BaselineMeasured(Message):
-    """The target's own decode rate (tok/s) on `engine`, for "x× vs target alone"."""
+class TargetTimed(Message):
+    """The target alone's seconds per token on `engine`, timed right after the reply whose
+    `stats` these are, at the context that reply ended at."""
 
-    def __init__(self, engine: Engine, rate: float) -> None:
+    def __init__(self, engine: Engine, stats: GenerationStats, seconds_per_token: float) -> None:
         super().__init__()
-        self.engine, self.rate = engine, rate
+        self.engine, self.stats, self.seconds_per_token = engine, stats, seconds_per_token
 
 
 class LogRecordPosted(Message):

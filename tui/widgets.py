@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.content import Content
-from textual.widgets import Input, Markdown, Static
+from textual.message import Message as TextualMessage
+from textual.widgets import Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownStream
 
 from svip_local import GenerationStats
 from svip_local.conversation import Message, OriginRuns, origin_runs
 from tui.events import LiveStats
+from tui.speed import Speedup
 
 DRAFT_STYLE = "bold $success"
 TARGET_STYLE = "$warning"
@@ -129,35 +134,86 @@ def _caption(finish_reason: str | None) -> str:
             "context": "context full"}.get(finish_reason or "", "")
 
 
-class PromptInput(Input):
-    """The message box; Up and Down walk through what was sent before."""
+class PromptInput(TextArea):
+    """The message box: Enter sends, Shift+Enter or Ctrl+J starts a new line, a paste keeps
+    every line; Up on the first line and Down on the last walk through what was sent before.
+
+    It grows with its text up to the height its style allows, then scrolls.
+    """
 
     BINDINGS = [
-        Binding("up", "history(-1)", "Previous", show=False),
-        Binding("down", "history(1)", "Next", show=False),
-        Binding("ctrl+e", "app.edit_last", "Edit"),  # instead of Input's "end of line"
+        Binding("ctrl+j,shift+enter", "newline", "Newline", key_display="^j"),
+        Binding("ctrl+e", "app.edit_last", "Edit"),  # instead of TextArea's "end of line"
     ]
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.history: list[str] = []
+    @dataclass
+    class Submitted(TextualMessage):
+        """Enter was pressed: `value` is the whole text (the app decides whether to send)."""
+
+        prompt: PromptInput
+        value: str
+
+        @property
+        def control(self) -> PromptInput:
+            return self.prompt
+
+    def __init__(self, *, placeholder: str = "", id: str | None = None) -> None:
+        super().__init__(placeholder=placeholder, id=id, highlight_cursor_line=False)
+        self.sent: list[str] = []  # `history` is TextArea's undo record
         self._index = 0
+        self._draft = ""  # what was typed before walking into `sent`
+
+    @property
+    def value(self) -> str:
+        return self.text
+
+    @value.setter
+    def value(self, text: str) -> None:
+        """Replace the text, the cursor at its end (where typing goes on)."""
+        self.text = text
+        self.move_cursor(self.document.end)
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()  # not TextArea's newline
+            self.post_message(self.Submitted(self, self.text))
+
+    def action_newline(self) -> None:
+        self.replace("\n", *self.selection, maintain_selection_offset=False)  # as typed
 
     def remember(self, text: str) -> None:
-        if text and (not self.history or self.history[-1] != text):
-            self.history.append(text)
-        self._index = len(self.history)
+        if text and (not self.sent or self.sent[-1] != text):
+            self.sent.append(text)
+        self._index = len(self.sent)
 
-    def action_history(self, step: int) -> None:
-        if not self.history:
+    def action_cursor_up(self, select: bool = False) -> None:
+        if select or not self.sent or not self.navigator.is_first_wrapped_line(
+                self.cursor_location):
+            super().action_cursor_up(select)
+        else:
+            self._walk(-1)
+
+    def action_cursor_down(self, select: bool = False) -> None:
+        if select or not self.sent or not self.navigator.is_last_wrapped_line(
+                self.cursor_location):
+            super().action_cursor_down(select)
+        else:
+            self._walk(1)
+
+    def _walk(self, step: int) -> None:
+        index = max(0, min(len(self.sent), self._index + step))
+        if index == self._index:
             return
-        self._index = max(0, min(len(self.history), self._index + step))
-        self.value = self.history[self._index] if self._index < len(self.history) else ""
-        self.cursor_position = len(self.value)
+        if self._index == len(self.sent):
+            self._draft = self.text
+        self._index = index
+        self.value = self.sent[index] if index < len(self.sent) else self._draft
 
 
 class StatusBar(Static):
-    """One line: speed and where it comes from, policy, device, and the speedup once known."""
+    """One line: speed, the speedup once known (hovered: how it was worked out), policy,
+    acceptance, device."""
 
     def __init__(self) -> None:
         super().__init__("", id="status", markup=False)
@@ -165,22 +221,27 @@ class StatusBar(Static):
         self.device = ""
 
     def show_idle(self, label: str) -> None:
+        self.tooltip = None
         self.update(f"{label} │ {self.policy} │ {self.device} │ ready")
 
     def show_live(self, live: LiveStats) -> None:
         rate = live.generated / live.elapsed_s if live.elapsed_s > 0 else 0.0
         acc = live.accepted / live.drafted if live.drafted else 0.0
         mal = live.accepted / live.rounds if live.rounds else 0.0
-        self.update(self._line(rate, acc, mal, speedup=None))
+        self.tooltip = None
+        self.update(self._line(rate, acc, mal))
 
-    def show_final(self, stats: GenerationStats, speedup: float | None) -> None:
+    def show_final(self, stats: GenerationStats, speedup: Speedup | None) -> None:
+        self.tooltip = speedup.detail if speedup is not None else None
         self.update(self._line(stats.tokens_per_second, stats.acceptance_rate,
                                stats.mean_accepted_length, speedup))
 
     def _line(self, rate: float, acceptance: float, accepted_per_round: float,
-              speedup: float | None) -> str:
-        # Most telling first: a narrow terminal cuts the line from the right.
-        parts = [f"{rate:.1f} tok/s", f"accept {acceptance:.0%} ({accepted_per_round:.2f}/round)"]
+              speedup: Speedup | None = None) -> str:
+        # Most telling first: a narrow terminal cuts the line from the right. The comparison
+        # and its source, then what ran (`auto` says what this reply ran), then how it went.
+        parts = [f"{rate:.1f} tok/s", self.policy,
+                 f"accept {acceptance:.0%} ({accepted_per_round:.2f}/round)", self.device]
         if speedup is not None:
-            parts.append(f"{speedup:.1f}× vs target alone")
-        return " │ ".join([*parts, self.policy, self.device])
+            parts.insert(1, speedup.label)
+        return " │ ".join(parts)

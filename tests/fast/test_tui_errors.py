@@ -141,3 +141,37 @@ async def test_ctrl_c_mid_reply_quits_and_frees_the_engine(
         await pilot.press("ctrl+c")
     assert not app.is_running
     assert engine is not None and engine.target_ctx._closed and engine.draft_ctx._closed
+
+
+@sync
+async def test_a_file_that_cannot_be_attached_is_named_and_nothing_is_sent(
+        tiny_target: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "logo.png").write_bytes(b"\x89PNG\r\n")
+    monkeypatch.chdir(tmp_path)
+    app = ChatApp(ModelSource(target=tiny_target), ChatSettings(n_ctx=256, n_threads=1))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.engine is not None)
+        prompt = app.query_one(PromptInput)
+        for name, reason in (("logo.png", "not UTF-8 text"), ("gone.py", "no such file")):
+            prompt.value = f"What is this?\n/attach {name}"
+            await pilot.press("enter")
+            assert errors(app)[-1].startswith(f"cannot attach {name}: {reason}")
+            assert prompt.value == f"What is this?\n/attach {name}"  # kept, to be corrected
+        assert not app.conversation.messages and not app.generating
+
+
+@sync
+async def test_enter_in_a_settings_field_saves_and_sends_nothing(
+        tiny_target: Path) -> None:
+    """The settings fields are Inputs: their Submitted must not reach the chat as a message."""
+    app = ChatApp(ModelSource(target=tiny_target), ChatSettings(n_ctx=256, n_threads=1))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.engine is not None)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        app.screen.query_one("#max-tokens", Input).focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: not isinstance(app.screen, SettingsScreen))
+        await pilot.pause()
+        assert not app.conversation.messages and not app.generating
+        assert not app.query(UserMessage)

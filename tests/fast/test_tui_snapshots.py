@@ -13,13 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from textual import events
 from textual.pilot import Pilot
-from textual.widgets import Input, Static
+from textual.widgets import Footer, Input, Static, TextArea
 
+from svip_local import GenerationStats
 from svip_local.conversation import Message
 from tests.support.tui import BASE, Host, fake_pair_statuses
+from tui.app import PLACEHOLDER
 from tui.screens import PairScreen, SettingsScreen
-from tui.widgets import MessageList, Note, Reply, StatusBar, UserMessage
+from tui.speed import measured
+from tui.widgets import MessageList, Note, PromptInput, Reply, StatusBar, UserMessage
 
 SIZE = (80, 24)
 SnapCompare = Callable[..., bool]
@@ -30,6 +34,8 @@ async def still_cursors(pilot: Pilot) -> None:
     await pilot.pause()
     for field in pilot.app.screen.query(Input):
         field.cursor_blink = False
+    for box in pilot.app.screen.query(TextArea):
+        box.cursor_blink = False
 
 
 def test_settings_screen(snap_compare: SnapCompare) -> None:
@@ -70,3 +76,38 @@ def test_reply_coloured_by_origin(snap_compare: SnapCompare) -> None:
         await pilot.pause()
 
     assert snap_compare(Host(messages, status), terminal_size=SIZE, run_before=show_status)
+
+
+def test_prompt_holding_a_pasted_function(snap_compare: SnapCompare) -> None:
+    """A bracketed paste of four lines (as tmux sends it, lines ended by CR) fills four lines
+    of the grown prompt; the status bar shows the last reply's comparison and its source."""
+    prompt = PromptInput(placeholder=PLACEHOLDER, id="prompt")
+    status = StatusBar()
+    status.policy, status.device = "svip:0.3", "CPU"
+    stats = GenerationStats(generated=64, rounds=20, drafted=60, accepted=44, prefill_s=0.4,
+                            wall_s=3.2)
+
+    async def paste(pilot: Pilot) -> None:
+        await still_cursors(pilot)
+        prompt.focus()
+        await pilot.press(*"Fix this:", "ctrl+j")
+        pilot.app.post_message(events.Paste(
+            "def add(a, b):\r    return a - b\r\rprint(add(1, 2))"))
+        status.show_final(stats, measured(stats, 0.075))
+        await pilot.pause()
+
+    app = Host(MessageList(UserMessage("Hello"), id="messages"), prompt, status,
+               Footer(compact=True))
+    assert snap_compare(app, terminal_size=SIZE, run_before=paste)
+
+
+def test_empty_prompt_shows_how_to_use_it(snap_compare: SnapCompare) -> None:
+    prompt = PromptInput(placeholder=PLACEHOLDER, id="prompt")
+
+    async def focus(pilot: Pilot) -> None:
+        await still_cursors(pilot)
+        prompt.focus()
+        await pilot.pause()
+
+    app = Host(MessageList(id="messages"), prompt, StatusBar(), Footer(compact=True))
+    assert snap_compare(app, terminal_size=SIZE, run_before=focus)

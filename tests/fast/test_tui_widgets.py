@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual import events
 from textual.content import Content
 from textual.geometry import Region
 from textual.screen import Screen
@@ -27,6 +28,7 @@ from tests.support.tui import BASE, Host, fake_pair_statuses, sync
 from tui.config import ChatSettings
 from tui.events import LiveStats
 from tui.screens import ConversationsScreen, PairScreen, SettingsScreen
+from tui.speed import LIVE, MEASURED, MIN_TOKENS, Speedup, live_estimate, measured
 from tui.widgets import (
     DRAFT_STYLE,
     TARGET_STYLE,
@@ -68,80 +70,154 @@ def static_text(widget: Static) -> str:
 
 # --- PromptInput ---------------------------------------------------------------------------------
 
+FUNCTION = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))"
+
+
+class PromptHost(Host):
+    """Host keeping the PromptInput.Submitted messages too (Host keeps Input's)."""
+
+    def __init__(self, *widgets: Widget) -> None:
+        super().__init__(*widgets)
+        self.submissions: list[PromptInput.Submitted] = []
+
+    def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
+        self.submissions.append(event)
+
 
 @sync
-async def test_prompt_enter_posts_submitted_with_the_typed_text() -> None:
+async def test_prompt_enter_posts_submitted_with_the_whole_text() -> None:
     prompt = PromptInput(id="prompt")
-    app = Host(prompt)
+    app = PromptHost(prompt)
     async with app.run_test(size=SIZE) as pilot:
         prompt.focus()
-        await pilot.press(*"hi you")
-        assert prompt.value == "hi you" and not app.submitted
+        await pilot.press(*"hi", "ctrl+j", *"you", "shift+enter", "x")
+        assert prompt.value == "hi\nyou\nx" and not app.submissions
         await pilot.press("enter")
-        assert [(e.value, e.input) for e in app.submitted] == [("hi you", prompt)]
-        assert prompt.value == "hi you"  # clearing it is the app's job (it may refuse to send)
+        assert [(e.value, e.prompt, e.control) for e in app.submissions] == [
+            ("hi\nyou\nx", prompt, prompt)]
+        assert prompt.value == "hi\nyou\nx"  # clearing it is the app's job (it may refuse to send)
 
 
+@pytest.mark.parametrize("separator", ["\n", "\r", "\r\n"])  # tmux pastes lines with \r
 @sync
-async def test_prompt_shift_enter_neither_submits_nor_adds_a_line() -> None:
+async def test_prompt_paste_keeps_every_line(separator: str) -> None:
     prompt = PromptInput()
-    app = Host(prompt)
+    app = PromptHost(prompt)
     async with app.run_test(size=SIZE) as pilot:
         prompt.focus()
-        await pilot.press("a", "shift+enter", "b")
-        assert prompt.value == "ab" and not app.submitted
+        await pilot.press(*"Fix this:", "ctrl+j")
+        app.post_message(events.Paste(FUNCTION.replace("\n", separator)))  # bracketed paste
+        await pilot.pause()
+        assert prompt.value == "Fix this:\n" + FUNCTION and not app.submissions
+        assert prompt.cursor_location == (4, len("print(add(1, 2))"))
+        await pilot.press("enter")
+        assert [e.value for e in app.submissions] == ["Fix this:\n" + FUNCTION]
 
 
 @sync
 async def test_prompt_empty_enter_posts_an_empty_submission_for_the_app_to_ignore() -> None:
-    """The widget does not filter: ChatApp.on_input_submitted drops blank text."""
+    """The widget does not filter: ChatApp.on_prompt_input_submitted drops blank text."""
     prompt = PromptInput()
-    app = Host(prompt)
+    app = PromptHost(prompt)
     async with app.run_test(size=SIZE) as pilot:
         prompt.focus()
         await pilot.press("enter")
-        await pilot.press("space", "space", "enter")
-        assert [e.value for e in app.submitted] == ["", "  "]
-        assert not [e for e in app.submitted if e.value.strip()]
+        await pilot.press("space", "ctrl+j", "enter")
+        assert [e.value for e in app.submissions] == ["", " \n"]
 
 
 @sync
-async def test_prompt_up_and_down_walk_the_history() -> None:
-    prompt = PromptInput()
-    app = Host(prompt)
+async def test_prompt_grows_with_its_lines_up_to_a_bound_then_scrolls() -> None:
+    prompt = PromptInput(id="prompt")
+    app = PromptHost(MessageList(id="messages"), prompt)
     async with app.run_test(size=SIZE) as pilot:
         prompt.focus()
-        for text in ("first", "second", "second", ""):  # repeats and blanks are not kept
+        await pilot.pause()
+        assert prompt.outer_size.height == 3  # one line inside its border
+        prompt.value = FUNCTION
+        await pilot.pause()
+        assert prompt.outer_size.height == 6 and prompt.max_scroll_y == 0
+        prompt.value = "\n".join(f"line {i}" for i in range(20))
+        await pilot.pause()
+        assert prompt.outer_size.height == 10  # 8 lines: the rest scrolls
+        assert prompt.max_scroll_y == 12 and prompt.scroll_y == 12  # the cursor's end shown
+        assert app.query_one(MessageList).outer_size.height == SIZE[1] - 10
+
+
+@sync
+async def test_prompt_up_and_down_walk_the_history_from_the_first_and_last_line() -> None:
+    prompt = PromptInput()
+    app = PromptHost(prompt)
+    async with app.run_test(size=SIZE) as pilot:
+        prompt.focus()
+        for text in ("first", FUNCTION, FUNCTION, ""):  # repeats and blanks are not kept
             prompt.remember(text)
-        assert prompt.history == ["first", "second"]
+        assert prompt.sent == ["first", FUNCTION]
+        await pilot.press(*"draft")
         seen = []
-        for key in ("up", "up", "up", "down", "down", "down"):
+        for key in ("up", "up", "up", "up", "up", "up", "down", "down", "down", "down"):
             await pilot.press(key)
-            seen.append((prompt.value, prompt.cursor_position))
-        assert seen == [("second", 6), ("first", 5), ("first", 5), ("second", 6), ("", 0),
-                        ("", 0)]
+            seen.append((prompt.value, prompt.cursor_location))
+        last = (3, len("print(add(1, 2))"))
+        assert seen == [
+            (FUNCTION, last),  # the whole message, the cursor at its end
+            (FUNCTION, (2, 0)), (FUNCTION, (1, 16)), (FUNCTION, (0, 14)),  # up its lines
+            ("first", (0, 5)), ("first", (0, 5)),  # the oldest: up stays
+            (FUNCTION, last),  # down from the last line: the next message
+            ("draft", (0, 5)), ("draft", (0, 5)),  # back to what was being typed
+            ("draft", (0, 5)),
+        ]
+
+
+@sync
+async def test_prompt_up_and_down_move_within_a_message_and_select_with_shift() -> None:
+    prompt = PromptInput()
+    app = PromptHost(prompt)
+    async with app.run_test(size=SIZE) as pilot:
+        prompt.focus()
+        prompt.remember("older")
+        prompt.value = "one\ntwo"
+        await pilot.press("up")
+        assert prompt.value == "one\ntwo" and prompt.cursor_location == (0, 3)
+        await pilot.press("shift+down")
+        assert prompt.value == "one\ntwo" and prompt.selected_text == "\ntwo"
+        await pilot.press("shift+up", "up")  # selecting never walks the history
+        assert prompt.value == "older"
 
 
 @sync
 async def test_prompt_up_without_history_keeps_what_is_typed() -> None:
     prompt = PromptInput()
-    app = Host(prompt)
+    app = PromptHost(prompt)
     async with app.run_test(size=SIZE) as pilot:
         prompt.focus()
         await pilot.press(*"draft", "up", "down")
-        assert prompt.value == "draft" and prompt.history == []
+        assert prompt.value == "draft" and prompt.sent == []
 
 
 @sync
 async def test_prompt_ctrl_e_runs_the_apps_edit_instead_of_end_of_line() -> None:
     prompt = PromptInput()
-    app = Host(prompt)
+    app = PromptHost(prompt)
     async with app.run_test(size=SIZE) as pilot:
         prompt.focus()
         prompt.value = "abc"
-        prompt.cursor_position = 0
+        prompt.move_cursor((0, 0))
         await pilot.press("ctrl+e")
-        assert app.edits == 1 and prompt.cursor_position == 0
+        assert app.edits == 1 and prompt.cursor_location == (0, 0)
+
+
+@sync
+async def test_prompt_keys_for_the_footer() -> None:
+    prompt = PromptInput()
+    app = PromptHost(prompt)
+    async with app.run_test(size=SIZE) as pilot:
+        prompt.focus()
+        await pilot.pause()
+        shown = {(b.key, b.key_display, b.description)
+                 for _, b, _, _ in app.screen.active_bindings.values() if b.show}
+        assert shown == {("ctrl+j", "^j", "Newline"), ("shift+enter", "^j", "Newline"),
+                         ("ctrl+e", None, "Edit")}
 
 
 # --- Reply ---------------------------------------------------------------------------------------
@@ -325,15 +401,72 @@ async def test_status_bar_lines() -> None:
         assert static_text(bar) == "tiny pair │ svip:0.3 │ CPU 4 threads │ ready"
         bar.show_live(LiveStats(generated=30, rounds=8, drafted=20, accepted=15, elapsed_s=2.0))
         assert static_text(bar) == \
-            "15.0 tok/s │ accept 75% (1.88/round) │ svip:0.3 │ CPU 4 threads"
+            "15.0 tok/s │ svip:0.3 │ accept 75% (1.88/round) │ CPU 4 threads"
         bar.show_live(LiveStats())  # nothing yet: no division by zero
-        assert static_text(bar) == "0.0 tok/s │ accept 0% (0.00/round) │ svip:0.3 │ CPU 4 threads"
+        assert static_text(bar) == "0.0 tok/s │ svip:0.3 │ accept 0% (0.00/round) │ CPU 4 threads"
         stats = GenerationStats(generated=40, rounds=10, drafted=30, accepted=12, wall_s=4.0)
-        bar.show_final(stats, speedup=1.75)
-        assert static_text(bar) == ("10.0 tok/s │ accept 40% (1.20/round) │ 1.8× vs target alone"
-                                    " │ svip:0.3 │ CPU 4 threads")
-        bar.show_final(stats, speedup=None)
-        assert "vs target alone" not in static_text(bar)
+        speedup = Speedup(1.75, "measured", "how it was added up")
+        bar.show_final(stats, speedup)
+        # The comparison and its source first: at 80 columns the line is cut on the right.
+        assert static_text(bar) == ("10.0 tok/s │ ≈1.8× vs target alone (measured) │ svip:0.3"
+                                    " │ accept 40% (1.20/round) │ CPU 4 threads")
+        assert bar.tooltip == "how it was added up"
+        bar.show_final(stats, None)
+        assert "vs target alone" not in static_text(bar) and bar.tooltip is None
+        bar.show_final(stats, speedup)
+        bar.show_live(LiveStats())  # the next reply: the last one's explanation goes
+        assert bar.tooltip is None
+
+
+# --- the speedup's sums ----------------------------------------------------------------------
+
+
+def reply_stats(**fields: Any) -> GenerationStats:
+    """A 100-token reply: 0.5 s prefill, 2 s drafting and verifying, 0.1 s bookkeeping."""
+    values: dict[str, Any] = dict(generated=100, rounds=40, prefill_s=0.5, draft_s=0.8,
+                                  verify_s=1.2, wall_s=2.6)
+    return GenerationStats(**{**values, **fields})
+
+
+def test_measured_speedup_is_the_target_alones_time_for_the_same_reply() -> None:
+    speedup = measured(reply_stats(), seconds_per_token=0.05)
+    assert speedup is not None and speedup.source == MEASURED
+    # The same prefill, then 100 tokens at 50 ms: 5.5 s against 2.6 s.
+    assert speedup.ratio == pytest.approx(5.5 / 2.6)
+    assert speedup.label == "≈2.1× vs target alone (measured)"
+    assert speedup.detail == ("Target alone ≈ 0.50 s prefill + 100 tokens × 50.0 ms per token, "
+                              "the target alone timed right after this reply at its context "
+                              "= 5.50 s; this reply took 2.60 s.")
+
+
+def test_auto_priced_by_its_live_estimate_counts_the_same_bookkeeping_on_both_sides() -> None:
+    live = {"choice": "lookup", "verify_1_s": 0.03}
+    speedup = live_estimate(reply_stats(live=live))
+    assert speedup is not None and speedup.source == LIVE
+    assert speedup.ratio == pytest.approx((0.5 + 100 * 0.03 + 0.1) / 2.6)
+    assert speedup.label == "≈1.4× vs target alone (auto's estimate)"
+    assert "30.0 ms per target decode, auto's live estimate" in speedup.detail
+    # Every round the target alone's (auto chose it throughout): 1×, not less.
+    alone = reply_stats(rounds=100, draft_s=0.0, verify_s=3.0, wall_s=3.6,
+                        live={"choice": "none", "verify_1_s": 0.03})
+    speedup = live_estimate(alone)
+    assert speedup is not None and speedup.ratio == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("stats, per_token_s", [
+    (reply_stats(generated=MIN_TOKENS - 1), 0.05),  # too short to tell
+    (reply_stats(), 0.0),  # no timing
+    (reply_stats(wall_s=0.0), 0.05),
+])
+def test_no_speedup_from_too_little(stats: GenerationStats, per_token_s: float) -> None:
+    assert measured(stats, per_token_s) is None
+    assert live_estimate(replace(stats, live={"verify_1_s": per_token_s})) is None
+
+
+def test_no_live_estimate_without_auto() -> None:
+    assert live_estimate(reply_stats()) is None
+    assert live_estimate(reply_stats(live={"choice": "draft"})) is None
+    assert measured(reply_stats(generated=MIN_TOKENS), 0.05) is not None
 
 
 # --- SettingsScreen ------------------------------------------------------------------------------
