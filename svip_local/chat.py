@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import jinja2
+import numpy as np
 
 from svip_local.engine import Engine, PolicyLike
 from svip_local.errors import InvalidRequestError, PromptTooLongError
@@ -178,9 +179,44 @@ def validate_messages(messages: Messages) -> list[dict[str, str]]:
     return out
 
 
+@dataclass(frozen=True)
+class FittedPrompt:
+    """A conversation as prompt ids: `regions` says where each kept message starts (token
+    index, role), `dropped` how many old turns were left out to fit the context."""
+
+    ids: list[int]
+    regions: list[tuple[int, str]]
+    dropped: int
+
+
+def message_regions(engine: Engine, text: str, messages: Messages, ids: Sequence[int]
+                    ) -> list[tuple[int, str]]:
+    """Where each message's content starts in `ids` (the tokens of the rendered `text`),
+    with its role: copies from the user's pasted text and from an earlier reply are told
+    apart by it. A message whose content the template rewrote is left out."""
+    model = engine.target_model
+    ends = np.cumsum([len(_token_bytes(model, t)) for t in ids])
+    # A BOS the tokenizer added (not in the text) shifts every byte offset by its length.
+    shift = 0
+    special = model.special
+    if ids and ids[0] == special.bos >= 0 and not text.startswith(
+            _special_text(model, special.bos)):
+        shift = len(_token_bytes(model, special.bos))
+    regions, pos = [], 0
+    for m in messages:
+        at = text.find(m["content"], pos) if m["content"] else -1
+        if at < 0:
+            continue
+        byte = shift + len(text[:at].encode("utf-8"))
+        regions.append((int(np.searchsorted(ends, byte, side="right")), m["role"]))
+        pos = at + len(m["content"])
+    return regions
+
+
 def fit_messages(engine: Engine, template: ChatTemplate, messages: Messages, max_tokens: int
-                 ) -> tuple[list[int], int]:
-    """Prompt ids that leave room for the reply, and how many old turns were dropped for it.
+                 ) -> FittedPrompt:
+    """Prompt ids that leave room for the reply, where each kept message starts, and how
+    many old turns were dropped for it.
 
     A turn is a user message and what follows it up to the next one. Leading system messages
     and the last turn are always kept. The reply gets `max_tokens` of room, but at most half
@@ -194,14 +230,24 @@ def fit_messages(engine: Engine, template: ChatTemplate, messages: Messages, max
     turns = [msgs[a:b] for a, b in zip([n_sys, *starts[1:]], [*starts[1:], len(msgs)],
                                        strict=True)]
 
+    def kept(dropped: int) -> list[dict[str, str]]:
+        return msgs[:n_sys] + [m for turn in turns[dropped:] for m in turn]
+
+    @functools.cache
+    def text(dropped: int) -> str:
+        return template.render(kept(dropped))
+
     @functools.cache
     def ids_without(dropped: int) -> list[int]:
-        kept = msgs[:n_sys] + [m for turn in turns[dropped:] for m in turn]
-        return prompt_ids(engine, template.render(kept))
+        return prompt_ids(engine, text(dropped))
 
-    ids = ids_without(0)
-    if len(ids) <= limit:
-        return ids, 0
+    def fitted(dropped: int) -> FittedPrompt:
+        ids = ids_without(dropped)
+        return FittedPrompt(ids, message_regions(engine, text(dropped), kept(dropped), ids),
+                            dropped)
+
+    if len(ids_without(0)) <= limit:
+        return fitted(0)
     dropped = bisect.bisect_left(range(len(turns)), True, lo=1,
                                  key=lambda k: len(ids_without(k)) <= limit)
     if dropped == len(turns):
@@ -211,7 +257,7 @@ def fit_messages(engine: Engine, template: ChatTemplate, messages: Messages, max
             f"tokens, and only {limit} of the context's {engine.n_ctx} are left once "
             f"{engine.n_ctx - limit} are kept for the reply; shorten the message, lower "
             "max tokens or raise n_ctx")
-    return ids_without(dropped), dropped
+    return fitted(dropped)
 
 
 def stream_chat(engine: Engine, messages: Messages, *, max_tokens: int = 512,
@@ -229,10 +275,12 @@ def stream_chat(engine: Engine, messages: Messages, *, max_tokens: int = 512,
     if max_tokens <= 0:
         raise InvalidRequestError(f"max_tokens must be positive, got {max_tokens}")
     template = template or ChatTemplate.for_engine(engine)
-    ids, dropped = fit_messages(engine, template, messages, max_tokens)
+    fitted = fit_messages(engine, template, messages, max_tokens)
+    dropped = fitted.dropped
     eot = template.end_of_turn
-    events = engine.generate(ids, max_tokens=max_tokens, sampling=sampling, policy=policy,
-                             stop=[*([eot] if eot else []), *stop], cancel=cancel)
+    events = engine.generate(fitted.ids, max_tokens=max_tokens, sampling=sampling,
+                             policy=policy, stop=[*([eot] if eot else []), *stop],
+                             cancel=cancel, regions=fitted.regions)
     if not dropped:
         return events
     turns = "turn" if dropped == 1 else "turns"

@@ -11,6 +11,7 @@ from svip_local.errors import InvalidRequestError
 from svip_local.rpc import parse_endpoints
 
 DEFAULT_MAX_DRAFT = 16
+DEFAULT_MAX_COPY = 64
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class EngineConfig:
     draft_rpc_servers: tuple[str, ...] = ()
     flash_attn: bool | None = None  # None: llama.cpp decides
     max_draft: int = DEFAULT_MAX_DRAFT
+    # The most tokens a copy (prompt lookup) verifies in one round: a reply that repeats
+    # long stretches of its input runs at the verification batch's rate (below n_batch).
+    max_copy: int = DEFAULT_MAX_COPY
     policy: str = "auto"
     chat_template: str = "gguf"  # the GGUF's own, or a llama.cpp built-in by name
     # Time this machine for a few seconds at start-up when `auto` has nothing stored to
@@ -39,6 +43,9 @@ class EngineConfig:
             raise InvalidRequestError(f"n_ctx must be at least 16, got {self.n_ctx}")
         if self.max_draft < 1:
             raise InvalidRequestError(f"max_draft must be >= 1, got {self.max_draft}")
+        if not 1 <= self.max_copy < self.n_batch:
+            raise InvalidRequestError(f"max_copy must be >= 1 and below n_batch "
+                                      f"({self.n_batch}), got {self.max_copy}")
         if self.n_threads is not None and self.n_threads < 1:
             raise InvalidRequestError(f"n_threads must be >= 1, got {self.n_threads}")
         for name in ("rpc_servers", "draft_rpc_servers"):

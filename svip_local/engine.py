@@ -1,11 +1,12 @@
 """The engine: a target (and optional draft) llama.cpp context, and the generator that streams
 a reply round by round.
 
-The round itself (propose, verify, accept, trim) is `svip_local.round`; here it is repeated
-until the budget, an end token or a stop string, and turned into events: text, stops and
-statistics. Both contexts keep the exact list of tokens in their cache, so a new prompt that
-shares a prefix with the last one (the next chat turn, a regenerated reply) decodes only what
-is new.
+The round itself (plan, propose, verify, accept, trim) is `svip_local.round`; here it is
+repeated until the budget, an end token or a stop string, and turned into events: text, stops
+and statistics. Both contexts keep the exact list of tokens in their cache, so a new prompt
+that shares a prefix with the last one (the next chat turn, a regenerated reply) decodes only
+what is new. What a new prompt drops of the cached tokens (turns that no longer fit, the
+previous version of a regenerated reply) stays searchable for copies (`transcript`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from svip_local.errors import (
     RemoteServerError,
 )
 from svip_local.events import Done, Event, GenerationStats, Round, Token
-from svip_local.native import MAX_BRANCHES, Context, Model, Outputs, TextStream
+from svip_local.native import MAX_BRANCHES, Context, Model, Outputs, TextStream, common_prefix
 from svip_local.policies import (
     DraftPolicy,
     Plan,
@@ -53,6 +54,7 @@ from svip_local.probe import probe_costs
 from svip_local.round import Speculator
 from svip_local.sampling import SamplingParams
 from svip_local.stops import StopMatcher
+from svip_local.transcript import Regions, Transcript, check_regions
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ GREEDY = SamplingParams()
 # Ordinary text for the probe's decodes (any real tokens do; cycled to the length needed).
 _PROBE_TEXT = ("Speculative decoding drafts a few tokens with a small model and lets the large "
                "model check them all in one batch, so a reply comes faster at no loss. ")
+SIDE_TOKENS = 8192  # the most tokens of earlier text kept searchable for copies
 PolicyLike = str | DraftPolicy | Plan
 
 
@@ -74,7 +77,9 @@ class Engine:
                  draft: str | os.PathLike[str] | None = None, *,
                  config: EngineConfig | None = None, **overrides: Any) -> None:
         self.config = cfg = (config or EngineConfig()).with_overrides(**overrides)
-        check_spec(cfg.policy)  # a typo fails before gigabytes are loaded
+        # A typo or an out-of-bounds length fails before gigabytes are loaded.
+        check_spec(cfg.policy, PolicyContext(max_draft=cfg.max_draft, max_copy=cfg.max_copy,
+                                             has_draft=draft is not None))
         with ExitStack() as stack:
             # Anything loaded before a failure (bad draft, incompatible pair) is freed here.
             self.target_model = Model(target, n_gpu_layers=cfg.n_gpu_layers,
@@ -106,6 +111,7 @@ class Engine:
                         self.target_model.n_ctx_train)
         self._speculator = Speculator(self.target_ctx, self.draft_ctx, self.draft_model,
                                       self.n_vocab)
+        self._side: list[int] = []  # tokens earlier prompts held that the cache dropped
         self._cancel = threading.Event()
         self._busy = threading.Lock()  # held by the one generation, suspended or running
         self._native = threading.Lock()  # held while a generation is inside llama.cpp
@@ -147,9 +153,11 @@ class Engine:
         self.close()
 
     def reset(self) -> None:
-        """Empty both KV caches, so the next prompt pays its whole prefill (benchmarks)."""
+        """Empty both KV caches and forget earlier text, so the next prompt pays its whole
+        prefill and copies only from itself (benchmarks)."""
         self._check_open()
         self.target_ctx.clear()
+        self._side.clear()
         if self.draft_ctx is not None:
             self.draft_ctx.clear()
 
@@ -204,7 +212,8 @@ class Engine:
         log.info("timing this machine for `auto` (a few seconds, once per pair and machine; "
                  "probe=False skips it)")
         tokens = self.target_model.tokenize(_PROBE_TEXT, add_special=False)
-        costs = probe_costs(self.target_ctx, self.draft_ctx, tokens, self.n_vocab)
+        costs = probe_costs(self.target_ctx, self.draft_ctx, tokens, self.n_vocab,
+                            self.config.max_copy + 1)
         return LiveModel.start(costs, "probe")
 
     def save_live(self) -> None:
@@ -224,9 +233,11 @@ class Engine:
         it is."""
         if not isinstance(spec, str):
             return as_plan(spec)
+        cfg = self.config
         return parse_policy(spec, PolicyContext(
-            max_draft=self.config.max_draft, has_draft=self.draft_model is not None,
-            calibration=self.calibration, live=self.live_model))
+            max_draft=cfg.max_draft, max_copy=cfg.max_copy,
+            has_draft=self.draft_model is not None, calibration=self.calibration,
+            live=self.live_model))
 
     # -- prompts ---------------------------------------------------------------------------
 
@@ -247,12 +258,15 @@ class Engine:
                  sampling: SamplingParams | None = None,
                  policy: PolicyLike | None = None, stop: Sequence[str] = (),
                  ignore_eos: bool = False, cancel: threading.Event | None = None,
-                 parse_special: bool = False) -> Generator[Event, None, None]:
+                 parse_special: bool = False, regions: Regions = ()
+                 ) -> Generator[Event, None, None]:
         """Stream `Token` and `Round` events, then one `Done` with the statistics.
 
         `prompt` is raw text (tokenized with the model's own BOS rule) or token ids. Bad
         arguments raise here, before any work; a consumer that stops iterating early leaves
-        the engine consistent and reusable.
+        the engine consistent and reusable. `regions`: where each chat message starts in
+        the prompt's ids and its role (`stream_chat` passes them), which tells copies from
+        the user's text from copies of an earlier reply.
         """
         self._check_open()
         if max_tokens <= 0:
@@ -268,12 +282,17 @@ class Engine:
             raise PromptTooLongError(
                 f"the prompt has {len(ids)} tokens but the context holds {self.n_ctx} "
                 f"(and needs room for at least one new token); shorten it or raise n_ctx")
+        try:
+            check_regions(regions, len(ids))
+        except ValueError as exc:
+            raise InvalidRequestError(f"bad message regions: {exc}") from exc
         sampling = sampling or GREEDY
         plan = self.policy if policy is None else self.make_policy(policy)
         strategy = plan.for_sampling(sampling)
         if self.draft_ctx is None and strategy.needs_draft and policy is not None:
             raise InvalidRequestError(f"policy {strategy.name!r} needs a draft model")
-        return self._generate(ids, max_tokens, sampling, strategy, stop, ignore_eos, cancel)
+        return self._generate(ids, regions, max_tokens, sampling, strategy, stop,
+                              ignore_eos, cancel)
 
     def complete(self, prompt: str | Sequence[int], **kwargs: object) -> Done:
         """Run `generate` to the end and return its `Done` event."""
@@ -284,9 +303,10 @@ class Engine:
         assert done is not None  # _generate always ends with Done
         return done
 
-    def _generate(self, ids: list[int], max_tokens: int, sampling: SamplingParams,
-                  strategy: Strategy, stops: Sequence[str], ignore_eos: bool,
-                  cancel: threading.Event | None) -> Generator[Event, None, None]:
+    def _generate(self, ids: list[int], regions: Regions, max_tokens: int,
+                  sampling: SamplingParams, strategy: Strategy, stops: Sequence[str],
+                  ignore_eos: bool, cancel: threading.Event | None
+                  ) -> Generator[Event, None, None]:
         if not self._busy.acquire(blocking=False):
             raise InvalidRequestError(
                 "the engine is already generating; one generation at a time. A generator that "
@@ -305,23 +325,27 @@ class Engine:
             with self._native:
                 self._check_open()
                 stats.prefill_tokens = self._prefill(ids, cancel)
+            # Both hold the reply as it grows: the list for the caches, the transcript (after
+            # the earlier text this prompt lacks) for copies.
+            transcript = Transcript(ids, capacity=self.n_ctx + 1, side=self._side,
+                                    regions=regions)
             stats.prefill_s = perf_counter() - start
             while finish not in ("eos", "stop"):
                 if self._cancel.is_set() or (cancel is not None and cancel.is_set()):
                     finish = "cancelled"
                     break
                 remaining = budget - len(out)
-                room = min(self.config.max_draft, remaining - 1)
                 batch.clear()
                 # Everything that calls llama.cpp happens under the lock, which is free while
                 # the events are yielded: close() from another thread waits one round at most.
                 with self._native:
                     self._check_open()
-                    result = self._speculator.round(seq, room, strategy, sampling, rng,
-                                                    remaining)
+                    result = self._speculator.round(seq, transcript, remaining - 1, strategy,
+                                                    sampling, rng, remaining)
                     stats.add_round(result)
                     for i, tok in enumerate(result.tokens):
                         seq.append(tok)
+                        transcript.append(tok)
                         if not ignore_eos and self.target_model.is_eog(tok):
                             finish = "eos"
                             break
@@ -371,7 +395,12 @@ class Engine:
         its first draft step, so a round without drafting never pays for it.
         """
         ctx = self.target_ctx
-        keep = ctx.keep_prefix(ids, len(ids) - 1)
+        keep = common_prefix(ctx.tokens, ids, len(ids) - 1)
+        # What the cache held past the shared prefix stays searchable for copies.
+        self._side = [*self._side, *ctx.tokens[keep:]][-SIDE_TOKENS:]
+        ctx.truncate(keep)
+        if self.draft_ctx is not None:  # it catches up lazily, but never on stale tokens
+            self.draft_ctx.keep_prefix(ids, len(ids) - 1)
         todo = ids[keep:-1]
         for i in range(0, len(todo), ctx.n_batch):
             if self._cancel.is_set() or (cancel is not None and cancel.is_set()):

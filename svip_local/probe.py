@@ -2,8 +2,9 @@
 
 The live `auto` prices each round with this machine's costs. With no stored calibration and
 no live estimates from an earlier session it would otherwise start from a guess; instead the
-probe times the target verifying 1, 2, 4, 8 and 16 tokens and one draft step (well under a
-second on a GPU, a few seconds on a CPU), and the live estimates refine those from then on.
+probe times the target verifying 1, 2, 4, ... tokens up to the longest copy (`max_copy` + 1)
+and one draft step (well under a second on a GPU, a few seconds on a CPU), and the live
+estimates refine those from then on.
 `svip_local.bench.costs` uses the same timer for the thorough measurement of `calibrate`.
 """
 
@@ -17,7 +18,6 @@ from svip_local.calibration.live import LiveCosts
 from svip_local.native import Context, Outputs
 from svip_local.policies import entropy_and_top_prob, entropy_scratch
 
-PROBE_SIZES = (1, 2, 4, 8, 16)
 PROBE_DEPTH = 64
 CATCHUP = 16  # the draft decoding this many tokens at once: its price per caught-up token
 
@@ -46,17 +46,25 @@ def decode_times(ctx: Context, ids: Sequence[int], depth: int, sizes: Sequence[i
     return [median(samples[b]) for b in sizes]
 
 
+def probe_sizes(max_rows: int) -> list[int]:
+    """Verification batches the probe times: powers of two up to half `max_rows`, then
+    `max_rows` itself."""
+    sizes = [1 << i for i in range(max_rows.bit_length()) if 2 << i <= max_rows]
+    return [*sizes, max_rows]
+
+
 def probe_costs(target: Context, draft: Context | None, tokens: Sequence[int], n_vocab: int,
-                progress: Callable[[str], None] | None = None,
+                max_rows: int, progress: Callable[[str], None] | None = None,
                 interrupted: Callable[[], bool] = lambda: False) -> LiveCosts:
-    """This machine's verification curve, draft step and draft catch-up per token, roughly
-    (a few repeats after a warm-up on `tokens`, cycled as needed). Leaves both caches empty."""
+    """This machine's verification curve up to `max_rows` rows, draft step and draft catch-up
+    per token, roughly (a few repeats after a warm-up on `tokens`, cycled as needed). Leaves
+    both caches empty."""
     say = progress or (lambda _msg: None)
-    need = PROBE_DEPTH + max(PROBE_SIZES)
+    sizes = probe_sizes(max_rows)
+    need = PROBE_DEPTH + max(sizes[-1], CATCHUP)
     ids = [tokens[i % len(tokens)] for i in range(need)]
     say("timing the target's verification")
-    verify = decode_times(target, ids, PROBE_DEPTH, PROBE_SIZES, Outputs.ALL, 2, 1,
-                          interrupted)
+    verify = decode_times(target, ids, PROBE_DEPTH, sizes, Outputs.ALL, 2, 1, interrupted)
     target.clear()
     step = catchup = 0.0
     if draft is not None:
@@ -71,4 +79,4 @@ def probe_costs(target: Context, draft: Context | None, tokens: Sequence[int], n
         entropy_and_top_prob(logits, scratch)
         step += perf_counter() - t0
         draft.clear()
-    return LiveCosts.from_probe(PROBE_SIZES, verify, step, catchup)
+    return LiveCosts.from_probe(sizes, verify, step, catchup)

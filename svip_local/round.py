@@ -1,7 +1,8 @@
-"""One speculative round: propose, verify, accept, trim.
+"""One speculative round: plan, propose, verify, accept, trim.
 
-    proposal  a token tree (`svip_local.tree`): the proposer's copies (no draft step), else up
-              to `cap` draft tokens, one draft decode each, while the length policy says
+    plan      the strategy decides (`RoundPlan`): copy, draft, or the target alone
+    proposal  a token tree (`svip_local.tree`): the plan's copy (no draft step), or up to
+              `plan.draft` draft tokens, one draft decode each, while the length policy says
               CONTINUE, widened by the strategy's expander (CaPE: the draft's top-k
               alternatives as leaves); a plain chain is the one-branch tree
     verify    the target scores [last accepted token] + every node in ONE batched decode
@@ -34,6 +35,7 @@ from svip_local.policies import (
     entropy_and_top_prob,
     entropy_scratch,
 )
+from svip_local.policies.round_plan import Copy, RoundPlan
 from svip_local.sampling import (
     SamplingParams,
     acceptance_chance,
@@ -41,6 +43,7 @@ from svip_local.sampling import (
     sample,
     verify_candidates,
 )
+from svip_local.transcript import Transcript
 from svip_local.tree import TokenTree, top_candidates
 
 
@@ -85,46 +88,48 @@ class Speculator:
         self._scratch = entropy_scratch(n_vocab)
         self._tree = TokenTree()
 
-    def round(self, seq: list[int], room: int, strategy: Strategy, sampling: SamplingParams,
-              rng: np.random.Generator, remaining: int) -> RoundResult:
+    def round(self, seq: list[int], transcript: Transcript, room: int, strategy: Strategy,
+              sampling: SamplingParams, rng: np.random.Generator, remaining: int
+              ) -> RoundResult:
         """One round after `seq` (everything so far; the target's cache holds all but its
-        last token), proposing at most `room` tokens deep, with `remaining` tokens left in
-        the generation's budget."""
+        last token; `transcript` holds the same tokens after any side text), proposing at
+        most `room` tokens deep, with `remaining` tokens left in the generation's budget."""
         t0 = perf_counter()
         tree = self._tree
         tree.clear()
-        strategy.begin_round(seq, room, remaining)
-        if strategy.proposer is not None and room > 0:
-            strategy.proposer.propose_into(tree, seq, room)
-        copied = len(tree) > 0
+        plan = strategy.decide(transcript, room, remaining)
         steps = catchup = chain = 0
         catchup_s = 0.0
-        if not copied:
-            cap = min(strategy.policy.round_limit(), room) if self.draft is not None else 0
-            chain, steps, catchup, catchup_s = self._draft(seq, cap, strategy.policy,
+        if plan.copy is not None:
+            add_copy(tree, plan.copy)
+        elif plan.draft > 0 and self.draft is not None:
+            chain, steps, catchup, catchup_s = self._draft(seq, plan, strategy.policy,
                                                            strategy.expander, sampling, rng)
+        copied = plan.copy is not None
         # What the context can still hold (the root takes one cell) and the budget allows.
         tree.prune(self.target.n_ctx - len(self.target.tokens) - 1, room)
         t1 = perf_counter()
         path, nxt, chances = self._verify(seq, sampling, rng)
         accepted = len(path)
-        if not copied:  # only the draft model's rounds say anything about its policy
+        if steps:  # only the draft model's rounds say anything about its policy
             chain = min(chain, len(tree))
             strategy.policy.observe(chain, leading_chain(path, chain))
         branch = tree.chain_below(path[-1] if path else -1)
         result = RoundResult(tuple(tree.tokens[i] for i in branch), accepted, nxt, copied,
                              t1 - t0, perf_counter() - t1, steps, catchup, catchup_s, chances,
                              len(tree))
-        strategy.learn(result)
+        strategy.learn(plan, result)
         return result
 
-    def _draft(self, seq: list[int], cap: int, policy: DraftPolicy, expander: Expander | None,
-               sampling: SamplingParams, rng: np.random.Generator
+    def _draft(self, seq: list[int], plan: RoundPlan, policy: DraftPolicy,
+               expander: Expander | None, sampling: SamplingParams, rng: np.random.Generator
                ) -> tuple[int, int, int, float]:
-        """Draft up to `cap` tokens after `seq` into the round's tree as a chain, asking the
-        policy after each one, then let `expander` widen it. Returns the chain's length, the
+        """Draft up to `plan.draft` tokens after `seq` into the round's tree as a chain,
+        asking the policy after each one (an exploring round keeps its first token whatever
+        the policy says), then let `expander` widen it. Returns the chain's length, the
         policy's verdicts, and the catch-up decode's size and seconds."""
-        if cap <= 0 or self.draft is None or self.draft_model is None:
+        cap = plan.draft
+        if self.draft is None or self.draft_model is None:
             return 0, 0, 0, 0.0
         ctx, tree = self.draft, self._tree
         # Usually one token (the last accepted); two after an all-accepted round, because the
@@ -155,6 +160,8 @@ class Speculator:
                 options.append((ids, probs, expander.width(p1)))
             verdict = policy.judge(StepStats(n, h, p1, ctx.hidden() if policy.wants_hidden
                                              else None))
+            if verdict is Verdict.DROP and plan.explore and n == 1:
+                verdict = Verdict.STOP
             if verdict is Verdict.DROP:
                 break
             tree.add(tok, len(tree) - 1, q)
@@ -211,6 +218,16 @@ class Speculator:
         if self.draft is not None:
             self.draft.truncate(len(seq) + len(path))
         return path, nxt, tuple(chances)
+
+
+def add_copy(tree: TokenTree, copy: Copy) -> None:
+    """A plan's copy into the (empty) round tree: a chain, or a tree by its parents."""
+    if copy.parents is None:
+        tree.extend_chain(copy.tokens.tolist() if isinstance(copy.tokens, np.ndarray)
+                          else copy.tokens)
+        return
+    for token, parent in zip(copy.tokens, copy.parents, strict=True):
+        tree.add(int(token), parent)
 
 
 def leading_chain(path: Sequence[int], chain: int) -> int:

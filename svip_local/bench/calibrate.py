@@ -4,9 +4,10 @@ Calibration records greedy traces on a prompt set (each is also a timed target-a
 measures the cost model, times a few speculative runs to learn the loop's own overhead, fits
 the entropy-to-acceptance map, then replays every candidate policy on the traces and keeps the
 fastest; proposal sources (prompt lookup) are tried on top of the best few policies and of the
-target alone. The candidates and their grids come from the policy table. Then
-the same per sampling temperature, on sampled traces (without lookup: a copy under sampling is
-accepted only with the target's probability of it, which the replay does not model).
+target alone. The candidates and their grids come from the policy table. Then the same per
+sampling temperature, on sampled traces (a copy replays against the sampled path, which is a
+draw of the target's distribution). Each temperature also fits the copy model `auto` prices
+copies by (`copy_fit`).
 Speculation must beat the target alone by `MARGIN` in the simulation to be chosen, and another
 policy must beat the paper's SVIP by `TIE`: a tie is not worth the risk of being wrong by the
 simulator's error.
@@ -29,9 +30,10 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from svip_local.bench import predictors
+from svip_local.bench import copy_fit, predictors
 from svip_local.bench.costs import fit_overhead, measure_costs
 from svip_local.bench.prompts import Prompt
+from svip_local.bench.runner import encode
 from svip_local.bench.simulate import (
     decode_rate,
     mean_rate,
@@ -305,10 +307,12 @@ def simplest_within(choice: Choice, optimism: float) -> str:
 
 
 def choose(traces: Sequence[PromptTrace], costs: CostModel, *, max_draft: int,
-           temperature: float = 0.0) -> TemperatureChoice:
+           temperature: float = 0.0, copy_traces: Sequence[PromptTrace] = ()
+           ) -> TemperatureChoice:
     """Search on the traces of one temperature, validate the way of choosing on held-out
     prompts, and prefer the simplest candidate within what that validation says the choice
-    is overrated by."""
+    is overrated by; fit the copy model on those traces and `copy_traces` (conversations
+    that copy, beside the prompts the search runs on)."""
     choice, acceptance, head = fit_and_search(traces, costs, max_draft=max_draft)
     check = held_out(traces, costs, max_draft=max_draft)
     policy = choice.policy
@@ -321,7 +325,9 @@ def choose(traces: Sequence[PromptTrace], costs: CostModel, *, max_draft: int,
                              [asdict(c) for c in choice.candidates],
                              asdict(check) if check is not None else {}, head,
                              choice.head_threshold, choice.head_rate,
-                             predictors.compare(traces))
+                             predictors.compare(traces),
+                             copy_fit.fit_copy_model([*traces, *copy_traces], temperature),
+                             copy_fit.compare([*traces, *copy_traces]))
 
 
 def record_traces(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int,
@@ -332,14 +338,14 @@ def record_traces(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int,
     or sampled with `sampling` (seeded per prompt from its seed, default 0)."""
     traces, walls = [], []
     for i, p in enumerate(prompts):
-        ids = engine.tokenize(p.text)
+        ids, regions = encode(engine, p)
         params = None if sampling is None else replace(sampling, seed=(sampling.seed or 0) + i)
         engine.reset()
         done = engine.complete(ids, max_tokens=max_tokens, policy=NoDraft(),
                                ignore_eos=ignore_eos, sampling=params)
         walls.append(done.stats.wall_s)
         traces.append(record_trace(engine, ids, done, prompt_id=p.id, category=p.category,
-                                   max_tokens=max_tokens, sampling=params))
+                                   max_tokens=max_tokens, sampling=params, regions=regions))
         if on_prompt:
             on_prompt()
     return traces, walls
@@ -353,14 +359,14 @@ def loop_overhead(engine: Engine, traces: Sequence[PromptTrace], walls: Sequence
     and constant:4 runs on `spec_prompts` prompts, whose rounds differ in shape)."""
     rows = []
     for trace, wall in zip(traces, walls, strict=True):
-        sim = simulate(trace, Strategy(NoDraft()), costs, max_draft=max_draft)
+        sim = simulate(trace, Strategy(NoDraft()), costs)
         rows.append((wall - sim.time_s, sim.rounds, sim.generated, 0))
     for trace, p in list(zip(traces, prompts, strict=True))[:spec_prompts]:
         for k in (1, 4):
             engine.reset()
-            done = engine.complete(engine.tokenize(p.text), max_tokens=trace.budget,
+            done = engine.complete(encode(engine, p)[0], max_tokens=trace.budget,
                                    policy=Constant(k), ignore_eos=ignore_eos)
-            sim = simulate(trace, Strategy(Constant(k)), costs, max_draft=max_draft)
+            sim = simulate(trace, Strategy(Constant(k)), costs)
             s = done.stats
             # A constant length never drops a token: one draft step per drafted token.
             rows.append((s.wall_s - sim.time_s, s.rounds, s.generated, s.drafted))
@@ -369,36 +375,37 @@ def loop_overhead(engine: Engine, traces: Sequence[PromptTrace], walls: Sequence
 
 def calibrate(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int = 128,
               ignore_eos: bool = False, repeats: int = 5,
-              temperatures: Sequence[float] = (1.0,),
+              temperatures: Sequence[float] = (1.0,), copy_prompts: Sequence[Prompt] = (),
               progress: Callable[[str], None] | None = None,
               on_prompt: Callable[[], None] | None = None) -> tuple[Calibration,
                                                                    list[PromptTrace]]:
     """Measure and choose, greedily and at each sampling temperature in `temperatures` (0 is
-    always calibrated); does not store (see `store.save`). `on_prompt` ticks once per traced
-    prompt and temperature."""
+    always calibrated); does not store (see `store.save`). `copy_prompts` (chat prompts
+    whose replies copy: the `code-edit-calibration` workload) add traces the copy model is
+    fitted on, not searched on. `on_prompt` ticks once per traced prompt and
+    temperature."""
     assert engine.draft_model is not None, "calibration needs a draft model"
     say = progress or (lambda _msg: None)
     max_draft = engine.config.max_draft
-    fitting = [p for p in prompts if len(engine.tokenize(p.text)) + max_tokens <= engine.n_ctx]
-    if len(fitting) < len(prompts):
-        log.warning("calibration skips %d prompts that do not fit n_ctx %d with %d new tokens",
-                    len(prompts) - len(fitting), engine.n_ctx, max_tokens)
-    if not fitting:
+    prompts, copy_prompts = (_fitting(engine, group, max_tokens)
+                             for group in (prompts, copy_prompts))
+    if not prompts:
         raise InvalidRequestError(f"no calibration prompt fits the context of {engine.n_ctx}")
-    prompts = fitting
     engine.reset()
-    engine.complete(engine.tokenize(prompts[0].text), max_tokens=8, policy=Constant(2))
+    engine.complete(encode(engine, prompts[0])[0], max_tokens=8, policy=Constant(2))
     say("traces (greedy target-alone runs)")
     traces, walls = record_traces(engine, prompts, max_tokens=max_tokens,
                                   ignore_eos=ignore_eos, on_prompt=on_prompt)
     say("cost model")
-    tokens = [t for p in prompts for t in engine.tokenize(p.text)]
+    tokens = [t for p in prompts for t in encode(engine, p)[0]]
     costs = measure_costs(engine, tokens, repeats=repeats, progress=say)
     say("loop overhead")
     costs = loop_overhead(engine, traces, walls, prompts, costs, max_draft=max_draft,
                           ignore_eos=ignore_eos)
+    copies = _copy_traces(engine, copy_prompts, 0.0, max_tokens, ignore_eos, on_prompt, say)
     say("search (greedy)")
-    greedy = choose(traces, costs, max_draft=max_draft)
+    greedy = choose(traces, costs, max_draft=max_draft, copy_traces=copies)
+    traces += copies
     sampled = []
     for temp in sorted({t for t in temperatures if t > 0}):
         say(f"traces (temperature {temp:g} target-alone runs)")
@@ -406,9 +413,12 @@ def calibrate(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int = 12
                                    ignore_eos=ignore_eos,
                                    sampling=SamplingParams(temperature=temp),
                                    on_prompt=on_prompt)
+        copies = _copy_traces(engine, copy_prompts, temp, max_tokens, ignore_eos, on_prompt,
+                              say)
         say(f"search (temperature {temp:g})")
-        sampled.append(choose(at_temp, costs, max_draft=max_draft, temperature=temp))
-        traces += at_temp
+        sampled.append(choose(at_temp, costs, max_draft=max_draft, temperature=temp,
+                              copy_traces=copies))
+        traces += at_temp + copies
     cal = Calibration(
         PairIdentity.of(engine.target_model.path, engine.draft_model.path), engine.machine,
         greedy, costs, sampled,
@@ -416,6 +426,27 @@ def calibrate(engine: Engine, prompts: Sequence[Prompt], *, max_tokens: int = 12
          "positions": int(sum(t.generated for t in traces if t.temperature == 0)),
          "max_draft": max_draft, "created": datetime.now(UTC).isoformat(timespec="seconds")})
     return cal, traces
+
+
+def _fitting(engine: Engine, prompts: Sequence[Prompt], max_tokens: int) -> list[Prompt]:
+    """The prompts that fit the context with `max_tokens` new tokens (saying how many not)."""
+    fitting = [p for p in prompts if len(encode(engine, p)[0]) + max_tokens <= engine.n_ctx]
+    if len(fitting) < len(prompts):
+        log.warning("calibration skips %d prompts that do not fit n_ctx %d with %d new tokens",
+                    len(prompts) - len(fitting), engine.n_ctx, max_tokens)
+    return fitting
+
+
+def _copy_traces(engine: Engine, prompts: Sequence[Prompt], temperature: float,
+                 max_tokens: int, ignore_eos: bool, on_prompt: Callable[[], None] | None,
+                 say: Callable[[str], None]) -> list[PromptTrace]:
+    """Traces of the copy prompts at one temperature (none without them)."""
+    if not prompts:
+        return []
+    say(f"copy traces ({temperature_label(temperature)})")
+    sampling = SamplingParams(temperature=temperature) if temperature > 0 else None
+    return record_traces(engine, prompts, max_tokens=max_tokens, ignore_eos=ignore_eos,
+                         sampling=sampling, on_prompt=on_prompt)[0]
 
 
 def held_out_line(validation: dict[str, Any]) -> str:
@@ -453,6 +484,8 @@ def summary_lines(cal: Calibration, top: int = 8) -> list[str]:
             lines.append("  " + held_out_line(at.validation))
         if at.predictors:
             lines.append("  " + predictors.summary_line(at.predictors))
+        if at.copy_prediction:
+            lines.append("  " + copy_fit.summary_line(at.copy_prediction))
         none = next((s for s in at.simulated if s["policy"] == "none"), None)
         for s in at.simulated[:top]:
             rel = f"  x{s['mean_tokens_per_s'] / none['mean_tokens_per_s']:.3f}" if none else ""

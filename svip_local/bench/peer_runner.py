@@ -268,6 +268,7 @@ def build_command(
         "--temp", repr(float(temp)),
         "-s", str(int(seed)),
         "-f", os.fspath(prompt_file),
+        "--no-escape",  # the prompt as it is: code holds "\\n" that must not become a newline
     ]  # fmt: skip
     if n_min is not None:
         cmd += ["--spec-draft-n-min", str(int(n_min))]

@@ -59,11 +59,18 @@ _BUILTIN = {
 
 @dataclass(frozen=True)
 class Prompt:
-    """One benchmark prompt: `text` goes to the model as it is."""
+    """One benchmark prompt: `text` goes to the model as it is. A chat prompt's text is its
+    conversation (`messages`) rendered with the pair's chat template: its special tokens are
+    parsed, and where each message starts is evidence for copies."""
 
     id: str
     category: str
     text: str
+    messages: tuple[dict[str, str], ...] = ()
+
+    @property
+    def chat(self) -> bool:
+        return bool(self.messages)
 
 
 def normalize_category(name: str) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from svip_local.bench import peer, predictors, python_peer
 from svip_local.bench.calibrate import held_out_line
 from svip_local.bench.prompts import CATEGORIES
-from svip_local.bench.runner import BASELINE, RunRecord, Summary
+from svip_local.bench.runner import BASELINE, CALIBRATED_AUTO, RunRecord, Summary
 from svip_local.bench.traces import PromptTrace
 from svip_local.bench.validate import ORACLE, Check
 from svip_local.calibration import temperature_label
@@ -26,7 +26,8 @@ from svip_local.errors import InvalidRequestError
 from svip_local.policies import label as policy_label
 
 OVERALL = "all"
-SUITES = {"specbench": "SpecBench", "longform": "MT-Bench long-form"}
+SUITES = {"specbench": "SpecBench", "longform": "MT-Bench long-form",
+          "code-edit": "Code edits (chat)"}
 SVIP_GAMMA = 0.15
 
 
@@ -62,6 +63,8 @@ def label(policy: str, resolved: str = "") -> str:
     """How a policy spec (or the oracle, or llama.cpp's binary) reads in a table."""
     if policy == ORACLE:
         return "oracle (simulated)"
+    if policy == CALIBRATED_AUTO:
+        return "auto, from the calibration"
     if peer.handles(policy):
         return peer.label(policy)
     if python_peer.handles(policy):
@@ -109,8 +112,9 @@ def markdown(result: BenchResult, images: Sequence[str] = ()) -> str:
             if not rows:
                 continue
             groups = _groups(rows, suite)
-            kind = "speedup by category (Table 1)" if suite == "specbench" else \
-                "speedup by generation length (Table 2)"
+            kind = "speedup by generation length (Table 2)" if suite == "longform" else \
+                "speedup by category (Table 1)" if suite == "specbench" else \
+                "speedup by category"
             lines += [f"## {title}, {temperature_label(temp)}: {kind}", ""]
             lines += _speedup_table(result, rows, groups, suite)
             lines += ["", f"### {title}, {temperature_label(temp)}: all prompts", ""]
@@ -183,7 +187,8 @@ def _headline(result: BenchResult, suite: str, temp: float) -> list[str]:
                                                       or rows.get("specdec")),
              ("cost-aware SpecDec++", pick("specdec-cost")),
              ("calibrated", rows.get("calibrated")),
-             ("auto", rows.get("auto")),
+             ("best lookup", pick("lookup:")),
+             ("auto", rows.get("auto")), ("auto, calibrated", rows.get(CALIBRATED_AUTO)),
              ("llama.cpp best", pick("llama.cpp:")),
              ("llama-cpp-python best", pick(python_peer.PLAIN)), ("oracle", rows.get(ORACLE))]
     parts = [f"target alone {base.mean_tps:.2f} tok/s"]
@@ -193,6 +198,7 @@ def _headline(result: BenchResult, suite: str, temp: float) -> list[str]:
     for a, b in (("SVIP", "best constant"), ("cost-aware SVIP", "SVIP"),
                  ("SpecDec++", "cost-aware SVIP"), ("cost-aware SpecDec++", "cost-aware SVIP"),
                  ("calibrated", "SVIP"), ("auto", "SVIP"), ("auto", "calibrated"),
+                 ("auto", "best lookup"), ("auto, calibrated", "auto"),
                  ("SVIP", "llama.cpp best"), ("auto", "llama.cpp best"),
                  ("auto", "llama-cpp-python best")):
         x, y = found.get(a), found.get(b)
@@ -209,7 +215,7 @@ def _groups(rows: Iterable[Summary | Check], suite: str) -> list[str]:
     if suite == "specbench":
         ordered = [c for c in CATEGORIES if c in present] + sorted(present - set(CATEGORIES))
     else:
-        ordered = sorted(present, key=lambda g: int(g) if g.isdigit() else math.inf)
+        ordered = sorted(present, key=lambda g: (int(g), "") if g.isdigit() else (math.inf, g))
     return [*ordered, OVERALL]
 
 

@@ -27,13 +27,16 @@ if TYPE_CHECKING:
     from svip_local.events import GenerationStats
 
 BASELINE = "none"
+# `auto` started from this machine's calibration (its costs, acceptance map and copy model),
+# beside `auto` as a first run gets it (`BenchOptions.fresh_auto`).
+CALIBRATED_AUTO = "auto@calibration"
 
 
 @dataclass(frozen=True)
 class BenchItem:
     """One prompt at one generation length: `group` is its category, or the length."""
 
-    suite: str  # "specbench" | "longform"
+    suite: str  # "specbench" | "longform" | a chat workload ("code-edit")
     group: str
     prompt: Prompt
     max_tokens: int
@@ -42,6 +45,16 @@ class BenchItem:
     @property
     def key(self) -> str:
         return f"{self.suite}/{self.group}/{self.prompt.id}"
+
+
+def encode(engine: Engine, prompt: Prompt) -> tuple[list[int], list[tuple[int, str]]]:
+    """The prompt's ids (a chat prompt's special tokens parsed, as every peer parses them)
+    and, for a chat prompt, where each message starts."""
+    from svip_local.chat import message_regions
+
+    ids = engine.tokenize(prompt.text, parse_special=prompt.chat)
+    return ids, message_regions(engine, prompt.text, prompt.messages, ids) if prompt.chat \
+        else []
 
 
 @dataclass
@@ -132,7 +145,7 @@ def run_items(engine: Engine, items: Sequence[BenchItem], specs: Sequence[str], 
             # its text after 20 tokens and the next run to the limit: timed against each other
             # that compares lengths, not speed. Sampled runs all generate exactly max_tokens.
             item = replace(item, ignore_eos=True)
-        ids = engine.tokenize(item.prompt.text)
+        ids, regions = encode(engine, item.prompt)
         for r in range(repeats):
             sampling = SamplingParams() if temperature == 0 else SamplingParams(
                 temperature=temperature, seed=seed + 1000 * i + r)
@@ -144,13 +157,14 @@ def run_items(engine: Engine, items: Sequence[BenchItem], specs: Sequence[str], 
                 else:
                     engine.reset()
                     done = engine.complete(ids, max_tokens=item.max_tokens, sampling=sampling,
-                                           policy=policies[spec], ignore_eos=item.ignore_eos)
+                                           policy=policies[spec], ignore_eos=item.ignore_eos,
+                                           regions=regions)
                     out.records.append(RunRecord.measured(item, temperature, spec, r,
                                                           done.stats, done.finish_reason))
                     if spec == BASELINE and r == 0:
                         out.traces.append(record_trace(
                             engine, ids, done, prompt_id=item.key, category=item.group,
-                            max_tokens=item.max_tokens, sampling=sampling))
+                            max_tokens=item.max_tokens, sampling=sampling, regions=regions))
                 if on_run:
                     on_run()
     return out
@@ -170,10 +184,10 @@ def progress_bar(total: int, desc: str, enabled: bool = True) -> Iterator[Callab
         yield tick
 
 
-def warm_up(engine: Engine, text: str) -> None:
+def warm_up(engine: Engine, prompt: Prompt) -> None:
     """Fault the weights in and let caches settle before anything is timed."""
     engine.reset()
-    engine.complete(engine.tokenize(text), max_tokens=8, policy=Constant(2))
+    engine.complete(encode(engine, prompt)[0], max_tokens=8, policy=Constant(2))
     engine.reset()
 
 

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from svip_local.bench.traces import PromptTrace
+from svip_local.bench.traces import PromptTrace, copy_walk
 from svip_local.calibration import CostModel
-from svip_local.config import DEFAULT_MAX_DRAFT
+from svip_local.config import DEFAULT_MAX_COPY, DEFAULT_MAX_DRAFT
 from svip_local.policies import DraftPolicy, Plan, StepStats, Strategy, Verdict, as_plan
-from svip_local.round import RoundResult, leading_chain
+from svip_local.round import RoundResult, add_copy, leading_chain
 from svip_local.sampling import SamplingParams
+from svip_local.transcript import Transcript
 from svip_local.tree import TokenTree
 
 _MAX_LAG = 64  # the oracle's draft lags beyond this are costed as this (an optimistic bound)
@@ -75,20 +76,21 @@ class ReplayState:
     draft_ok: int = 0
 
 
-def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, state: ReplayState,
+def replay_round(trace: PromptTrace, transcript: Transcript | None, state: ReplayState,
                  room: int, strategy: Strategy, costs: CostModel,
                  remaining: int) -> RoundResult:
     """`svip_local.round.Speculator.round` on a trace, with predicted times.
 
-    The same steps in the same order: the proposer's copies (exact: a copy, chain or tree,
-    depends only on the true prefix), else the draft catches up on what it has not seen (the
-    last accepted token; two after an all-accepted round; the whole prompt first) and drafts
-    one decode per further token while the policy says CONTINUE, and the expander widens the
-    chain from the trace's top-k candidates; then one verification of [last] + every node,
-    walked down along the trace's path. Draft tokens are the trace's (true-prefix) guesses;
-    `state.draft_ok` is advanced. A realised sampled trace holds outcomes, not the
-    acceptance chances a live round reports, so a replayed `auto` learns from those (the
-    same mean, more noise).
+    The same steps in the same order: the strategy's plan, then its copy (exact: a copy,
+    chain or tree, depends only on the true prefix), or the draft catches up on what it has
+    not seen (the last accepted token; two after an all-accepted round; the whole prompt
+    first) and drafts one decode per further token while the policy says CONTINUE, and the
+    expander widens the chain from the trace's top-k candidates; then one verification of
+    [last] + every node, walked down along the trace's path. Draft tokens are the trace's
+    (true-prefix) guesses; `state.draft_ok` is advanced. A realised sampled trace holds
+    outcomes, not the acceptance chances a live round reports, so a replayed `auto` learns
+    from those (the same mean, more noise). `transcript` shows the trace's prompt and path
+    up to this round (None: a trace without its prompt, which copies nothing).
     """
     policy, j, seq_len = strategy.policy, state.j, state.seq_len
     n_pos = len(trace.target)
@@ -96,47 +98,49 @@ def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, stat
     steps = catchup = chain = 0
     tree = _TREE
     tree.clear()
-    strategy.begin_round(None if context is None else context[:seq_len], room, remaining)
-    if strategy.proposer is not None and context is not None and room > 0:
-        strategy.proposer.propose_into(tree, context[:seq_len], room)
-    copied = len(tree) > 0
-    if not copied:
-        cap = min(policy.round_limit(), room)
+    if transcript is not None:
+        transcript.length = transcript.side + seq_len
+    plan = strategy.decide(transcript, room, remaining)
+    decoded = 0
+    if plan.copy is not None:
+        add_copy(tree, plan.copy)
+    elif plan.draft > 0:
+        cap = plan.draft
         expander = strategy.expander
         options = []
-        decoded = 0
-        if cap > 0:
-            wants_stats = policy.wants_entropy or policy.wants_top_prob or expander is not None
-            step_s = costs.step_s + costs.argmax_s + (costs.entropy_s if wants_stats else 0.0)
-            keep = min(state.draft_ok, seq_len - 1)
-            catchup, catchup_s = seq_len - keep, costs.draft(seq_len - keep, keep)
-            draft_s += catchup_s
-            for n in range(1, cap + 1):
-                pos = min(j + n - 1, n_pos - 1)  # past the end: the last known statistics
-                draft_s += step_s
-                steps = n
-                if expander is not None:
-                    options.append((*trace.candidates(pos),
-                                    expander.width(float(trace.top_prob[pos]))))
-                verdict = policy.judge(StepStats(n, float(trace.entropy[pos]),
-                                                 float(trace.top_prob[pos]),
-                                                 hidden_at(trace, pos, policy)))
-                if verdict is Verdict.DROP:
-                    break
-                tree.add(int(trace.draft[j + n - 1]) if j + n - 1 < n_pos else -1, n - 2)
-                if verdict is Verdict.STOP or n == cap or trace.draft_eog[pos]:
-                    break
-                draft_s += costs.draft(1, seq_len + n - 1)
-                decoded += 1
+        wants_stats = policy.wants_entropy or policy.wants_top_prob or expander is not None
+        step_s = costs.step_s + costs.argmax_s + (costs.entropy_s if wants_stats else 0.0)
+        keep = min(state.draft_ok, seq_len - 1)
+        catchup, catchup_s = seq_len - keep, costs.draft(seq_len - keep, keep)
+        draft_s += catchup_s
+        for n in range(1, cap + 1):
+            pos = min(j + n - 1, n_pos - 1)  # past the end: the last known statistics
+            draft_s += step_s
+            steps = n
+            if expander is not None:
+                options.append((*trace.candidates(pos),
+                                expander.width(float(trace.top_prob[pos]))))
+            verdict = policy.judge(StepStats(n, float(trace.entropy[pos]),
+                                             float(trace.top_prob[pos]),
+                                             hidden_at(trace, pos, policy)))
+            if verdict is Verdict.DROP and plan.explore and n == 1:
+                verdict = Verdict.STOP
+            if verdict is Verdict.DROP:
+                break
+            tree.add(int(trace.draft[j + n - 1]) if j + n - 1 < n_pos else -1, n - 2)
+            if verdict is Verdict.STOP or n == cap or trace.draft_eog[pos]:
+                break
+            draft_s += costs.draft(1, seq_len + n - 1)
+            decoded += 1
         chain = len(tree)
         if expander is not None:
             expander.expand(tree, options)
+    copied = plan.copy is not None
     path = _walk(tree, trace.target[j:])
     accepted = len(path)
-    if not copied:
+    if steps:  # the draft caught up this round, whatever it kept
         chain_accepted = leading_chain(path, chain)
-        if steps:  # the draft caught up this round, whatever it kept
-            state.draft_ok = seq_len + min(decoded, chain_accepted)
+        state.draft_ok = seq_len + min(decoded, chain_accepted)
         policy.observe(chain, chain_accepted)
     # Rows read: the accepted path's and the one after it.
     verify_s = costs.verify(len(tree) + 1, seq_len - 1) + costs.argmax_s * (accepted + 1)
@@ -144,7 +148,7 @@ def replay_round(trace: PromptTrace, context: npt.NDArray[np.int32] | None, stat
     branch = tree.chain_below(path[-1] if path else -1)
     result = RoundResult(tuple(tree.tokens[i] for i in branch), accepted, nxt, copied, draft_s,
                          verify_s, steps, catchup, catchup_s, nodes=len(tree))
-    strategy.learn(result)
+    strategy.learn(plan, result)
     return result
 
 
@@ -174,8 +178,7 @@ def _walk(tree: TokenTree, ahead: npt.NDArray[np.int32]) -> list[int]:
     return path
 
 
-def simulate(trace: PromptTrace, plan: Plan | DraftPolicy, costs: CostModel, *,
-             max_draft: int = DEFAULT_MAX_DRAFT) -> SimResult:
+def simulate(trace: PromptTrace, plan: Plan | DraftPolicy, costs: CostModel) -> SimResult:
     """Replay `trace` under `plan` (whose policies keep their state afterwards, like the
     engine's), round by round as `Engine.generate` runs them. Traces without their prompt
     replay no copies."""
@@ -183,14 +186,14 @@ def simulate(trace: PromptTrace, plan: Plan | DraftPolicy, costs: CostModel, *,
     costs = costs.at_temperature(trace.temperature)
     n_gen = trace.generated
     end = len(trace.target) if trace.finish == "eos" else n_gen
-    context = trace.context()
+    transcript = trace.transcript()
     prefill = costs.target_prefill(trace.prompt_tokens - 1)
     res = SimResult(n_gen, prefill, prefill)
     state = ReplayState(0, trace.prompt_tokens)
     while state.j < end:
         remaining = trace.budget - state.j
-        room = min(max_draft, remaining - 1)
-        result = replay_round(trace, context, state, room, strategy, costs, remaining)
+        result = replay_round(trace, transcript, state, remaining - 1, strategy, costs,
+                              remaining)
         emitted = min(state.j + result.accepted + 1, n_gen) - state.j
         res.time_s += result.draft_s + result.verify_s + costs.round_s + costs.token_s * emitted
         res.draft_lengths.append(len(result.proposed))
@@ -201,18 +204,25 @@ def simulate(trace: PromptTrace, plan: Plan | DraftPolicy, costs: CostModel, *,
     return res
 
 
-def oracle(trace: PromptTrace, costs: CostModel, *,
-           max_draft: int = DEFAULT_MAX_DRAFT) -> SimResult:
-    """The fastest replay of `trace` by any choice of draft lengths, knowing the outcome.
+def oracle(trace: PromptTrace, costs: CostModel, *, max_draft: int = DEFAULT_MAX_DRAFT,
+           max_copy: int = DEFAULT_MAX_COPY) -> SimResult:
+    """The fastest replay of `trace` by any choice of round, knowing the outcome: the target
+    alone, a draft of any length, or a copy of any length from what `auto`'s copier
+    proposes there.
 
     Dynamic programming backwards over positions. A round that drafts k tokens drafts only
     tokens that will be accepted (k <= the agreeing run ahead) and stops without decoding the
     last one, so the next round's draft catches up two tokens; k = 0 skips the draft and the
-    lag it must catch up grows by one. States: position j and that lag.
+    lag it must catch up grows by one; a copy of m tokens (m <= the copy's agreeing run)
+    leaves the draft m + 1 further behind. States: position j and that lag.
     """
     n_pos, n_gen = len(trace.target), trace.generated
     end = n_pos if trace.finish == "eos" else n_gen
     runs = run_length(trace.match)
+    context = trace.context()
+    copy_runs = np.zeros(n_pos, np.int64) if context is None or max_copy <= 0 else copy_walk(
+        context, trace.prompt_tokens, trace.regions).runs(context, trace.prompt_tokens,
+                                                          max_copy)
     costs = costs.at_temperature(trace.temperature)
     p = trace.prompt_tokens
     lags = np.arange(_MAX_LAG + 1)
@@ -220,23 +230,28 @@ def oracle(trace: PromptTrace, costs: CostModel, *,
     # the depth: at0[lag] + per_token[lag] * (seq_len - lag).
     at0 = np.array([costs.draft(int(n), 0) for n in lags[2:]])
     per_token = np.array([costs.draft(int(n), 1) for n in lags[2:]]) - at0
-    best = np.zeros((end + max_draft + 2, _MAX_LAG + 1))  # best[j, lag]: time to finish
-    take = np.zeros((end + 1, _MAX_LAG + 1), dtype=np.int64)  # rounds' k (0: target alone)
-    first = np.zeros(end + 2)  # draft cache still empty (lag = p + j)
+    ahead = max(max_draft, max_copy) + 2
+    best = np.zeros((end + ahead, _MAX_LAG + 1))  # best[j, lag]: time to finish
+    # Each state's round: k > 0 drafts k, 0 is the target alone, -m copies m.
+    take = np.zeros((end + 1, _MAX_LAG + 1), dtype=np.int64)
+    first = np.zeros(end + ahead)  # draft cache still empty (lag = p + j)
     first_take = np.zeros(end + 1, dtype=np.int64)
+
+    def round_s(j: int, rows: int) -> float:
+        """At position j: one verification of `rows` rows (each read), and the loop's work
+        for the round and the `rows` tokens it emits."""
+        return costs.verify(rows, p + j - 1) + rows * costs.argmax_s + costs.round_s \
+            + costs.token_s * (min(j + rows, n_gen) - j)
+
     for j in range(end - 1, -1, -1):
         seq_len = p + j
-        alone = costs.verify(1, seq_len - 1) + costs.argmax_s + costs.round_s \
-            + costs.token_s * (1 if j < n_gen else 0)
+        alone = round_s(j, 1)
         k_best, d_best = 0, math.inf  # the best drafting round, catch-up excluded
         draft_steps = 0.0
         for k in range(1, min(int(runs[j]), max_draft, trace.budget - j - 1) + 1):
             if k > 1:
                 draft_steps += costs.draft(1, seq_len + k - 2)
-            emitted = min(j + k + 1, n_gen) - j
-            cost = draft_steps + k * (costs.argmax_s + costs.step_s) \
-                + costs.verify(k + 1, seq_len - 1) \
-                + (k + 1) * costs.argmax_s + costs.round_s + costs.token_s * emitted \
+            cost = draft_steps + k * (costs.argmax_s + costs.step_s) + round_s(j, k + 1) \
                 + best[min(j + k + 1, end), 2]
             if cost < d_best:
                 k_best, d_best = k, cost
@@ -244,25 +259,35 @@ def oracle(trace: PromptTrace, costs: CostModel, *,
         catch = at0 + per_token * (seq_len - lags[2:])
         go = np.full(_MAX_LAG + 1, math.inf)
         go[2:] = catch + d_best
-        best[j] = np.minimum(stay, go)
-        take[j] = np.where(go < stay, k_best, 0)
-        stay0 = alone + first[j + 1]
-        go0 = costs.draft(seq_len, 0) + d_best
-        first[j], first_take[j] = (go0, k_best) if go0 < stay0 else (stay0, 0)
+        options = [(stay, 0), (go, k_best)]
+        copy0, m_first = math.inf, 0  # from the first state
+        for m in range(1, min(int(copy_runs[j]), trace.budget - j - 1) + 1):
+            verify = round_s(j, m + 1)
+            nxt = min(j + m + 1, end)
+            options.append((verify + best[nxt, np.minimum(lags + m + 1, _MAX_LAG)], -m))
+            if verify + first[nxt] < copy0:
+                copy0, m_first = verify + first[nxt], m
+        stacked = np.stack([o[0] for o in options])
+        pick = np.argmin(stacked, axis=0)
+        best[j] = stacked[pick, lags]
+        take[j] = np.array([o[1] for o in options])[pick]
+        first_options = [(alone + first[j + 1], 0),
+                         (costs.draft(seq_len, 0) + d_best, k_best), (copy0, -m_first)]
+        first[j], first_take[j] = min(first_options, key=lambda o: o[0])
     prefill = costs.target_prefill(p - 1)
     res = SimResult(n_gen, prefill + first[0], prefill)
     j, lag = 0, -1  # -1: the draft has seen nothing yet
     while j < end:
-        k = int(first_take[j] if lag < 0 else take[j, lag])
-        accepted = k
-        res.draft_lengths.append(k)
-        res.accepted_lengths.append(accepted)
-        res.node_counts.append(k)
-        if k:
+        act = int(first_take[j] if lag < 0 else take[j, lag])
+        size = abs(act)
+        res.draft_lengths.append(size)
+        res.accepted_lengths.append(size)
+        res.node_counts.append(size)
+        if act > 0:
             lag = 2
         elif lag >= 0:
-            lag = min(lag + 1, _MAX_LAG)
-        j += k + 1
+            lag = min(lag + size + 1, _MAX_LAG)
+        j += size + 1
     return res
 
 
@@ -283,7 +308,7 @@ def simulate_set(traces: Sequence[PromptTrace],
     if make_policy is None:
         return [oracle(t, costs, max_draft=max_draft) for t in traces]
     policy = make_policy()
-    return [simulate(t, policy, costs, max_draft=max_draft) for t in traces]
+    return [simulate(t, policy, costs) for t in traces]
 
 
 def total_rate(results: Sequence[SimResult]) -> float:

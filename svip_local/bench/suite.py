@@ -1,5 +1,6 @@
 """One benchmark session: calibrate if needed, sweep the peer, run every policy side by side on
-SpecBench categories and long-form lengths, predict the runs, compare.
+SpecBench categories and long-form lengths and on chat workloads (`code-edit`), predict the
+runs, compare.
 
 `svip-local bench` and scripts/bench_policies.py are thin layers over `run_bench`.
 """
@@ -7,23 +8,30 @@ SpecBench categories and long-form lengths, predict the runs, compare.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from svip_local.bench import predictors
+from svip_local.bench import peer, predictors
 from svip_local.bench.calibrate import calibrate
 from svip_local.bench.defaults import DEFAULT_GRID, DEFAULT_POLICIES
 from svip_local.bench.peer import PREFIX, PREFIXES, Peer, handles as peer_handles, sweep
 from svip_local.bench.prompts import Prompt, select
-from svip_local.bench.python_peer import PythonPeer, handles as python_peer_handles
+from svip_local.bench.python_peer import (
+    PythonPeer,
+    handles as python_peer_handles,
+    parse_spec as parse_python_peer,
+)
 from svip_local.bench.report import BenchResult
 from svip_local.bench.runner import (
     BASELINE,
+    CALIBRATED_AUTO,
     BenchItem,
     BenchRun,
     ExternalRunner,
     Externals,
+    encode,
     progress_bar,
     run_items,
     summarize,
@@ -31,14 +39,19 @@ from svip_local.bench.runner import (
 )
 from svip_local.bench.traces import PromptTrace
 from svip_local.bench.validate import compare, predict
+from svip_local.bench.workloads import CALIBRATION_WORKLOADS, WORKLOADS, chat_prompts
 from svip_local.calibration import Calibration, store as calibration_store
 from svip_local.errors import InvalidRequestError
+from svip_local.policies import Plan, PolicyContext, check_spec, parse_policy
 from svip_local.policies.table import split_spec
 
 if TYPE_CHECKING:
     from svip_local.engine import Engine
 
 log = logging.getLogger(__name__)
+
+SPECBENCH = "specbench"  # the SpecBench categories and MT-Bench long-form
+
 
 @dataclass
 class BenchOptions:
@@ -65,23 +78,49 @@ class BenchOptions:
     peer_sweep_prompts: int = 2
     fresh_auto: bool = False  # `auto` as on a first run: no calibration, no stored estimates
     progress: bool = True
+    workloads: tuple[str, ...] = (SPECBENCH,)  # SPECBENCH and/or chat workloads (WORKLOADS)
+    chat_max_tokens: int = 256
 
 
-def bench_items(opts: BenchOptions) -> list[BenchItem]:
+def bench_items(opts: BenchOptions, chats: dict[str, list[Prompt]] | None = None
+                ) -> list[BenchItem]:
     """SpecBench categories at `max_tokens` (stopping at end of text, like the paper), then
-    MT-Bench first turns at each long-form length (end of text ignored)."""
-    items = [BenchItem("specbench", p.category, p, opts.max_tokens, False)
-             for p in select(opts.prompts, opts.per_category, categories=opts.categories)]
-    if opts.lengths:
-        mt = select(opts.prompts, opts.long_prompts, categories=("mt-bench",))
-        items += [BenchItem("longform", str(n), p, n, True) for n in opts.lengths for p in mt]
+    MT-Bench first turns at each long-form length (end of text ignored); then each chat
+    workload's conversations (rendered: `chat_prompts`) at `chat_max_tokens`."""
+    items = []
+    if SPECBENCH in opts.workloads:
+        items += [BenchItem("specbench", p.category, p, opts.max_tokens, False)
+                  for p in select(opts.prompts, opts.per_category, categories=opts.categories)]
+        if opts.lengths:
+            mt = select(opts.prompts, opts.long_prompts, categories=("mt-bench",))
+            items += [BenchItem("longform", str(n), p, n, True) for n in opts.lengths
+                      for p in mt]
+    for name, prompts in (chats or {}).items():
+        items += [BenchItem(name, p.category, p, opts.chat_max_tokens, False) for p in prompts]
     return items
+
+
+def check_specs(specs: Sequence[str], workloads: Sequence[str] = (SPECBENCH,)) -> None:
+    """Every contestant and workload known and well-formed, before any model is loaded."""
+    for name in workloads:
+        if name != SPECBENCH and name not in WORKLOADS:
+            raise InvalidRequestError(f"unknown workload {name!r}; known: "
+                                      f"{', '.join((SPECBENCH, *WORKLOADS))}")
+    for spec in specs:
+        if peer_handles(spec):
+            peer.label(spec)
+        elif python_peer_handles(spec):
+            parse_python_peer(spec)
+        elif spec != CALIBRATED_AUTO:
+            check_spec(spec, PolicyContext())
 
 
 def run_bench(engine: Engine, opts: BenchOptions) -> BenchResult:
     if engine.draft_model is None:
         raise InvalidRequestError("a benchmark of draft policies needs a draft model")
-    items = _fitting(engine, bench_items(opts))
+    check_specs(opts.policies, opts.workloads)
+    chats = {w: chat_prompts(engine, w) for w in opts.workloads if w != SPECBENCH}
+    items = _fitting(engine, bench_items(opts, chats))
     cal = engine.calibration()
     if cal is None and opts.calibrate:
         cal = _calibrate(engine, opts, {p.id for p in (i.prompt for i in items)})
@@ -90,8 +129,9 @@ def run_bench(engine: Engine, opts: BenchOptions) -> BenchResult:
                              n_ctx=engine.n_ctx, n_gpu_layers=engine.config.n_gpu_layers
                              ) if any(python_peer_handles(s) for s in specs) else None
     runners: list[ExternalRunner] = [python_peer] if python_peer else []
-    uncalibrated = [s for s in specs if not python_peer_handles(s) and not peer_handles(s)
-                    and split_spec(s).policy[0].needs_calibration]
+    uncalibrated = [s for s in specs if s == CALIBRATED_AUTO or (
+        not python_peer_handles(s) and not peer_handles(s)
+        and split_spec(s).policy[0].needs_calibration)]
     if cal is None and uncalibrated:
         log.warning("no calibration: leaving out %s (needs it)", ", ".join(uncalibrated))
         specs = [s for s in specs if s not in uncalibrated]
@@ -107,12 +147,12 @@ def run_bench(engine: Engine, opts: BenchOptions) -> BenchResult:
     if opts.fresh_auto:
         engine.forget_live()
     run = BenchRun()
-    warm_up(engine, items[0].prompt.text)
+    warm_up(engine, items[0].prompt)
     total = len(items) * len(specs) * opts.repeats * len(opts.temperatures)
     try:
         with progress_bar(total, "benchmark", opts.progress) as tick:
             for temp in opts.temperatures:
-                policies = {s: engine.make_policy(s) for s in local}
+                policies = {s: _plan(engine, s, cal) for s in local}
                 run_items(engine, items, specs, temperature=temp, policies=policies,
                           repeats=opts.repeats, seed=opts.seed, external=external,
                           on_run=tick, out=run)
@@ -121,13 +161,23 @@ def run_bench(engine: Engine, opts: BenchOptions) -> BenchResult:
             python_peer.close()
     predicted = []
     if cal is not None:
-        predicted = predict(items, run.traces, local, engine.make_policy, cal.costs,
-                            max_draft=engine.config.max_draft)
+        predicted = predict(items, run.traces, local, lambda s: _plan(engine, s, cal),
+                            cal.costs, max_draft=engine.config.max_draft,
+                            max_copy=engine.config.max_copy)
     measured_sum, predicted_sum = summarize(run.records), summarize(predicted)
     return BenchResult(_meta(engine, opts), run.records, predicted, measured_sum + predicted_sum,
                        compare(measured_sum, predicted_sum), specs, peer_table,
                        cal.to_dict() if cal else None, run.traces,
                        acceptance_prediction(run.traces))
+
+
+def _plan(engine: Engine, spec: str, cal: Calibration | None) -> Plan:
+    """What a contestant runs: its spec on this engine, or `auto` from the calibration."""
+    if spec != CALIBRATED_AUTO:
+        return engine.make_policy(spec)
+    cfg = engine.config
+    return parse_policy("auto", PolicyContext(max_draft=cfg.max_draft, max_copy=cfg.max_copy,
+                                              calibration=lambda: cal))
 
 
 def acceptance_prediction(traces: list[PromptTrace]) -> list[dict[str, Any]]:
@@ -175,8 +225,10 @@ def _meta(engine: Engine, opts: BenchOptions) -> dict[str, object]:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "prompts": f"{opts.prompts_source} ({opts.per_category} per category)",
         "max_tokens": opts.max_tokens, "long-form lengths": list(opts.lengths),
+        "workloads": list(opts.workloads), "chat max_tokens": opts.chat_max_tokens,
         "temperatures": list(opts.temperatures), "repeats": opts.repeats,
-        "max_draft": engine.config.max_draft, "n_ctx": engine.n_ctx,
+        "max_draft": engine.config.max_draft, "max_copy": engine.config.max_copy,
+        "n_ctx": engine.n_ctx,
     }
 
 
@@ -185,7 +237,7 @@ def _fitting(engine: Engine, items: list[BenchItem]) -> list[BenchItem]:
     and measure something else); say which are left out."""
     keep = []
     for item in items:
-        need = len(engine.tokenize(item.prompt.text)) + item.max_tokens
+        need = len(encode(engine, item.prompt)[0]) + item.max_tokens
         if need <= engine.n_ctx:
             keep.append(item)
         else:
@@ -203,10 +255,11 @@ def _calibrate(engine: Engine, opts: BenchOptions, bench_ids: set[str]) -> Calib
     if bench_ids & {p.id for p in cal_prompts}:
         log.warning("calibration and benchmark share prompts: the file is too small for both")
     sampled = sorted({t for t in opts.temperatures if t > 0})
-    with progress_bar(len(cal_prompts) * (1 + len(sampled)), "calibration traces",
-                      opts.progress) as tick:
+    copies = [p for w in CALIBRATION_WORKLOADS for p in chat_prompts(engine, w)]
+    with progress_bar((len(cal_prompts) + len(copies)) * (1 + len(sampled)),
+                      "calibration traces", opts.progress) as tick:
         cal, _ = calibrate(engine, cal_prompts, max_tokens=opts.calibration_max_tokens,
-                           temperatures=sampled, on_prompt=tick,
+                           temperatures=sampled, copy_prompts=copies, on_prompt=tick,
                            progress=lambda m: log.info("calibration: %s", m))
     path = calibration_store.save(cal)
     log.warning("calibrated this pair on this machine: auto = %s (stored in %s)", cal.choice,

@@ -22,7 +22,13 @@ draft's next best tokens is accepted once the drafted one was rejected: the resi
 norm(max(0, p - q)) summed over the first 1, 2, ... of them. Replays draw acceptances from
 those chances (`PromptTrace.realise`): each position independently, along the recorded path.
 That is an approximation (a live round continues from the token it accepted, not the recorded
-one), and the benchmark measures its error like the greedy replay's.
+one), and the benchmark measures its error like the greedy replay's. A copied token needs no
+draw: the recorded path is itself a draw of the target's distribution, so a copy is accepted
+where it spells the path (with the target's probability of the copied token, as rejection
+sampling accepts it). For the copy model a sampled trace also keeps that probability,
+p(copied token), of the token `auto`'s copier would propose at each position (`copy_prob`).
+
+A trace of a chat prompt keeps where each message starts (`regions`), for copies' evidence.
 """
 
 from __future__ import annotations
@@ -38,10 +44,13 @@ import numpy.typing as npt
 
 from svip_local.native import Outputs
 from svip_local.policies import entropy_and_top_prob, entropy_scratch
+from svip_local.policies.lookup import Copier
 from svip_local.sampling import SamplingParams, distribution, residual
+from svip_local.transcript import Regions, Transcript
 from svip_local.tree import MAX_CANDIDATES, top_candidates
 
 if TYPE_CHECKING:
+    from svip_local.calibration.copies import CopyEvidence
     from svip_local.engine import Engine
     from svip_local.events import Done
 
@@ -49,11 +58,13 @@ _ARRAYS = ("target", "draft", "entropy", "top_prob", "draft_eog")
 # Absent from older files: the prompt, the draft's best tokens, the sampled chances.
 _OPTIONAL = {"prompt_ids": "prompt_length", "top_ids": "top_length",
              "top_probs": "top_length", "accept_prob": "chance_length",
-             "alt_accept": "chance_length", "hidden": "hidden_length"}
+             "alt_accept": "chance_length", "hidden": "hidden_length",
+             "copy_prob": "copy_length"}
 _EMPTY: dict[str, tuple[tuple[int, ...], Any]] = {
     "prompt_ids": ((0,), np.int32), "top_ids": ((0, MAX_CANDIDATES), np.int32),
     "top_probs": ((0, MAX_CANDIDATES), np.float16), "accept_prob": ((0,), np.float32),
-    "alt_accept": ((0, MAX_CANDIDATES - 1), np.float16), "hidden": ((0, 0), np.float16)}
+    "alt_accept": ((0, MAX_CANDIDATES - 1), np.float16), "hidden": ((0, 0), np.float16),
+    "copy_prob": ((0,), np.float32)}
 
 
 def _empty(name: str) -> npt.NDArray[Any]:
@@ -92,6 +103,11 @@ class PromptTrace:
     # Per position, the draft's last hidden state where it predicted that position (empty
     # in traces recorded before the acceptance head).
     hidden: npt.NDArray[np.float16] = field(default_factory=lambda: _empty("hidden"))
+    # Sampled only: the target's probability of the token auto's copier proposes at each
+    # position (nan where it proposes none; empty in older traces).
+    copy_prob: npt.NDArray[np.float32] = field(default_factory=lambda: _empty("copy_prob"))
+    # Where each chat message starts in the prompt, and its role (none: a raw prompt).
+    regions: tuple[tuple[int, str], ...] = ()
 
     @property
     def generated(self) -> int:
@@ -114,8 +130,8 @@ class PromptTrace:
 
     def realise(self, rng: np.random.Generator) -> PromptTrace:
         """One draw of which positions accept a draft token, as a trace the greedy replay runs:
-        `draft` equals `target` where accepted, -1 (no token) elsewhere. Without its prompt:
-        copied tokens (prompt lookup) are not replayed under sampling."""
+        `draft` equals `target` where accepted, -1 (no token) elsewhere. Copies replay
+        against the recorded path as they are (see the module)."""
         if not len(self.accept_prob):
             return self
         n = len(self.accept_prob)
@@ -132,8 +148,8 @@ class PromptTrace:
             hit = ~accepted & (rank < MAX_CANDIDATES - 1)
             top_ids[hit, 1 + rank[hit]] = self.target[hit]
         return replace(self, draft=np.where(accepted, self.target, -1).astype(np.int32),
-                       prompt_ids=_empty("prompt_ids"), accept_prob=_empty("accept_prob"),
-                       top_ids=top_ids, alt_accept=_empty("alt_accept"))
+                       accept_prob=_empty("accept_prob"), top_ids=top_ids,
+                       alt_accept=_empty("alt_accept"))
 
     def candidates(self, pos: int) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float16]]:
         """The draft's best tokens at `pos`, best first, and their probabilities (none in a
@@ -148,6 +164,13 @@ class PromptTrace:
         if len(self.prompt_ids) != self.prompt_tokens:
             return None
         return np.concatenate([self.prompt_ids, self.target])
+
+    def transcript(self) -> Transcript | None:
+        """The context as the round's transcript, shown up to the prompt (a replay moves it
+        along), or None when the prompt was not recorded."""
+        context = self.context()
+        return None if context is None else Transcript.of_sequence(
+            context, self.prompt_tokens, self.regions)
 
 
 @dataclass
@@ -165,7 +188,9 @@ class TraceSet:
                   "prompt_tokens": t.prompt_tokens, "budget": t.budget, "finish": t.finish,
                   "temperature": t.temperature, "length": len(t.target),
                   "prompt_length": len(t.prompt_ids), "top_length": len(t.top_ids),
-                  "chance_length": len(t.accept_prob), "hidden_length": len(t.hidden)}
+                  "chance_length": len(t.accept_prob), "hidden_length": len(t.hidden),
+                  "copy_length": len(t.copy_prob),
+                  "regions": [list(r) for r in t.regions]}
                  for t in self.traces]
         arrays: dict[str, Any] = {name: _joined([getattr(t, name) for t in self.traces])
                                   for name in (*_ARRAYS, *_OPTIONAL)}
@@ -184,6 +209,7 @@ class TraceSet:
         starts = dict.fromkeys(_OPTIONAL.values(), 0)
         for row in header["index"]:
             end = start + row.pop("length")
+            row["regions"] = tuple((int(i), str(role)) for i, role in row.get("regions", ()))
             lengths = {key: row.pop(key, 0) for key in starts}
             parts = {name: optional[name][starts[key]: starts[key] + lengths[key]]
                      for name, key in _OPTIONAL.items()}
@@ -203,8 +229,8 @@ def _joined(parts: Sequence[npt.NDArray[Any]]) -> npt.NDArray[Any]:
 
 
 def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: str,
-                 category: str, max_tokens: int, sampling: SamplingParams | None = None
-                 ) -> PromptTrace:
+                 category: str, max_tokens: int, sampling: SamplingParams | None = None,
+                 regions: Regions = ()) -> PromptTrace:
     """The trace of a finished target-alone run (`done`) of prompt `ids`, greedy unless
     `sampling` says otherwise.
 
@@ -232,6 +258,9 @@ def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: s
     top_probs = np.empty((n, MAX_CANDIDATES), np.float16)
     chances = np.empty(n if sampled else 0, np.float32)
     alt_accept = np.empty((n if sampled else 0, MAX_CANDIDATES - 1), np.float16)
+    copy_prob = np.empty(n if sampled else 0, np.float32)
+    proposals = copy_walk(np.asarray(seq, np.int32), len(ids), regions).tokens if sampled \
+        else np.empty(0, np.int32)
     dctx, tctx = engine.draft_ctx, engine.target_ctx
     hidden = np.empty((n, dctx.model.n_embd), np.float16)
     dctx.clear()
@@ -264,6 +293,8 @@ def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: s
                 chances[i] = np.minimum(p, q).sum()
                 alts = top_candidates(q)[1:]
                 alt_accept[i] = np.cumsum(residual(p, q, tok)[alts])
+                c = proposals[i]
+                copy_prob[i] = p[c] if c >= 0 else np.nan
     dctx.output_hidden(False)
     dctx.clear()
     tctx.clear()
@@ -272,7 +303,48 @@ def record_trace(engine: Engine, ids: Sequence[int], done: Done, *, prompt_id: s
                        np.asarray(target, np.int32), draft, entropy, top, eog,
                        np.asarray(ids, np.int32),
                        sampling.temperature if sampling is not None else 0.0, chances,
-                       top_ids, top_probs, alt_accept, hidden)
+                       top_ids, top_probs, alt_accept, hidden, copy_prob, tuple(regions))
+
+
+@dataclass(frozen=True)
+class CopyWalk:
+    """What `auto`'s copier proposes at each generated position of a prompt + path: the
+    token, where in the context its text lies, and the evidence it carries (-1, -1 and None
+    where it has nothing). Its chain follows the path as a live copier follows the reply."""
+
+    tokens: npt.NDArray[np.int32]
+    sources: npt.NDArray[np.int64]
+    evidence: list[CopyEvidence | None]
+
+    def runs(self, context: npt.NDArray[np.int32], prompt_len: int, most: int
+             ) -> npt.NDArray[np.int64]:
+        """runs[j]: how many tokens a copy made at position j would have right (at most
+        `most`), the path being the truth."""
+        n = len(self.tokens)
+        out = np.zeros(n, np.int64)
+        for j in np.flatnonzero(self.sources >= 0).tolist():
+            src = int(self.sources[j])
+            span = min(most, n - j, prompt_len + j - src)
+            same = context[src: src + span] == context[prompt_len + j: prompt_len + j + span]
+            out[j] = span if same.all() else int(np.argmin(same))
+        return out
+
+
+def copy_walk(context: npt.NDArray[np.int32], prompt_len: int, regions: Regions = ()
+              ) -> CopyWalk:
+    """The copier run along a prompt + path (see `CopyWalk`)."""
+    transcript = Transcript.of_sequence(context, prompt_len, regions)
+    copier = Copier()
+    n = len(context) - prompt_len
+    walk = CopyWalk(np.full(n, -1, np.int32), np.full(n, -1, np.int64), [None] * n)
+    for i in range(n):
+        transcript.length = prompt_len + i
+        copier.advance(transcript, 1 if i else 0)
+        copy = copier.find(transcript, 1)
+        if copy is not None:
+            walk.tokens[i], walk.sources[i] = int(copy.tokens[0]), copy.source
+            walk.evidence[i] = copy.evidence
+    return walk
 
 
 def _end_token(engine: Engine, ids: Sequence[int], generated: list[int]) -> int:

@@ -18,8 +18,8 @@ ORACLE = "oracle"
 
 
 def predict(items: Sequence[BenchItem], traces: Sequence[PromptTrace], specs: Sequence[str],
-            make_policy: Callable[[str], Plan], costs: CostModel, *, max_draft: int
-            ) -> list[RunRecord]:
+            make_policy: Callable[[str], Plan], costs: CostModel, *, max_draft: int,
+            max_copy: int) -> list[RunRecord]:
     """Simulated runs of `specs` (one policy object each per temperature, over the items in
     benchmark order) and of the oracle, on the items that have a trace at that temperature.
     A sampled trace is replayed on several realisations, recorded as repeats."""
@@ -34,11 +34,12 @@ def predict(items: Sequence[BenchItem], traces: Sequence[PromptTrace], specs: Se
             plan = make_policy(spec)
             strategy = plan.for_sampling(SamplingParams(temperature=temp))
             for item, draw, trace in runs:
-                res = simulate(trace, plan, costs, max_draft=max_draft)
+                res = simulate(trace, plan, costs)
                 out.append(_record(item, trace, draw, spec, strategy.describe(), res))
         for item, draw, trace in runs:
             out.append(_record(item, trace, draw, ORACLE, ORACLE,
-                               oracle(trace, costs, max_draft=max_draft)))
+                               oracle(trace, costs, max_draft=max_draft,
+                                      max_copy=max_copy)))
     return out
 
 

@@ -8,15 +8,18 @@ the context, and the fixed per-round and per-token work of the loop itself.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 MAX_VERIFY = 17  # 1 + the default max draft of 16
 # Token trees verify more: calibration measures up to this many rows (a root and 32 nodes),
-# sampled more sparsely past MAX_VERIFY and interpolated between.
+# and copies up to 1 + the default max copy of 64; sampled more sparsely past MAX_VERIFY and
+# interpolated between.
 MAX_TREE_VERIFY = 33
-TREE_VERIFY_SIZES = (21, 25, 29, MAX_TREE_VERIFY)
+MAX_COPY_VERIFY = 65
+TREE_VERIFY_SIZES = (21, 25, 29, MAX_TREE_VERIFY, 41, 49, 57, MAX_COPY_VERIFY)
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,12 @@ class CostModel:
         if len(fields["target_prefill_s"]) != 3 or len(fields["draft_prefill_s"]) != 3 \
                 or len(fields["verify_s"]) < 2 or not fields["draft_s"]:
             raise ValueError("cost model tables have the wrong shape")
-        return cls(**fields)
+        out = cls(**fields)
+        times = [*out.verify_s, *out.draft_s, out.argmax_s, out.entropy_s, out.round_s,
+                 out.token_s, out.step_s, out.sample_s]
+        if not all(math.isfinite(t) and 0 <= t < 1e3 for t in times) or out.verify_s[0] <= 0:
+            raise ValueError("cost model times must be finite, non-negative seconds")
+        return out
 
 
 def _table(values: Sequence[float], n: int) -> float:

@@ -7,13 +7,15 @@ updates running estimates of what it just paid and got:
 * `LiveCosts`: a target verification of b tokens, one draft step. Sizes not seen yet are
   predicted from a prior curve (stored calibration, else the engine's start-up probe) scaled
   by how this machine compares with it now.
-* `LiveAcceptance`, per sampling temperature: the draft's entropy -> acceptance map, copied
-  tokens' acceptance by position (greedy: from the match outcomes; sampling: from the
-  rejection test's acceptance chances), the realised gain of drafting rounds.
+* `LiveAcceptance`, per sampling temperature: the draft's entropy -> acceptance map, the
+  copy model (`calibration.copies`: a copied token's acceptance from its match's evidence;
+  greedy: from the match outcomes; sampling: from the rejection test's acceptance chances),
+  the realised gain of drafting rounds.
 
 Every estimate is a running mean whose weight is capped, so old evidence decays at a known
 pace and a round costs a few additions. The state is stored beside the calibration after each
-generation (`calibration.store.save_live`), so the next session starts warm.
+generation (`calibration.store.save_live`), so the next session starts warm; what is read
+back is checked (finite, in range), never trusted.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from svip_local.calibration.acceptance import AcceptanceMap, nonincreasing
-from svip_local.calibration.costs import MAX_VERIFY, CostModel, nondecreasing
-from svip_local.calibration.record import Calibration, TemperatureChoice
+import numpy as np
+import numpy.typing as npt
 
-FORMAT = 1
+from svip_local.calibration.acceptance import AcceptanceMap, nonincreasing
+from svip_local.calibration.copies import CopyModel, prior_copy_model
+from svip_local.calibration.costs import MAX_COPY_VERIFY, CostModel, nondecreasing
+from svip_local.calibration.record import Calibration
+
+FORMAT = 2  # 2: the copy model replaced copied tokens' acceptance by position
 # Entropy bins (nats) of the acceptance map: fine near 0, where most greedy steps fall.
 ENTROPY_EDGES = (0.0, 0.05, 0.15, 0.3, 0.5, 0.8, 1.2, 1.8, 2.6, 3.6, 5.0)
 COST_WEIGHT = 30.0  # the most observations a cost estimate averages over
@@ -46,8 +52,8 @@ def running(value: float, weight: float, x: float, cap: float) -> tuple[float, f
 
 @dataclass
 class LiveCosts:
-    """Seconds of a target verification of b = 1..MAX_VERIFY tokens and of one draft step
-    (decode + per-step work), as this machine runs them now."""
+    """Seconds of a target verification of b = 1..MAX_COPY_VERIFY tokens and of one draft
+    step (decode + per-step work), as this machine runs them now."""
 
     prior: list[float]  # the curve's shape: verify(b) for b = 1.., from calibration or probe
     verify: list[float] = field(default_factory=list)
@@ -64,6 +70,7 @@ class LiveCosts:
             self.verify = list(self.prior)
             self.weight = [0.0] * len(self.prior)
         self._table: list[float] = []  # table() until the next observation (not stored)
+        self._array: npt.NDArray[np.float64] = np.empty(0)  # the same, as an array
 
     def verify_at(self, b: int) -> float:
         i = min(b, len(self.prior)) - 1
@@ -80,11 +87,18 @@ class LiveCosts:
             self._table = nondecreasing([self.verify_at(b) for b in range(1, n + 1)])
         return self._table
 
+    def array(self, n: int) -> npt.NDArray[np.float64]:
+        """verify(0..n) as an array (verify(0) = 0), non-decreasing, for pricing copies of
+        every length at once; rebuilt only after an observation."""
+        if len(self._array) < n + 1:
+            self._array = np.array([0.0, *self.table(max(n, len(self.prior)))])
+        return self._array[:n + 1]
+
     def observe_verify(self, b: int, seconds: float) -> None:
         i = min(b, len(self.prior)) - 1
         if i != b - 1:
             return
-        self._table = []
+        self._table, self._array = [], np.empty(0)
         current = self.verify_at(b)
         x = min(seconds, SPIKE * current) if current > 0 else seconds
         if self.weight[i] == 0:
@@ -107,7 +121,7 @@ class LiveCosts:
         """The prior a calibration gives: its tables at its depth, each row's argmax
         included (the live times include them too)."""
         d = costs.base_depth
-        prior = [costs.verify(b, d) + costs.argmax_s * b for b in range(1, MAX_VERIFY + 1)]
+        prior = [costs.verify(b, d) + costs.argmax_s * b for b in range(1, MAX_COPY_VERIFY + 1)]
         step = costs.draft(1, d) + costs.step_s + costs.argmax_s + costs.entropy_s
         return cls(prior, step=step, step_weight=PRIOR_WEIGHT,
                    catchup=costs.draft_prefill_s[1], catchup_weight=PRIOR_WEIGHT)
@@ -116,7 +130,7 @@ class LiveCosts:
     def from_probe(cls, sizes: Sequence[int], verify_s: Sequence[float], step_s: float,
                    catchup_s: float) -> LiveCosts:
         """The prior a probe gives: verification at a few sizes, linear between them."""
-        prior = [_interp(sizes, verify_s, b) for b in range(1, MAX_VERIFY + 1)]
+        prior = [_interp(sizes, verify_s, b) for b in range(1, MAX_COPY_VERIFY + 1)]
         return cls(prior, step=step_s, step_weight=PRIOR_WEIGHT, catchup=catchup_s,
                    catchup_weight=PRIOR_WEIGHT)
 
@@ -128,13 +142,30 @@ class LiveCosts:
         out = cls(**_floats(data))
         if not (len(out.prior) == len(out.verify) == len(out.weight) >= 2):
             raise ValueError("live cost tables have the wrong shape")
+        _check("seconds", [*out.prior, *out.verify, out.step, out.catchup], 0.0, MAX_SECONDS)
+        _check("weights", [*out.weight, out.scale_weight, out.step_weight,
+                           out.catchup_weight], 0.0, COST_WEIGHT)
+        _check("scale", [out.scale], 1e-3, 1e3)
+        if min(out.prior) <= 0:
+            raise ValueError("live cost prior has a non-positive time")
         return out
+
+
+MAX_SECONDS = 600.0  # no decode takes longer: a stored time beyond it is corrupt
+MAX_GAIN = 1e4  # tokens a round gains or loses, far beyond any real one
+
+
+def _check(what: str, values: Sequence[float], low: float, high: float) -> None:
+    """Refuse stored estimates that are not finite or out of [low, high]."""
+    for v in values:
+        if not (math.isfinite(v) and low <= v <= high):
+            raise ValueError(f"{what} out of range: {v!r} (expected {low:g}..{high:g})")
 
 
 def default_costs() -> LiveCosts:
     """Costs before anything was measured (no calibration, probe skipped): a CPU-like curve
     whose scale the first rounds correct."""
-    return LiveCosts([0.05 * (1 + 0.5 * (b - 1)) for b in range(1, MAX_VERIFY + 1)],
+    return LiveCosts([0.05 * (1 + 0.5 * (b - 1)) for b in range(1, MAX_COPY_VERIFY + 1)],
                      step=0.02, step_weight=1.0, catchup=0.005, catchup_weight=1.0)
 
 
@@ -146,15 +177,18 @@ class LiveAcceptance:
     tries: list[float]  # drafted tokens verified with all before them accepted
     next_hits: list[float]  # per bin of an ACCEPTED token: its successor accepted
     next_tries: list[float]
-    copy_hits: list[float]  # per position of a copied proposal
-    copy_tries: list[float]
+    copies: CopyModel  # a copied token's chance, from its match's evidence
     gain: float = 0.0  # realised tokens gained per drafting round over the target alone
     gain_weight: float = 0.0
+    # How often draft steps fall in each entropy bin, until some are observed: what the
+    # mean acceptance is averaged with (`PRIOR_OCCUPANCY`).
+    occupancy: list[float] = field(default_factory=list)
 
     @classmethod
-    def prior(cls, amap: AcceptanceMap | None, temperature: float) -> LiveAcceptance:
+    def prior(cls, amap: AcceptanceMap | None, temperature: float,
+              copies: CopyModel | None = None) -> LiveAcceptance:
         """Pseudo-observations worth PRIOR_WEIGHT per bin: the calibration's map, else
-        `prior_accept`'s curves."""
+        `prior_accept`'s curves; the calibration's copy model, else the prior one."""
         centers = bin_centers()
         if amap is not None:
             now = [amap.accept(h) for h in centers]
@@ -162,10 +196,11 @@ class LiveAcceptance:
         else:
             now = [prior_accept(h, temperature) for h in centers]
             after = [prior_accept_next(h, temperature) for h in centers]
-        copy = [0.5] + [0.8] * (MAX_VERIFY - 2)
         w = PRIOR_WEIGHT
         return cls([w * p for p in now], [w] * len(now), [w * p for p in after],
-                   [w] * len(after), [w * p for p in copy], [w] * len(copy))
+                   [w] * len(after),
+                   copies.copy() if copies is not None else prior_copy_model(temperature),
+                   occupancy=list(PRIOR_OCCUPANCY[temperature > 0]))
 
     def __post_init__(self) -> None:
         self._map: AcceptanceMap | None = None  # until the next drafted round (not stored)
@@ -181,22 +216,18 @@ class LiveAcceptance:
         return AcceptanceMap(tuple(bin_centers()), tuple(nonincreasing(now, self.tries)),
                              tuple(nonincreasing(after, self.next_tries)))
 
-    def copy_accept(self, position: int) -> float:
-        """P(copied token `position` (1-based) accepted | all before it were)."""
-        i = min(position, len(self.copy_hits)) - 1
-        return self.copy_hits[i] / self.copy_tries[i]
-
     def mean_accept(self) -> float:
         """Acceptance of a drafted token over the entropies seen (observations only: the
-        prior's flat weight would count rare bins as often as common ones)."""
-        return _seen_mean(self.hits, self.tries)
+        prior's flat weight would count rare bins as often as common ones; before any, over
+        the bins as often as drafts usually fall in them)."""
+        return _seen_mean(self.hits, self.tries, self.occupancy)
 
     def mean_accept_next(self) -> float:
         """P(a drafted token is accepted | the one before it was), over the entropies seen.
         Acceptance comes in runs (an easy stretch of text stays easy), so this is well above
         `mean_accept`: a prediction that treated tokens as independent would say drafting
         loses where its long accepted runs win."""
-        return _seen_mean(self.next_hits, self.next_tries)
+        return _seen_mean(self.next_hits, self.next_tries, self.occupancy)
 
     def observe_draft(self, entropies: Sequence[float], drafted: int, accepted: int,
                       chances: Sequence[float] = ()) -> None:
@@ -207,29 +238,35 @@ class LiveAcceptance:
         for i in range(min(drafted, accepted + 1, len(entropies))):
             b = entropy_bin(entropies[i])
             self.hits[b], self.tries[b] = _count(self.hits[b], self.tries[b],
-                                                 _outcome(i, accepted, chances))
+                                                 outcome(i, accepted, chances))
             if i < accepted and i + 1 < drafted:
                 self.next_hits[b], self.next_tries[b] = _count(
-                    self.next_hits[b], self.next_tries[b], _outcome(i + 1, accepted, chances))
-
-    def observe_copy(self, proposed: int, accepted: int, chances: Sequence[float] = ()) -> None:
-        for i in range(min(proposed, accepted + 1, len(self.copy_hits))):
-            self.copy_hits[i], self.copy_tries[i] = _count(
-                self.copy_hits[i], self.copy_tries[i], _outcome(i, accepted, chances))
+                    self.next_hits[b], self.next_tries[b], outcome(i + 1, accepted, chances))
 
     def observe_gain(self, tokens: float) -> None:
         self.gain, self.gain_weight = running(self.gain, self.gain_weight, tokens, GAIN_WEIGHT)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "copies": self.copies.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LiveAcceptance:
-        out = cls(**_floats(data))
+        fields = dict(data)
+        copies = CopyModel.from_dict(fields.pop("copies"))
+        out = cls(**_floats(fields), copies=copies)
         n = len(ENTROPY_EDGES)
-        if not (len(out.hits) == len(out.tries) == len(out.next_hits) == n
-                and len(out.copy_hits) == len(out.copy_tries) >= 1):
+        if not (len(out.hits) == len(out.tries) == len(out.next_hits) == len(out.next_tries)
+                == n):
             raise ValueError("live acceptance tables have the wrong shape")
+        _check("acceptance counts", [*out.hits, *out.tries, *out.next_hits, *out.next_tries],
+               0.0, ACCEPT_WEIGHT + PRIOR_WEIGHT)
+        if any(h > t + 1e-9 for h, t in zip([*out.hits, *out.next_hits],
+                                            [*out.tries, *out.next_tries], strict=True)) \
+                or min(out.tries + out.next_tries) <= 0:
+            raise ValueError("live acceptance counts: more hits than tries, or no tries")
+        _check("gain", [out.gain], -MAX_GAIN, MAX_GAIN)
+        _check("gain weight", [out.gain_weight], 0.0, GAIN_WEIGHT)
+        _check("occupancy", out.occupancy, 0.0, 1.0)
         return out
 
 
@@ -251,14 +288,26 @@ def prior_accept_next(entropy: float, temperature: float) -> float:
     return 0.86 * math.exp(-entropy / 16.0)
 
 
-def _seen_mean(hits: Sequence[float], tries: Sequence[float]) -> float:
-    """The rate hits / tries over the bins weighted by their observations (the prior's
-    pseudo-counts left out), or over the prior alone before anything was observed."""
-    seen = [t - PRIOR_WEIGHT for t in tries]
-    total = sum(s for s in seen if s > 0)
-    if total < 1:
-        return sum(hits) / sum(tries)
-    return sum(h / t * s for h, t, s in zip(hits, tries, seen, strict=True) if s > 0) / total
+# Share of draft steps in each entropy bin on the reference pair's SpecBench calibration
+# traces (greedy, sampled): most steps are near-certain, so a flat average over the bins
+# (0.70 greedy) says drafting loses where it wins (measured mean acceptance 0.84-0.86).
+PRIOR_OCCUPANCY = ((0.38, 0.09, 0.06, 0.04, 0.06, 0.06, 0.08, 0.09, 0.07, 0.05, 0.02),
+                   (0.23, 0.07, 0.06, 0.05, 0.05, 0.08, 0.09, 0.11, 0.11, 0.11, 0.04))
+
+
+OCCUPANCY_WEIGHT = 8.0  # draft steps the prior occupancy counts for beside observed ones
+
+
+def _seen_mean(hits: Sequence[float], tries: Sequence[float],
+               occupancy: Sequence[float] = ()) -> float:
+    """The rate hits / tries over the bins weighted by how often drafts fell in each: the
+    observations (the prior's pseudo-counts left out), plus `occupancy` worth
+    OCCUPANCY_WEIGHT steps (flat without), so one unlucky first step does not decide."""
+    prior = occupancy if len(occupancy) == len(tries) else [1.0] * len(tries)
+    scale = OCCUPANCY_WEIGHT / sum(prior)
+    weights = [max(0.0, t - PRIOR_WEIGHT) + scale * o for t, o in zip(tries, prior,
+                                                                      strict=True)]
+    return sum(h / t * w for h, t, w in zip(hits, tries, weights, strict=True)) / sum(weights)
 
 
 def _floats(data: dict[str, Any]) -> dict[str, Any]:
@@ -267,16 +316,16 @@ def _floats(data: dict[str, Any]) -> dict[str, Any]:
             for k, v in data.items()}
 
 
-def _outcome(i: int, accepted: int, chances: Sequence[float]) -> float:
+def outcome(i: int, accepted: int, chances: Sequence[float]) -> float:
     """What tested token i counts as: its acceptance chance where known, else 1 if it was
     accepted (i < accepted) and 0 if it was the rejected one."""
     return chances[i] if i < len(chances) else float(i < accepted)
 
 
-def _count(hits: float, tries: float, outcome: float) -> tuple[float, float]:
+def _count(hits: float, tries: float, value: float) -> tuple[float, float]:
     """Add one outcome (1 accepted, 0 rejected, or a chance between); beyond ACCEPT_WEIGHT
     both counts shrink, so old text fades."""
-    hits, tries = hits + outcome, tries + 1.0
+    hits, tries = hits + value, tries + 1.0
     if tries > ACCEPT_WEIGHT:
         f = ACCEPT_WEIGHT / tries
         hits, tries = hits * f, ACCEPT_WEIGHT
@@ -318,16 +367,12 @@ class LiveModel:
     def acceptance_for(self, temperature: float) -> LiveAcceptance:
         key = temperature_key(temperature)
         if key not in self.acceptance:
-            choice = self._calibrated_choice(temperature)
+            choice = None if self.calibration is None else self.calibration.choice_at(
+                temperature)
             self.acceptance[key] = LiveAcceptance.prior(
-                None if choice is None else choice.acceptance, temperature)
+                None if choice is None else choice.acceptance, temperature,
+                None if choice is None else choice.copies)
         return self.acceptance[key]
-
-    def _calibrated_choice(self, temperature: float) -> TemperatureChoice | None:
-        cal = self.calibration
-        if cal is None:
-            return None
-        return min([cal.greedy, *cal.sampled], key=lambda c: abs(c.temperature - temperature))
 
     @classmethod
     def start(cls, costs: LiveCosts, source: str,

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from svip_local.calibration.acceptance import AcceptanceMap
+from svip_local.calibration.copies import CopyModel
 from svip_local.calibration.costs import CostModel
 from svip_local.calibration.head import AcceptanceHead
 from svip_local.calibration.machine import Fingerprint, PairIdentity
@@ -41,21 +42,31 @@ class TemperatureChoice:
     head_threshold: float | None = None
     head_rate: float | None = None
     predictors: dict[str, Any] = field(default_factory=dict)
+    # The copy model fitted on this temperature's traces (`calibration.copies`; None in
+    # older files: `auto` then starts from the prior one), and how well it predicted
+    # copies on held-out prompts (`bench.copy_fit.compare`).
+    copies: CopyModel | None = None
+    copy_prediction: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "choice": self.choice,
                 "acceptance": self.acceptance.to_dict(), "cost_rate": self.cost_rate,
                 "simulated": self.simulated, "validation": self.validation,
                 "head_threshold": self.head_threshold, "head_rate": self.head_rate,
-                "predictors": self.predictors}
+                "predictors": self.predictors,
+                "copies": None if self.copies is None else self.copies.to_dict(),
+                "copy_prediction": self.copy_prediction}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TemperatureChoice:
+        copies = data.get("copies")
         return cls(float(data.get("temperature", 0.0)), data["choice"],
                    AcceptanceMap.from_dict(data["acceptance"]), float(data["cost_rate"]),
                    data.get("simulated", []), data.get("validation", {}), None,
                    data.get("head_threshold"), data.get("head_rate"),
-                   data.get("predictors", {}))
+                   data.get("predictors", {}),
+                   None if copies is None else CopyModel.from_dict(copies),
+                   data.get("copy_prediction", {}))
 
 
 @dataclass
@@ -77,6 +88,10 @@ class Calibration:
     @property
     def choices(self) -> list[TemperatureChoice]:
         return [self.greedy, *self.sampled]
+
+    def choice_at(self, temperature: float) -> TemperatureChoice:
+        """The choice calibrated at the temperature nearest `temperature`."""
+        return min(self.choices, key=lambda c: abs(c.temperature - temperature))
 
     def heads(self) -> list[AcceptanceHead]:
         return [c.head for c in self.choices if c.head is not None]

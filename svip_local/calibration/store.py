@@ -87,14 +87,23 @@ def _write_bytes(path: Path, data: bytes) -> Path:
 
 def load_live(pair: PairIdentity, machine: Fingerprint,
               calibration: Calibration | None = None) -> LiveModel | None:
-    """The live estimates a previous session stored, or None (missing or unreadable)."""
+    """The live estimates a previous session stored, or None (missing, or unreadable or out
+    of range: then the file is moved aside, with a warning naming it, so that the estimates
+    this session learns replace it and it is never read again)."""
     path = live_path(pair, machine)
     try:
         return LiveModel.from_dict(json.loads(path.read_text(encoding="utf-8")), calibration)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring live estimates %s (%s): auto starts afresh", path, exc)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        aside = path.with_name(path.name + ".bad")
+        try:
+            path.replace(aside)
+            moved = f"moved to {aside.name}"
+        except OSError as move:
+            moved = f"could not move it aside: {move}"
+        log.warning("ignoring live estimates %s (%s; %s): auto starts afresh", path, exc,
+                    moved)
         return None
 
 

@@ -79,8 +79,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "llama-cpp-python+lookup[:N[:NGRAM]] may also go in --policies)")
     p.add_argument("--fresh-auto", action="store_true",
                    help="run auto as a first run gets it: no calibration or stored estimates "
-                        "(a probe), learning from the first prompt on; calibrated still "
-                        "uses the calibration")
+                        "(a probe), learning from the first prompt on; calibrated, and "
+                        "auto@calibration (auto started from the calibration), still use it")
+    p.add_argument("--workload", type=csv, default=("specbench",),
+                   help="what to run, comma-separated: specbench (SpecBench categories and "
+                        "MT-Bench long-form, the default) and/or code-edit (conversations "
+                        "that paste code and ask for an edit, rendered with the pair's chat "
+                        "template)")
+    p.add_argument("--chat-max-tokens", type=int, default=256,
+                   help="new tokens per chat workload conversation (default 256)")
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib)")
     p.set_defaults(func=run)
@@ -100,16 +107,18 @@ def options(args: argparse.Namespace) -> BenchOptions:
         calibrate=not args.no_calibrate,
         calibration_per_category=args.calibration_per_category, peer=args.peer,
         peer_binary=args.peer_binary, peer_grid=args.peer_grid,
-        peer_sweep_prompts=args.peer_sweep_prompts, fresh_auto=args.fresh_auto)
+        peer_sweep_prompts=args.peer_sweep_prompts, fresh_auto=args.fresh_auto,
+        workloads=args.workload, chat_max_tokens=args.chat_max_tokens)
 
 
 def run(args: argparse.Namespace) -> int:
     from svip_local.bench.report import SUITES, console_table, write_report
-    from svip_local.bench.suite import run_bench
+    from svip_local.bench.suite import check_specs, run_bench
     from svip_local.bench.traces import TraceSet
     from svip_local.cli.generate import open_engine
 
     opts = options(args)
+    check_specs(opts.policies, opts.workloads)  # a typo fails before the models load
     if args.n_ctx is None:  # room for the longest generation after a long prompt
         args.n_ctx = max(4096, max((*opts.lengths, opts.max_tokens)) + 2048)
     with open_engine(args, policy="none") as engine:

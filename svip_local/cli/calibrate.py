@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from svip_local.bench.prompts import load_prompts, select
     from svip_local.bench.runner import progress_bar
     from svip_local.bench.traces import TraceSet
+    from svip_local.bench.workloads import CALIBRATION_WORKLOADS, chat_prompts
     from svip_local.calibration import store
     from svip_local.cli.generate import open_engine
     from svip_local.errors import InvalidRequestError
@@ -63,10 +64,14 @@ def run(args: argparse.Namespace) -> int:
             prompts = select(load_prompts(args.prompts), args.per_category,
                              categories=args.categories, from_end=True)
             sampled = {t for t in args.temperatures if t > 0}
-            with progress_bar(len(prompts) * (1 + len(sampled)), "calibration traces") as tick:
+            # Conversations whose replies copy, for the copy model (not searched on).
+            copies = [p for w in CALIBRATION_WORKLOADS for p in chat_prompts(engine, w)]
+            with progress_bar((len(prompts) + len(copies)) * (1 + len(sampled)),
+                              "calibration traces") as tick:
                 cal, traces = calibrate(engine, prompts, max_tokens=args.max_tokens,
                                         ignore_eos=args.ignore_eos, repeats=args.repeats,
-                                        temperatures=sorted(sampled), on_prompt=tick,
+                                        temperatures=sorted(sampled), copy_prompts=copies,
+                                        on_prompt=tick,
                                         progress=lambda m: print(f"[calibrate] {m}",
                                                                  file=sys.stderr))
             path = store.save(cal)
@@ -97,7 +102,7 @@ def _validate(engine: Engine, cal: Calibration, prompts: list[Prompt], max_token
     policies = {s: engine.make_policy(s) for s in specs}
     run = run_items(engine, items, specs, temperature=0.0, policies=policies)
     predicted = predict(items, run.traces, specs, engine.make_policy, cal.costs,
-                        max_draft=engine.config.max_draft)
+                        max_draft=engine.config.max_draft, max_copy=engine.config.max_copy)
     for c in compare(summarize(run.records), summarize(predicted)):
         if c.group == "all":
             print(f"[validate] {c.policy:<22} predicted {c.predicted_tps:7.2f}  measured "

@@ -23,8 +23,10 @@ import numpy.typing as npt
 from svip_local.config import DEFAULT_MAX_DRAFT
 
 if TYPE_CHECKING:
+    from svip_local.policies.round_plan import Copy
     from svip_local.policies.strategy import Plan
     from svip_local.policies.table import PolicyContext, PolicyEntry
+    from svip_local.transcript import Transcript
     from svip_local.tree import TokenTree
 
 Arg = int | float
@@ -98,10 +100,9 @@ class Proposer(Protocol):
     @property
     def name(self) -> str: ...
 
-    def propose_into(self, tree: TokenTree, context: Sequence[int] | npt.NDArray[np.int32],
-                     cap: int) -> None:
-        """Add to the (empty) round tree what should follow `context` (everything before
-        the round), at most `cap` tokens deep."""
+    def propose(self, transcript: Transcript, cap: int) -> Copy | None:
+        """What should follow the transcript (everything before the round), at most `cap`
+        tokens deep; None: nothing to copy."""
         ...
 
 

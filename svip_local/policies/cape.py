@@ -34,7 +34,8 @@ CONFIDENT_WIDTH = 2
 DEFAULT_NODES = 16
 
 
-@register("cape", Param("nodes", int, DEFAULT_NODES, "most tree nodes, the chain included"),
+@register("cape", Param("nodes", int, DEFAULT_NODES, "most tree nodes, the chain included", low=1,
+                          high=64),
           kind="expander",
           rule="+cape: at each depth of POLICY's chain add the draft's next most likely "
                "tokens as leaves (8 where its top-1 probability is below 0.3, 6 below 0.6, "
@@ -82,7 +83,8 @@ class Cape:
 
 
 @register("cape-cost", Param("R", float, None, "tokens/s a leaf's expected tokens must beat "
-                                               "(default: the calibrated rate)", fmt=".4g"),
+                                               "(default: the calibrated rate)", fmt=".4g",
+                             low=0),
           kind="expander",
           rule="+cape-cost: CaPE priced on this machine: the draft's alternatives, most likely "
                "first, become leaves only while a leaf's expected tokens pay for its row of "

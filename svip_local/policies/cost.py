@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 # R of the cost-aware rules (svip-cost, specdec-cost).
 RATE = Param("R", float, None, "tokens/s one more token must beat (default: the calibrated "
-                               "rate)", fmt=".4g")
+                               "rate)", fmt=".4g", low=0)
 
 
 @register("svip-cost", RATE,

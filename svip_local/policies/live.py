@@ -5,9 +5,13 @@ cost-aware SVIP — priced with estimates learnt from the rounds themselves.
 Per round, in tokens gained over the target alone (one round of the target alone takes t1,
 so spending s more seconds costs s / t1 tokens):
 
-* copy: where the context's last n-gram occurred before, a copy of m tokens gains
-  sum_{i<=m} prod_{j<=i} a_j - (verify(m+1) - t1) / t1, with a_j the live chance that copied
-  token j is accepted after j - 1 were; m is the best length, none if no length gains.
+* copy: the copier (`lookup.Copier`) continues the text it is copying while the reply keeps
+  following it, else finds the earlier occurrence with the longest match of the context's
+  end. A copy of m tokens gains sum_{i<=m} prod_{j<=i} a_j - (verify(m+1) - t1) / t1, with
+  a_j the copy model's chance that copied token j is accepted after j - 1 were, from the
+  evidence the match carries (its length, the chain it continues, agreeing and disagreeing
+  occurrences, where the text lies: `calibration.copies`); m is the best length up to
+  `max_copy`, none if no length gains.
 * draft: the model's prediction, shrunk towards the realised gain of recent drafting rounds
   (catch-up after a target-alone stretch counted as a steady round's) the more of them there
   are, and back towards the prediction as the reply moves on without drafting (what they
@@ -22,47 +26,53 @@ so spending s more seconds costs s / t1 tokens):
 
 Switching to drafting after a target-alone stretch first costs the draft's catch-up decode of
 what it has not seen (the whole prompt, at the start): that price is spread over the rounds
-the reply has left, so a short remainder does not buy a long catch-up.
+the reply has left, so a short remainder does not buy a long catch-up. A copy needs no
+catch-up.
 
-The better positive gain runs; with none positive, a short draft (or copy) explores while the
-time lost to exploring stays within EXPLORE_SHARE of the reply's time (the time so far, and
-until HORIZON tokens the rest of those at the target alone's pace), so `auto` learns that
-drafting started to pay (the text changed, the machine got busier). Early rounds explore most
-cheaply: the draft has least to catch up on and the reply most rounds left to use what was
-learnt. The live estimates start from the stored calibration, else from the previous
-session's estimates, else from the engine's start-up probe (`svip_local.probe`).
+The better positive gain runs; with none positive, a short copy (where there is a match) or
+a short draft explores, each kind while the time lost to it stays within its share of the
+reply's time (the time so far, and until HORIZON tokens the rest of those at the target
+alone's pace): a copy costs only its verification rows, a draft its steps and the catch-up,
+and neither budget can starve the other. So `auto` learns that copying or drafting started
+to pay (the text changed, the machine got busier). The live estimates start from the stored
+calibration, else from the previous session's estimates, else from the engine's start-up
+probe (`svip_local.probe`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
 from svip_local.calibration import AcceptanceHead, Calibration
+from svip_local.calibration.copies import FEATURES
 from svip_local.calibration.costs import MAX_TREE_VERIFY
-from svip_local.calibration.live import LiveCosts, LiveModel, default_costs
+from svip_local.calibration.live import LiveCosts, LiveModel, default_costs, outcome
 from svip_local.errors import InvalidRequestError
 from svip_local.policies.base import DraftPolicy, Expander, StepStats, Verdict
 from svip_local.policies.cape import CostAwareCape
 from svip_local.policies.cost import CostAwareSvip
-from svip_local.policies.lookup import PromptLookup
+from svip_local.policies.lookup import Copier
+from svip_local.policies.round_plan import ALONE, Copy, RoundPlan
 from svip_local.policies.strategy import Strategy
 from svip_local.policies.table import PolicyContext, register, split_spec
 from svip_local.sampling import SamplingParams
-from svip_local.tree import TokenTree
+from svip_local.transcript import Transcript
 
-EXPLORE_SHARE = 0.02  # the most of a reply's time spent on rounds the model said lose
-EXPLORE_DRAFT = 2  # the most tokens an exploring round drafts (or copies)
+if TYPE_CHECKING:
+    from svip_local.round import RoundResult
+
+EXPLORE_SHARE = {"lookup": 0.01, "draft": 0.02}  # the most of a reply's time spent on
+# rounds of each kind that the estimates said lose
+EXPLORE_TOKENS = {"lookup": 4, "draft": 2}  # the most tokens an exploring round copies/drafts
 TRUST_ROUNDS = 8.0  # drafting rounds after which their realised gain counts as much as the
 # prediction: one round's gain is noisy (a hard sentence, one dropped draft), and a verdict on
 # the first three would decide a whole reply
 STALE_TOKENS = 256.0  # tokens without drafting after which that gain counts half as much
 HORIZON = 128  # tokens a reply is assumed to run at least (the exploration budget's base)
-LOOKUP_NGRAM = 5  # what calibration chose on every CPU measured so far
-ARMS = ("none", "lookup", "draft", "explore")
+ARMS = ("none", "lookup", "draft")
 
 
 @register("auto", rule="each round the fastest of the target alone, prompt lookup and "
@@ -74,8 +84,8 @@ def auto(args: tuple[Any, ...], context: PolicyContext) -> LiveAuto:
         raise InvalidRequestError("a calibrated choice cannot be `auto` itself: run "
                                   "`svip-local calibrate` again")
     model = context.live() if context.live is not None else prior_model(context.calibration())
-    return LiveAuto(model, max_draft=context.max_draft, has_draft=context.has_draft,
-                    ngram=lookup_ngram(model.calibration))
+    return LiveAuto(model, max_draft=context.max_draft, max_copy=context.max_copy,
+                    has_draft=context.has_draft)
 
 
 def prior_model(cal: Calibration | None) -> LiveModel:
@@ -134,29 +144,14 @@ def live_expander(model: LiveModel, temperature: float, has_draft: bool) -> Expa
     return LiveCape(costs.table(MAX_TREE_VERIFY), 1.0 / max(costs.verify_at(1), 1e-9))
 
 
-def lookup_ngram(cal: Calibration | None) -> int:
-    """The n-gram of the calibrated choice's prompt lookup, where it has one."""
-    if cal is not None:
-        parsed = split_spec(cal.choice)
-        if parsed.proposer is not None:
-            return int(parsed.proposer[1][0] or LOOKUP_NGRAM)
-    return LOOKUP_NGRAM
-
-
 class LiveDraft(CostAwareSvip):
-    """Cost-aware SVIP repriced every round; records the entropies it judged (the acceptance
-    map learns from them). An exploring round keeps its first token whatever the rule says
-    and judges the rest as a drafting round would: so it measures the gain drafting rounds
-    actually get (a token the rule would drop is never verified, so a map too pessimistic
-    somewhere would otherwise never learn better), not that of a fixed length that drafts
-    where the rule would not."""
+    """Cost-aware SVIP repriced every drafting round; records the entropies it judged (the
+    acceptance map learns from them) and the chain's outcome."""
 
     def __init__(self, max_draft: int, head: AcceptanceHead | None = None) -> None:
         DraftPolicy.__init__(self, max_draft=max_draft)
         self.read_head(head)
         self._p = 1.0
-        self.cap = 0
-        self.force = False
         self.entropies: list[float] = []
         self.outcome = (0, 0)  # the last drafted round's chain: (drafted, accepted)
 
@@ -164,18 +159,11 @@ class LiveDraft(CostAwareSvip):
     def name(self) -> str:
         return "svip-cost (live)" if self.head is None else "specdec-cost (live)"
 
-    def round_limit(self) -> int:
-        return self.cap
-
     def judge(self, step: StepStats) -> Verdict:
         if step.n_drafted == 1:
             self.entropies.clear()
         self.entropies.append(step.entropy)
-        verdict = super().judge(step)
-        if self.force and step.n_drafted == 1 and verdict is Verdict.DROP:
-            self._p = self.chances(step)[0]
-            return Verdict.STOP
-        return verdict
+        return super().judge(step)
 
     def observe(self, drafted: int, accepted: int) -> None:
         self.outcome = (drafted, accepted)
@@ -183,27 +171,28 @@ class LiveDraft(CostAwareSvip):
 
 class LiveAuto(Strategy):
     """The plan `auto` builds: one live strategy per generation (`for_sampling`), all sharing
-    the engine's `LiveModel`."""
+    the engine's `LiveModel`. Each round `decide` returns its `RoundPlan`, and `learn` takes
+    what the round paid and got."""
 
-    __slots__ = ("model", "has_draft", "lookup", "costs", "accept", "arm",
-                 "copy", "counts", "explore_loss_s", "elapsed_s", "tokens", "draft_synced",
-                 "_lag", "_seq_len", "_remaining", "_started", "_undrafted")
+    __slots__ = ("model", "has_draft", "max_copy", "copier", "costs", "accept", "counts",
+                 "emitted",
+                 "explore_loss_s", "elapsed_s", "tokens", "draft_synced", "_lag", "_seq_len",
+                 "_remaining", "_started", "_undrafted")
 
-    def __init__(self, model: LiveModel, *, max_draft: int, has_draft: bool, ngram: int,
+    def __init__(self, model: LiveModel, *, max_draft: int, max_copy: int, has_draft: bool,
                  temperature: float = 0.0) -> None:
         super().__init__(LiveDraft(max_draft, calibrated_head(model.calibration, temperature)),
                          None,
                          calibrated_expander(model.calibration, temperature)
                          or live_expander(model, temperature, has_draft))
-        self.model, self.has_draft = model, has_draft
-        self.lookup = PromptLookup(ngram, max_draft)
-        self.proposer = _Copy(self)
+        self.model, self.has_draft, self.max_copy = model, has_draft, max_copy
+        self.copier = Copier()
         self.costs = model.costs_for(temperature)
         self.accept = model.acceptance_for(temperature)
-        self.arm = "none"
-        self.copy: list[int] = []
-        self.counts = dict.fromkeys(ARMS, 0)
-        self.explore_loss_s = self.elapsed_s = 0.0
+        self.counts = dict.fromkeys(ARMS, 0)  # rounds of each kind
+        self.emitted = dict.fromkeys(ARMS, 0)  # tokens they emitted
+        self.explore_loss_s = dict.fromkeys(EXPLORE_SHARE, 0.0)  # by kind: lookup, draft
+        self.elapsed_s = 0.0
         self.tokens = 0
         self.draft_synced = 0  # tokens the draft's cache holds, as far as this generation knows
         self._lag = 0  # tokens the draft would catch up on if this round drafted
@@ -229,10 +218,9 @@ class LiveAuto(Strategy):
         return self.has_draft and self.accept.gain_weight < TRUST_ROUNDS
 
     def leading_arm(self) -> str:
-        """What most rounds of this generation ran (exploration counted as drafting)."""
-        counts = dict(self.counts)
-        counts["draft"] += counts.pop("explore")
-        return max(counts, key=lambda a: counts[a])
+        """What made most of this generation's tokens (exploring rounds by what they ran):
+        a code edit's few copy rounds emit more than its many target-alone ones."""
+        return max(self.emitted, key=lambda a: self.emitted[a])
 
     @property
     def needs_draft(self) -> bool:
@@ -244,11 +232,9 @@ class LiveAuto(Strategy):
 
     def for_sampling(self, sampling: SamplingParams) -> LiveAuto:
         """A fresh strategy for one generation at this temperature (its own exploration
-        budget and counts), learning into the shared model."""
-        policy = self.policy
-        assert isinstance(policy, LiveDraft)
-        return type(self)(self.model, max_draft=policy.max_draft, has_draft=self.has_draft,
-                          ngram=self.lookup.ngram, temperature=sampling.temperature)
+        budget, counts and copy chain), learning into the shared model."""
+        return type(self)(self.model, max_draft=self.policy.max_draft, max_copy=self.max_copy,
+                          has_draft=self.has_draft, temperature=sampling.temperature)
 
     def with_proposer(self, proposer: Any) -> LiveAuto:
         raise InvalidRequestError("auto chooses prompt lookup itself: use `auto` alone")
@@ -258,57 +244,73 @@ class LiveAuto(Strategy):
 
     # -- each round ----------------------------------------------------------------------
 
-    def begin_round(self, context: Sequence[int] | npt.NDArray[np.int32] | None,
-                    room: int, remaining: int) -> None:
+    def decide(self, transcript: Transcript | None, room: int, remaining: int) -> RoundPlan:
         self._started = True
         self._remaining = max(1, remaining)
+        copy = None
+        if transcript is not None:
+            # The tokens the last round added: the copier's chain goes on if they follow it.
+            self.copier.advance(transcript, transcript.seq_len - self._seq_len)
+            self._seq_len = transcript.seq_len
+            self._lag = max(0, self._seq_len - self.draft_synced)
+            copy = self.copier.find(transcript, min(room, self.max_copy))
+        if room <= 0:
+            return ALONE
+        t1 = self.costs.verify_at(1)
+        copy_len, copy_gain = self._best_copy(copy, t1) if copy is not None else (0, 0.0)
+        draft_gain = self._draft_gain(t1, room) if self.has_draft else -math.inf
+        if copy is not None and copy_len and copy_gain >= max(0.0, draft_gain):
+            return RoundPlan("lookup", _cut(copy, copy_len),
+                             why=f"copy {copy_len}: +{copy_gain:.2f} tokens")
+        if draft_gain > 0:
+            return self._drafting(room, t1, f"draft: +{draft_gain:.2f} tokens")
+        if copy is not None:
+            n = min(len(copy.tokens), EXPLORE_TOKENS["lookup"])
+            if self._may_explore("lookup", self.costs.verify_at(n + 1) - t1, t1):
+                return RoundPlan("lookup", _cut(copy, n), explore=True,
+                                 why=f"explore: copy {n} (+{copy_gain:.2f} predicted)")
+        n = min(room, EXPLORE_TOKENS["draft"])
+        if self.has_draft and self._may_explore("draft", self._explore_draft_cost(n, t1), t1):
+            return self._drafting(n, t1, f"explore: draft (+{draft_gain:.2f} predicted)",
+                                  explore=True)
+        return ALONE
+
+    def _drafting(self, cap: int, t1: float, why: str, *, explore: bool = False
+                  ) -> RoundPlan:
+        """A drafting round up to `cap` tokens, the cost-aware rule priced with what was
+        learnt so far. R of the rule: the best rate in reach (Dinkelbach), which is at least
+        the target alone's and at least what this generation achieves."""
         policy = self.policy
         assert isinstance(policy, LiveDraft)
-        policy.cap, policy.force, self.copy, self.arm = 0, False, [], "none"
-        if room <= 0:
-            return
-        costs, accept = self.costs, self.accept
-        t1 = costs.verify_at(1)
-        if context is not None:
-            self._seq_len = len(context)
-            self._lag = max(0, self._seq_len - self.draft_synced)
-        found = self.lookup.propose(context, room) if context is not None else []
-        copy_len, copy_gain = self._best_copy(len(found), t1)
-        draft_gain = self._draft_gain(t1, room) if self.has_draft else -np.inf
-        if copy_len and copy_gain >= max(0.0, draft_gain):
-            self.arm, self.copy = "lookup", found[:copy_len]
-        elif draft_gain > 0:
-            self.arm, policy.cap = "draft", room
-        elif self._may_explore(t1, len(found)):
-            self.arm = "explore"
-            if self.has_draft and (not found or accept.gain_weight <= sum(accept.copy_tries)):
-                policy.cap, policy.force = min(EXPLORE_DRAFT, room), True
-            else:
-                self.copy = found[:EXPLORE_DRAFT]
-        if policy.cap:
-            # R of the cost-aware rule: the best rate in reach (Dinkelbach), which is at
-            # least the target alone's and at least what this generation achieves.
-            rate = max(1.0 / t1 if t1 > 0 else 0.0,
-                       self.tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0)
-            rate = max(rate, 1e-9)
-            tree = self.expander if isinstance(self.expander, LiveCape) else None
-            # One table prices the chain's rule and a live tree's leaves alike.
-            table = costs.table(policy.max_draft + 2 if tree is None
-                                else max(policy.max_draft + 2, MAX_TREE_VERIFY))
-            policy.set_prices(table, costs.step, accept.acceptance_map(), rate)
-            if tree is not None:
-                tree.price(table, rate)
+        rate = self._rate(t1)
+        tree = self.expander if isinstance(self.expander, LiveCape) else None
+        # One table prices the chain's rule and a live tree's leaves alike.
+        table = self.costs.table(policy.max_draft + 2 if tree is None
+                                 else max(policy.max_draft + 2, MAX_TREE_VERIFY))
+        policy.set_prices(table, self.costs.step, self.accept.acceptance_map(), rate)
+        if tree is not None:
+            tree.price(table, rate)
+        return RoundPlan("draft", draft=min(cap, policy.max_draft), explore=explore, why=why)
 
-    def _best_copy(self, found: int, t1: float) -> tuple[int, float]:
-        """The copy length (0: none) with the largest expected gain, and that gain."""
-        best_len, best_gain, p, expected = 0, 0.0, 1.0, 0.0
-        for m in range(1, found + 1):
-            p *= self.accept.copy_accept(m)
-            expected += p
-            gain = expected - (self.costs.verify_at(m + 1) - t1) / t1
-            if gain > best_gain:
-                best_len, best_gain = m, gain
-        return best_len, best_gain
+    def _rate(self, t1: float) -> float:
+        """R, the rate extra time must beat: the best in reach (Dinkelbach), at least the
+        target alone's and at least what this generation achieves."""
+        return max(1.0 / t1 if t1 > 0 else 0.0,
+                   self.tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0, 1e-9)
+
+    def _best_copy(self, copy: Copy, t1: float) -> tuple[int, float]:
+        """The copy length (0: none) with the largest expected gain over the target alone,
+        and that gain, in tokens: expected accepted tokens less the extra verification's
+        seconds at the rate R (`_rate`). At R above the target alone's, a long copy that
+        would still beat the target alone gives way to a shorter one and another round."""
+        n = len(copy.tokens)
+        if n == 0 or t1 <= 0 or copy.evidence is None:
+            return 0, 0.0
+        expected = np.cumsum(np.cumprod(self.accept.copies.chances(copy.evidence, n)))
+        extra = self.costs.array(n + 1)[2:] - t1  # verify(m + 1) - verify(1)
+        gain = expected - self._rate(t1) * extra
+        m = int(np.argmax(gain))
+        return (m + 1 if gain[m] > 0 else 0), float(gain[m])
 
     def _draft_gain(self, t1: float, room: int) -> float:
         """Expected tokens a drafting round gains over the target alone: the prediction of
@@ -318,7 +320,7 @@ class LiveAuto(Strategy):
         catch-up a switch to drafting costs, spread over the rounds the reply has left."""
         accept, costs = self.accept, self.costs
         first, then = accept.mean_accept(), accept.mean_accept_next()
-        predicted, expected, p, best_expected = -np.inf, 0.0, 1.0, 0.0
+        predicted, expected, p, best_expected = -math.inf, 0.0, 1.0, 0.0
         for k in range(1, min(room, self.policy.max_draft) + 1):
             p *= first if k == 1 else then
             expected += p
@@ -328,33 +330,42 @@ class LiveAuto(Strategy):
         n = accept.gain_weight
         w = n / (n + TRUST_ROUNDS) * 0.5 ** (self._undrafted / STALE_TOKENS)
         gain = float((1 - w) * predicted + w * accept.gain)
-        if self._lag > 2 and t1 > 0:
-            rounds_left = max(1.0, self._remaining / (1.0 + best_expected))
-            gain -= self._lag * costs.catchup / t1 / rounds_left
+        if t1 > 0:
+            gain -= self._catchup_share(1.0 + best_expected) / t1
         return gain
 
-    def _may_explore(self, t1: float, found: int) -> bool:
-        """Whether one more exploring round keeps exploration within its share of the
-        reply's time (its cost: a short draft or copy and its verification, plus the
-        catch-up). The reply's time: so far, plus, until HORIZON tokens, the rest of those
-        at the target alone's pace (so the first rounds, where exploring is cheapest, may
-        explore; a reply that stops before HORIZON may lose more than the share)."""
-        if not self.has_draft and not found:
-            return False
-        costs = self.costs
-        cost = EXPLORE_DRAFT * costs.step + costs.verify_at(EXPLORE_DRAFT + 1) - t1
-        if self.has_draft:
-            cost += self._lag * costs.catchup
-        ahead = max(0, min(self._remaining, HORIZON - self.tokens))
-        budget = EXPLORE_SHARE * (self.elapsed_s + ahead * t1)
-        return self.explore_loss_s + max(cost, 0.0) <= budget
+    def _catchup_share(self, per_round: float) -> float:
+        """This round's share of the draft's catch-up of what it has not seen, in seconds:
+        the catch-up serves every drafting round after it, so it is spread over the rounds
+        the reply has left at `per_round` tokens a round."""
+        if self._lag <= 2:
+            return 0.0
+        rounds_left = max(1.0, self._remaining / per_round)
+        return self._lag * self.costs.catchup / rounds_left
 
-    def learn(self, result: Any) -> None:
+    def _explore_draft_cost(self, n: int, t1: float) -> float:
+        """Seconds an exploring draft of n tokens costs beyond a target-alone round: its
+        steps and verification rows, and the draft's catch-up of what it has not seen (all
+        of it: where drafting loses, exploring pays it each time)."""
+        costs = self.costs
+        return n * costs.step + costs.verify_at(n + 1) - t1 + self._lag * costs.catchup
+
+    def _may_explore(self, kind: str, cost: float, t1: float) -> bool:
+        """Whether one more exploring round of `kind` (costing `cost` seconds more than the
+        target alone) keeps that kind's exploration within its share of the reply's time:
+        so far, plus, until HORIZON tokens, the rest of those at the target alone's pace (so
+        the first rounds, where exploring is cheapest, may explore; a reply that stops
+        before HORIZON may lose more than the share)."""
+        ahead = max(0, min(self._remaining, HORIZON - self.tokens))
+        budget = EXPLORE_SHARE[kind] * (self.elapsed_s + ahead * t1)
+        return self.explore_loss_s[kind] + max(cost, 0.0) <= budget
+
+    def learn(self, plan: RoundPlan, result: RoundResult) -> None:
         costs, accept = self.costs, self.accept
-        n = len(result.proposed)
         spent = result.draft_s + result.verify_s
         first = not any(self.counts.values())
-        self.counts[self.arm] += 1
+        self.counts[plan.arm] += 1
+        self.emitted[plan.arm] += result.accepted + 1
         self.elapsed_s += spent
         self.tokens += result.accepted + 1
         if not first:
@@ -362,8 +373,10 @@ class LiveAuto(Strategy):
             # (over RPC 3-30x a steady one; a graph capture on GPUs): not a price to learn.
             costs.observe_verify(result.nodes + 1, result.verify_s)  # a tree's every row
         t1 = costs.verify_at(1)
-        if result.copied:
-            accept.observe_copy(n, result.accepted, result.chances)
+        if plan.copy is not None and plan.copy.evidence is not None:
+            tested = min(len(result.proposed), result.accepted + 1)
+            accept.copies.observe(plan.copy.evidence, [
+                outcome(i, result.accepted, result.chances) for i in range(tested)])
         elif result.draft_steps:
             policy = self.policy
             assert isinstance(policy, LiveDraft)
@@ -378,8 +391,8 @@ class LiveAuto(Strategy):
             costs.observe_step(steady / result.draft_steps)
             if t1 > 0:
                 accept.observe_gain(result.accepted - (steady + result.verify_s - t1) / t1)
-        if self.arm == "explore" and t1 > 0:
-            self.explore_loss_s += max(0.0, spent - (result.accepted + 1) * t1)
+        if plan.explore and t1 > 0:
+            self.explore_loss_s[plan.arm] += max(0.0, spent - (result.accepted + 1) * t1)
         if result.draft_steps:
             self.draft_synced = self._seq_len + result.accepted
             self._undrafted = 0
@@ -389,10 +402,12 @@ class LiveAuto(Strategy):
     def report(self) -> dict[str, Any]:
         rounds = max(1, sum(self.counts.values()))
         t1 = self.costs.verify_at(1)
+        elapsed = self.elapsed_s or 1.0
         return {
             "choice": self.leading_arm(),
             "rounds": dict(self.counts),
-            "explore_share": self.explore_loss_s / self.elapsed_s if self.elapsed_s else 0.0,
+            "tokens": dict(self.emitted),
+            "explore_share": {k: v / elapsed for k, v in self.explore_loss_s.items()},
             "source": self.model.source,
             "learning": self._learning(),
             "verify_1_s": t1,
@@ -400,23 +415,11 @@ class LiveAuto(Strategy):
             "draft_step_s": self.costs.step,
             "acceptance": self.accept.mean_accept(),
             "draft_gain": self.accept.gain,
-            "copy_accept_1": self.accept.copy_accept(1),
+            "copy_model": dict(zip(FEATURES, self.accept.copies.weights, strict=True)),
             "share": {a: c / rounds for a, c in self.counts.items()},
         }
 
 
-class _Copy:
-    """The proposer side of `LiveAuto`: the copy its round decided on, if any."""
-
-    def __init__(self, owner: LiveAuto) -> None:
-        self.owner = owner
-
-    @property
-    def name(self) -> str:
-        return "lookup (live)"
-
-    def propose_into(self, tree: TokenTree, context: Sequence[int] | npt.NDArray[np.int32],
-                     cap: int) -> None:
-        tree.extend_chain(self.owner.copy[:cap])
-
-
+def _cut(copy: Copy, n: int) -> Copy:
+    """The first n tokens of a chain copy."""
+    return Copy(copy.tokens[:n], evidence=copy.evidence, source=copy.source)

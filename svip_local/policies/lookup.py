@@ -13,25 +13,30 @@ once, as a token tree.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
+from svip_local.calibration.copies import MAX_MATCH, CopyEvidence
 from svip_local.errors import InvalidRequestError
+from svip_local.policies.round_plan import Copy
 from svip_local.policies.table import Param, PolicyContext, PolicyEntry, register
-from svip_local.tree import TokenTree
+from svip_local.transcript import Transcript
 
 DEFAULT_NGRAM = 4
 DEFAULT_TOKENS = 8
 DEFAULT_TREE_NODES = 16
 MAX_OCCURRENCES = 64  # the most recent occurrences a lookup tree is built from
+MAX_BRANCHES = 64  # a tree's leaves: one KV sequence each (`native.MAX_BRANCHES`)
+NGRAM = Param("ngram", int, DEFAULT_NGRAM, "tokens the context must end in", low=1,
+              high=MAX_MATCH)
 
 
-@register("lookup", Param("ngram", int, DEFAULT_NGRAM, "tokens the context must end in"),
-          Param("tokens", int, DEFAULT_TOKENS, "most tokens copied"), kind="proposer",
+@register("lookup", NGRAM,
+          Param("tokens", int, DEFAULT_TOKENS, "most tokens copied", low=1, limit="max_copy"),
+          kind="proposer",
           rule="prompt lookup first: where the last `ngram` tokens occurred before in the "
                "prompt or the reply, verify the up to `tokens` tokens that followed them, "
                "with no draft step; otherwise POLICY drafts",
@@ -62,19 +67,16 @@ class PromptLookup:
     def name(self) -> str:
         return self.entry.spec((self.ngram, self.max_tokens))
 
-    def propose(self, context: Sequence[int] | npt.NDArray[np.int32], cap: int) -> list[int]:
-        """At most min(cap, max_tokens) tokens; [] when the last n-gram never occurred before."""
-        a = np.asarray(context)  # no copy when the caller already holds an array
+    def propose(self, transcript: Transcript, cap: int) -> Copy | None:
+        """At most min(cap, max_tokens) tokens; None when the last n-gram never occurred
+        before."""
+        a = transcript.view()
         limit = min(cap, self.max_tokens)
         starts = occurrences(a, self.ngram) if limit > 0 else EMPTY
         if not len(starts):
-            return []
+            return None
         first = int(starts[-1]) + self.ngram
-        return [int(t) for t in a[first: first + limit]]
-
-    def propose_into(self, tree: TokenTree, context: Sequence[int] | npt.NDArray[np.int32],
-                     cap: int) -> None:
-        tree.extend_chain(self.propose(context, cap))
+        return Copy(a[first: first + limit], source=first)
 
 
 EMPTY: npt.NDArray[np.intp] = np.empty(0, np.intp)
@@ -93,8 +95,9 @@ def occurrences(a: npt.NDArray[np.int32], n: int) -> npt.NDArray[np.intp]:
     return np.flatnonzero(hit)
 
 
-@register("lookup-tree", Param("ngram", int, DEFAULT_NGRAM, "tokens the context must end in"),
-          Param("nodes", int, DEFAULT_TREE_NODES, "most tree nodes"), kind="proposer",
+@register("lookup-tree", NGRAM,
+          Param("nodes", int, DEFAULT_TREE_NODES, "most tree nodes", low=1, high=MAX_BRANCHES,
+                limit="max_copy"), kind="proposer",
           rule="prompt lookup over EVERY earlier occurrence of the last `ngram` tokens: their "
                "continuations merged into one tree (the most frequent first), up to `nodes` "
                "tokens verified in one batch; otherwise POLICY drafts",
@@ -130,13 +133,12 @@ class LookupTree:
     def name(self) -> str:
         return self.entry.spec((self.ngram, self.nodes))
 
-    def propose_into(self, tree: TokenTree, context: Sequence[int] | npt.NDArray[np.int32],
-                     cap: int) -> None:
-        a = np.asarray(context)
+    def propose(self, transcript: Transcript, cap: int) -> Copy | None:
+        a = transcript.view()
         depth = min(cap, self.nodes)
         starts = occurrences(a, self.ngram) if depth > 0 else EMPTY
         if not len(starts):
-            return
+            return None
         # The trie of the continuations, newest occurrence first: (parent, token) -> node.
         index: dict[tuple[int, int], int] = {}
         parents: list[int] = []
@@ -159,7 +161,86 @@ class LookupTree:
         # always comes before its children (as much support or more, and shallower).
         keep = sorted(range(len(tokens)),
                       key=lambda i: (-support[i], depths[i], i))[: self.nodes]
-        new: dict[int, int] = {}
-        for i in keep:
-            p = parents[i]
-            new[i] = tree.add(tokens[i], -1 if p < 0 else new[p])
+        new = {old: n for n, old in enumerate(keep)}
+        return Copy([tokens[i] for i in keep],
+                    [-1 if parents[i] < 0 else new[parents[i]] for i in keep])
+
+
+MIN_MATCH = 3  # the shortest match `auto` considers (its model prices short ones low)
+
+
+class Copier:
+    """`auto`'s copy source, for one generation: the continuation of the chain it is
+    copying while the text keeps following it, else the earlier occurrence with the longest
+    match of the context's end (the most recent of equals), with the evidence the copy
+    acceptance model reads (`calibration.copies`). Bench traces run the same rules."""
+
+    __slots__ = ("min_match", "_src", "_evidence")
+
+    def __init__(self, min_match: int = MIN_MATCH) -> None:
+        self.min_match = min_match
+        self._src = -1  # where the chain's next token lies in the transcript (-1: none)
+        self._evidence: CopyEvidence | None = None
+
+    def find(self, transcript: Transcript, cap: int) -> Copy | None:
+        """Up to `cap` tokens to copy after the transcript's end, or None."""
+        a = transcript.view()
+        if cap <= 0:
+            return None
+        if self._src < 0 or self._evidence is None:
+            found = longest_match(a, self.min_match)
+            if found is None:
+                return None
+            self._src, self._evidence = found[0], CopyEvidence(
+                found[1], 0, found[2], found[3], transcript.source_at(found[0]))
+        tokens = a[self._src: self._src + cap]
+        if not len(tokens):  # the chain reached the end of the text
+            self.reset()
+            return self.find(transcript, cap)
+        return Copy(tokens, evidence=self._evidence, source=self._src)
+
+    def advance(self, transcript: Transcript, emitted: int) -> None:
+        """After a round appended `emitted` tokens: the chain goes on where they are the
+        text it was copying (by any round: a copy, a draft, the target alone), else it
+        ends and the next round searches afresh."""
+        if self._src < 0 or self._evidence is None:
+            return
+        a, n = transcript.tokens, transcript.length
+        src = self._src
+        if np.array_equal(a[src: src + emitted], a[n - emitted: n]):
+            ev = self._evidence
+            self._src = src + emitted
+            self._evidence = CopyEvidence(ev.match + emitted, ev.depth + emitted, ev.support,
+                                          ev.dissent, ev.source)
+        else:
+            self.reset()
+
+    def reset(self) -> None:
+        self._src, self._evidence = -1, None
+
+
+def longest_match(a: npt.NDArray[np.int32], min_match: int
+                  ) -> tuple[int, int, int, int] | None:
+    """The earlier occurrence of a's end with the longest match (at least `min_match`
+    tokens, counted up to MAX_MATCH; the most recent of equals): (where its continuation
+    starts, the match's length, occurrences continuing with that token, occurrences
+    continuing otherwise); None without one."""
+    starts = occurrences(a, min_match)
+    if not len(starts):
+        return None
+    n = len(a)
+    length = np.full(len(starts), min_match)
+    alive = np.ones(len(starts), bool)
+    # Grow every match backwards one token at a time while any still agrees.
+    for size in range(min_match, min(MAX_MATCH, n - 1)):
+        before = starts + min_match - size - 1
+        alive &= before >= 0
+        alive[alive] = a[before[alive]] == a[n - size - 1]
+        if not alive.any():
+            break
+        length += alive
+    best = int(np.flatnonzero(length == length.max())[-1])
+    src = int(starts[best]) + min_match
+    follow = a[starts + min_match]
+    support = int((follow == a[src]).sum())
+    return src, int(length[best]), support, len(starts) - support

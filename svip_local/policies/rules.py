@@ -27,7 +27,7 @@ class NoDraft(DraftPolicy):
         return Verdict.STOP
 
 
-@register("constant", Param("k", int, 5, "draft tokens per round"),
+@register("constant", Param("k", int, 5, "draft tokens per round", low=1, limit="max_draft"),
           rule="always k draft tokens", label="constant k={k}",
           grid=[(k,) for k in (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)])
 class Constant(DraftPolicy):
@@ -46,7 +46,7 @@ class Constant(DraftPolicy):
         return Verdict.CONTINUE
 
 
-@register("heuristic", Param("start", int, 5, "first round's length"),
+@register("heuristic", Param("start", int, 5, "first round's length", low=1, limit="max_draft"),
           rule="Hugging Face's schedule: start at `start`, +2 after a fully accepted round, "
                "-1 otherwise", label="HF heuristic")
 class Heuristic(DraftPolicy):
@@ -73,7 +73,7 @@ class Heuristic(DraftPolicy):
             self.schedule = max(1, self.schedule - 1)
 
 
-@register("svip", Param("h", float, 0.3, "threshold on sqrt(0.15 H)"),
+@register("svip", Param("h", float, 0.3, "threshold on sqrt(0.15 H)", low=0),
           rule="keep the token, then stop when sqrt(0.15·H) > h (H: draft entropy in nats)",
           label="SVIP h={h}", grid=[(h,) for h in (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5,
                                                   0.6)])
@@ -94,7 +94,7 @@ class Svip(DraftPolicy):
         return Verdict.STOP if step.entropy > self._max_entropy else Verdict.CONTINUE
 
 
-@register("pmin", Param("p", float, 0.75, "least top-1 probability"),
+@register("pmin", Param("p", float, 0.75, "least top-1 probability", low=0, high=1),
           rule="llama.cpp's rule: stop, dropping it, at a token whose top-1 probability < p",
           label="p_min {p}", grid=[(p,) for p in (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)])
 class PMin(DraftPolicy):
@@ -112,7 +112,7 @@ class PMin(DraftPolicy):
         return Verdict.DROP if step.top_prob < self.p else Verdict.CONTINUE
 
 
-@register("adaedl", Param("lam", float, 0.6, "starting λ"),
+@register("adaedl", Param("lam", float, 0.6, "starting λ", low=0, high=1),
           rule="stop when 1 - sqrt(0.2·H) < λ, with λ adapted online from acceptance",
           label="AdaEDL")
 class AdaEdl(DraftPolicy):

@@ -32,7 +32,8 @@ DEFAULT_THRESHOLD = 0.5  # where a calibration has a head but chose no threshold
 
 
 @register("specdec", Param("h", float, None, "stop once P(a rejection in the round) > h "
-                                             "(default: the calibrated threshold)"),
+                                             "(default: the calibrated threshold)",
+                           low=0, high=1),
           rule="SpecDec++: keep the token, then stop once the learnt head says the round "
                "holds a rejection with chance > h (needs `svip-local calibrate`)",
           label="SpecDec++ ({resolved})", grid=(), needs_calibration=True)

@@ -1,9 +1,10 @@
 """What a generation runs: a draft-length policy composed with an optional proposal source,
 and, for calibrated specs, one such pair per sampling temperature.
 
-The round (`svip_local.round`) asks the proposer first: copies cost one target verification
-and no draft step. Only rounds the draft model drafted teach the length policy (a copy's
-outcome says nothing about the draft).
+Each round the strategy decides its plan (`decide` -> `RoundPlan`): a fixed strategy copies
+whenever its proposer has something (copies cost one target verification and no draft step),
+else drafts up to its policy's limit. Only rounds the draft model drafted teach the length
+policy (a copy's outcome says nothing about the draft).
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
-
 from svip_local.policies.base import DraftPolicy, Expander, Proposer
+from svip_local.policies.round_plan import ALONE, RoundPlan
 from svip_local.policies.rules import NoDraft
 from svip_local.sampling import SamplingParams
+from svip_local.transcript import Transcript
 
 if TYPE_CHECKING:
     from svip_local.round import RoundResult
@@ -69,15 +69,23 @@ class Strategy:
     def with_expander(self, expander: Expander) -> Strategy:
         return Strategy(self.policy, self.proposer, expander)
 
-    # Hooks of a strategy that decides each round as it goes (the live `auto`):
-    def begin_round(self, context: Sequence[int] | npt.NDArray[np.int32] | None,
-                    room: int, remaining: int) -> None:
-        """Called before the proposer and the policy are asked (context: everything so far,
-        None in a replay without the prompt; remaining: the tokens the generation may still
-        produce, this round's included)."""
+    def decide(self, transcript: Transcript | None, room: int, remaining: int) -> RoundPlan:
+        """This round's plan: the proposer's copy if it has one, else a draft up to the
+        policy's limit (none without a draft model: the round runs the target alone).
+        `transcript`: everything so far (None in a replay without the prompt); `room`: the
+        most tokens the round may add; `remaining`: what the generation may still produce,
+        this round's included."""
+        if room <= 0:
+            return ALONE
+        if self.proposer is not None and transcript is not None:
+            copy = self.proposer.propose(transcript, room)
+            if copy is not None and len(copy.tokens):
+                return RoundPlan("copy", copy)
+        cap = min(self.policy.round_limit(), room)
+        return RoundPlan("draft", draft=cap) if cap > 0 else ALONE
 
-    def learn(self, result: RoundResult) -> None:
-        """Called with each round's outcome and timings."""
+    def learn(self, plan: RoundPlan, result: RoundResult) -> None:
+        """Called with each round's plan, outcome and timings (a live strategy learns)."""
 
     def report(self) -> dict[str, Any] | None:
         """What it chose and estimated, for the generation's statistics (None: nothing)."""

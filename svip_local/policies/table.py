@@ -13,11 +13,12 @@ widened into a tree) and `+PROPOSER[:ARG...]` (`svip:0.3+lookup:4:8`), or a prop
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-from svip_local.config import DEFAULT_MAX_DRAFT
+from svip_local.config import DEFAULT_MAX_COPY, DEFAULT_MAX_DRAFT
 from svip_local.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class PolicyContext:
     `temperature` is set while building one calibrated temperature's choice."""
 
     max_draft: int = DEFAULT_MAX_DRAFT
+    max_copy: int = DEFAULT_MAX_COPY
     has_draft: bool = True
     calibration: Callable[[], Calibration | None] = _no_calibration
     temperature: float | None = None
@@ -50,19 +52,43 @@ class PolicyContext:
 
 @dataclass(frozen=True)
 class Param:
-    """One positional parameter of a spec. `default` None: taken from the calibration."""
+    """One positional parameter of a spec. `default` None: taken from the calibration.
+    A value must lie in [low, high] and, where `limit` names an engine setting of the
+    `PolicyContext` (max_draft, max_copy), be at most that setting."""
 
     name: str
     kind: type[int] | type[float]
     default: Arg | None
     help: str
     fmt: str = "g"
+    low: float | None = None
+    high: float | None = None
+    limit: str | None = None
 
     def parse(self, text: str) -> Arg:
-        return self.kind(text)
+        value = self.kind(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{self.name} must be a finite number, got {text!r}")
+        return value
 
     def format(self, value: Arg | None) -> str:
         return "" if value is None else format(value, self.fmt)
+
+    def check(self, value: Arg | None, entry: str, context: PolicyContext) -> None:
+        """Refuse a value out of bounds, naming the bound (None: a calibrated default)."""
+        if value is None:
+            return
+        high = self.high
+        limit = None if self.limit is None else getattr(context, self.limit)
+        if limit is not None and (high is None or limit < high):
+            high = limit
+        if (self.low is not None and value < self.low) or (high is not None and value > high):
+            lo = "" if self.low is None else format(self.low, "g")
+            hi = "" if high is None else format(high, "g")
+            why = f" ({self.limit} = {limit:g})" if limit is not None and high == limit \
+                else ""
+            raise InvalidRequestError(
+                f"{entry}'s {self.name} must be in [{lo}, {hi}]{why}, got {value:g}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +132,11 @@ class PolicyEntry:
         except ValueError as exc:
             raise InvalidRequestError(f"bad argument in policy {spec!r}: {exc}") from exc
         return (*given, *self.defaults[len(given):])
+
+    def check_args(self, args: Sequence[Arg | None], context: PolicyContext) -> None:
+        """Every argument within its parameter's bounds for an engine like `context`."""
+        for param, value in zip(self.params, args, strict=True):
+            param.check(value, self.name, context)
 
     def candidates(self) -> list[str]:
         grid = (self.defaults,) if self.grid is None else self.grid
@@ -185,11 +216,13 @@ def split_spec(spec: str) -> ParsedSpec:
                       found.get("expander"))
 
 
-def check_spec(spec: str) -> str:
-    """Raise InvalidRequestError for a spec the engine would refuse; return it unchanged.
-    Specs that need a calibration are checked as far as can be without one."""
+def check_spec(spec: str, context: PolicyContext | None = None) -> str:
+    """Raise InvalidRequestError for a spec the engine would refuse (an engine like
+    `context`: its max_draft and max_copy bound lengths); return it unchanged. Specs that
+    need a calibration are checked as far as can be without one."""
     parsed = split_spec(spec)
     for known, args in filter(None, (parsed.policy, parsed.expander, parsed.proposer)):
+        known.check_args(args, context or PolicyContext())
         if known.check is not None:
             known.check(args)
     return spec
@@ -200,6 +233,7 @@ def parse_policy(spec: str, context: PolicyContext | None = None) -> Plan:
     from svip_local.policies.strategy import as_plan
 
     ctx = context or PolicyContext()
+    check_spec(spec, ctx)
     parsed = split_spec(spec)
     known, args = parsed.policy
     plan = as_plan(known.build(args, ctx))

@@ -189,3 +189,48 @@ def test_the_lookup_peer_takes_a_prompt_longer_than_a_batch(tiny_target: Path) -
         assert peer.run(item, LOOKUP, 0.0, 0, 0).generated >= 8
     finally:
         peer.close()
+
+
+def test_bench_runs_the_code_edit_workload_with_an_auto_from_the_calibration(
+        tiny_target: Path, tiny_draft_noisy: Path, tmp_path: Path) -> None:
+    """Chat conversations rendered with the pair's template (special tokens parsed, where
+    each message starts known), their own table, `auto` as a first run and from the
+    calibration side by side, and an oracle that copies."""
+    out = tmp_path / "edit"
+    args = ["bench", "--target", str(tiny_target), "--draft", str(tiny_draft_noisy),
+            "--threads", "1", "--n-ctx", "2048", "--workload", "code-edit",
+            "--chat-max-tokens", "8", "--temperatures", "0", "--policies",
+            "auto,auto@calibration,lookup:4:16", "--fresh-auto", "--no-plots",
+            "--calibration-per-category", "1", "--out", str(out)]
+    assert main(args) == 0
+    data = json.loads((out / "bench.json").read_text())
+    assert {s["suite"] for s in data["summaries"]} == {"code-edit"}
+    groups = {s["group"] for s in data["summaries"]}
+    assert groups == {"rename", "fix", "docstring", "port", "all"}
+    runs = [r for r in data["records"] if not r["simulated"]]
+    assert {r["policy"] for r in runs} == {"none", "auto", "auto@calibration", "lookup:4:16"}
+    assert len({r["prompt_id"] for r in runs}) >= 12
+    traces = TraceSet.load(out / "traces.npz").traces
+    assert all(t.regions and t.regions[-1][1] == "user" for t in traces)
+    report = (out / "report.md").read_text()
+    assert "Code edits (chat), greedy: speedup by category" in report
+    assert "auto, from the calibration" in report and "oracle (simulated)" in report
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--policies", "svip:abc"], "bad argument in policy 'svip:abc'"),
+    (["--policies", "lookup-tree:99:9999"], "lookup-tree's ngram must be in"),
+    (["--policies", "llama-cpp-python+lookup:0"], "expected llama-cpp-python"),
+    (["--workload", "code-edit-calibration"], "unknown workload 'code-edit-calibration'"),
+])
+def test_bench_refuses_a_bad_spec_before_loading_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
+        message: str) -> None:
+    """The files do not even exist: the spec is checked first, not after the models load
+    and calibration starts."""
+    missing = tmp_path / "missing.gguf"
+    code = main(["bench", "--target", str(missing), "--draft", str(missing), *extra,
+                 "--out", str(tmp_path / "x")])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert message in err and "missing.gguf" not in err

@@ -89,14 +89,14 @@ class RecordingEngine:
     def __init__(self) -> None:
         self.calls: list[tuple[float, bool]] = []
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, *, parse_special: bool = False) -> list[int]:
         return [1, 2, 3]
 
     def reset(self) -> None:
         pass
 
     def complete(self, ids: list[int], *, max_tokens: int, sampling: SamplingParams,
-                 policy: object, ignore_eos: bool) -> SimpleNamespace:
+                 policy: object, ignore_eos: bool, regions: object = ()) -> SimpleNamespace:
         self.calls.append((sampling.temperature, ignore_eos))
         stats = GenerationStats(policy="x", generated=max_tokens, wall_s=1.0)
         return SimpleNamespace(stats=stats, finish_reason="length")

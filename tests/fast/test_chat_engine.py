@@ -173,7 +173,8 @@ def test_overflow_drops_the_oldest_turns_and_keeps_the_system_prompt(tiny_target
         limit = small.n_ctx - 16
         template = ChatTemplate.for_model(small.target_model)
         assert len(small.tokenize(template.render(messages), parse_special=True)) > small.n_ctx
-        ids, dropped = fit_messages(small, template, messages, max_tokens=16)
+        fitted = fit_messages(small, template, messages, max_tokens=16)
+        ids, dropped = fitted.ids, fitted.dropped
         assert 1 <= dropped < 4 and len(ids) <= limit
         text = small.target_model.detokenize(ids)
         assert "SYSTEM PROMPT KEPT" in text and "last question" in text

@@ -77,12 +77,21 @@ def engine(tiny_target: Path, tiny_draft_noisy: Path) -> Engine:
         ({"prompt": "hi", "max_tokens": -3}, InvalidRequestError, "max_tokens must be positive"),
         ({"prompt": "hi", "policy": "fastest"}, InvalidRequestError, "unknown policy 'fastest'"),
         ({"prompt": "hi", "policy": "svip:abc"}, InvalidRequestError, "bad argument"),
-        ({"prompt": "hi", "policy": "constant:0"}, InvalidRequestError, "must be >= 1"),
+        ({"prompt": "hi", "policy": "constant:0"}, InvalidRequestError,
+         r"constant's k must be in \[1, 16\] \(max_draft = 16\), got 0"),
+        ({"prompt": "hi", "policy": "svip+lookup-tree:99:9999"}, InvalidRequestError,
+         r"lookup-tree's ngram must be in \[1, 64\], got 99"),
+        ({"prompt": "hi", "policy": "lookup:4:65"}, InvalidRequestError,
+         r"lookup's tokens must be in \[1, 64\] \(max_copy = 64\), got 65"),
+        ({"prompt": "hi", "policy": "pmin:1.5"}, InvalidRequestError,
+         r"pmin's p must be in \[0, 1\], got 1.5"),
+        ({"prompt": "hi", "policy": "svip:nan"}, InvalidRequestError, "finite number"),
         ({"prompt": ""}, InvalidRequestError, "prompt is empty"),
         ({"prompt": [10**7]}, InvalidRequestError, "out of vocabulary range"),
     ],
     ids=["too-long", "zero-tokens", "negative-tokens", "unknown-policy", "bad-policy-arg",
-         "constant-0", "empty", "bad-ids"],
+         "constant-0", "lookup-tree-huge", "lookup-past-max-copy", "pmin-above-1", "svip-nan",
+         "empty", "bad-ids"],
 )
 def test_bad_requests(engine: Engine, kwargs: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message):

@@ -20,6 +20,7 @@ from svip_local import Engine, SamplingParams
 from svip_local.native import Context, Outputs
 from svip_local.policies import PromptLookup
 from svip_local.sampling import distribution, verify_candidates
+from svip_local.transcript import Transcript
 
 PARAMS = {"temperature": 1.0, "top_k": 6}
 RUNS = 3000
@@ -86,7 +87,8 @@ def test_copied_tokens_keep_the_target_distribution(engine: Engine) -> None:
     """A prompt-lookup round proposes a token with certainty (q = one-hot): accepting it with
     probability p(x) and else drawing from p without x must still sample exactly p."""
     prompt = engine.tokenize("Once upon a time, once upon a time")
-    assert PromptLookup(1, 2).propose(prompt, 1), "the first round must copy a token"
+    assert PromptLookup(1, 2).propose(Transcript(prompt, capacity=len(prompt)), 1), \
+        "the first round must copy a token"
     counts = sampled_pairs(engine, prompt, policy="lookup:1:2")
     assert chi_square_p(counts, exact_pair_distribution(engine, prompt)) > P_THRESHOLD
 

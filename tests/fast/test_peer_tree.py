@@ -111,7 +111,7 @@ def test_the_tree_command_line_takes_branches_and_split_and_a_context_per_branch
     assert cmd == ["bin/llama-speculative", "-m", "t.gguf", "-md", "d.gguf", "-np", "4",
                    "--spec-draft-p-split", "0.25", "--spec-draft-n-max", "8", "-n", "63",
                    "-t", "2", "-c", "4096", "--temp", "0.0", "-s", "3", "-f", "p.txt",
-                   "--no-repack"]
+                   "--no-escape", "--no-repack"]
     # one chain: the context is not multiplied; repacking and GPU layers as for the simple one
     one = build_command("llama-speculative", "t", "d", "p", n_parallel=1, ctx=512, repack=True,
                         n_gpu_layers=99)
@@ -125,7 +125,7 @@ def test_the_simple_command_line_is_unchanged() -> None:
     assert cmd == ["llama-speculative-simple", "-m", "t.gguf", "-md", "d.gguf", "--spec-type",
                    "draft-simple", "--spec-draft-n-max", "3", "--spec-draft-p-min", "0.75",
                    "-n", "63", "-t", "2", "-c", "1024", "--temp", "0.0", "-s", "3", "-f",
-                   "p.txt", "--no-repack"]
+                   "p.txt", "--no-escape", "--no-repack"]
 
 
 def test_the_tree_command_refuses_what_the_tree_example_ignores() -> None:

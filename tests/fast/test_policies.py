@@ -27,6 +27,7 @@ from svip_local.policies import (
 from svip_local.policies.table import split_spec
 from svip_local.sampling import SamplingParams
 from svip_local.stops import StopMatcher
+from svip_local.transcript import Transcript
 
 
 def step(n: int = 1, entropy: float = math.nan, top_prob: float = math.nan) -> StepStats:
@@ -112,14 +113,19 @@ def test_stop_matcher_holds_back_only_possible_stops() -> None:
     assert tail.flush() == "#"
 
 
+def copied(lookup: PromptLookup, seq: list[int], cap: int) -> list[int]:
+    copy = lookup.propose(Transcript(seq, capacity=len(seq)), cap)
+    return [] if copy is None else [int(t) for t in copy.tokens]
+
+
 def test_lookup_copies_what_followed_the_latest_occurrence() -> None:
     seq = [5, 1, 2, 7, 8, 9, 1, 2, 3, 4, 1, 2]
-    assert PromptLookup(2, 3).propose(seq, 16) == [3, 4, 1]  # the later "1 2" wins
-    assert PromptLookup(2, 8).propose(seq, 2) == [3, 4]  # the round's room caps it
-    assert PromptLookup(3, 8).propose(seq, 16) == []  # "4 1 2" never occurred before
-    assert PromptLookup(2, 8).propose([1, 2], 16) == []  # nothing before the key
-    assert PromptLookup(1, 4).propose([6, 6, 6], 16) == [6]  # overlapping repeats
-    assert PromptLookup(1, 4).propose(seq, 0) == []
+    assert copied(PromptLookup(2, 3), seq, 16) == [3, 4, 1]  # the later "1 2" wins
+    assert copied(PromptLookup(2, 8), seq, 2) == [3, 4]  # the round's room caps it
+    assert copied(PromptLookup(3, 8), seq, 16) == []  # "4 1 2" never occurred before
+    assert copied(PromptLookup(2, 8), [1, 2], 16) == []  # nothing before the key
+    assert copied(PromptLookup(1, 4), [6, 6, 6], 16) == [6]  # overlapping repeats
+    assert copied(PromptLookup(1, 4), seq, 0) == []
 
 
 def test_lookup_specs_parse_and_compose() -> None:

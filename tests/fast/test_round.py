@@ -12,8 +12,10 @@ from svip_local import Engine, Round, SamplingParams
 from svip_local.bench.simulate import ReplayState, replay_round
 from svip_local.bench.traces import PromptTrace, record_trace
 from svip_local.native import Outputs
-from svip_local.policies import Heuristic, PromptLookup, Strategy, parse_policy
+from svip_local.policies import Heuristic, PMin, PromptLookup, Strategy, parse_policy
+from svip_local.policies.round_plan import RoundPlan
 from svip_local.round import Speculator
+from svip_local.transcript import Transcript
 from tests.support.sim import make_costs
 
 PROMPT = "The quick brown fox"
@@ -52,12 +54,13 @@ def test_engine_round_and_replay_round_agree_round_for_round(engine: Engine,
                             engine.n_vocab)
     engine.target_ctx.decode(ids[:-1], Outputs.NONE)  # the prefill the generator does
     rng = np.random.default_rng(0)
-    seq, state, context = list(ids), ReplayState(0, len(ids)), trace.context()
+    seq, state, replayed = list(ids), ReplayState(0, len(ids)), trace.transcript()
+    transcript = Transcript(ids, capacity=len(ids) + budget + 1)
     rounds = copied = 0
     while state.j < budget:
-        room = min(engine.config.max_draft, budget - state.j - 1)
-        ran = speculator.round(seq, room, live, GREEDY, rng, budget - state.j)
-        sim = replay_round(trace, context, state, room, replay, COSTS, budget - state.j)
+        room = budget - state.j - 1
+        ran = speculator.round(seq, transcript, room, live, GREEDY, rng, budget - state.j)
+        sim = replay_round(trace, replayed, state, room, replay, COSTS, budget - state.j)
         assert (ran.accepted, ran.next_token, ran.copied) == \
             (sim.accepted, sim.next_token, sim.copied), f"round {rounds}"
         shown = ran.accepted + 1 if ran.accepted < len(ran.proposed) else ran.accepted
@@ -70,6 +73,8 @@ def test_engine_round_and_replay_round_agree_round_for_round(engine: Engine,
             assert len(sim.proposed) > sim.accepted
         assert sim.draft_s >= 0 and sim.verify_s > 0
         seq += ran.tokens
+        for t in ran.tokens:
+            transcript.append(t)
         state.j += sim.accepted + 1
         state.seq_len += sim.accepted + 1
         rounds, copied = rounds + 1, copied + ran.copied
@@ -109,8 +114,9 @@ def test_a_sampled_round_reports_the_acceptance_chance_of_each_tested_token(
         engine.target_ctx.decode(ids[:-1], Outputs.NONE)
         strategy = parse_policy("constant:3").for_sampling(sampling)
         rng, seq, tested = np.random.default_rng(0), list(ids), 0
+        transcript = Transcript(ids, capacity=len(ids) + 100)
         for _ in range(20):
-            ran = speculator.round(seq, 3, strategy, sampling, rng, 100)
+            ran = speculator.round(seq, transcript, 3, strategy, sampling, rng, 100)
             if sampling.greedy:
                 assert ran.chances == ()
             else:
@@ -120,5 +126,35 @@ def test_a_sampled_round_reports_the_acceptance_chance_of_each_tested_token(
                     assert ran.chances[ran.accepted] < 1.0
                 tested += len(ran.chances)
             seq += ran.tokens
+            for t in ran.tokens:
+                transcript.append(t)
         assert sampling.greedy or tested >= 20
+    engine.reset()
+
+
+class PlannedStrategy(Strategy):
+    """A strategy whose every round runs the plan it is given."""
+
+    def __init__(self, plan: RoundPlan) -> None:
+        super().__init__(PMin(0.999))  # drops every token it is asked about
+        self.plan = plan
+
+    def decide(self, transcript: Transcript | None, room: int, remaining: int) -> RoundPlan:
+        return self.plan
+
+
+@pytest.mark.parametrize("explore", [False, True])
+def test_an_exploring_draft_keeps_its_first_token_whatever_the_rule_says(
+        engine: Engine, explore: bool) -> None:
+    """Only a verified token can tell a length rule it was wrong: an exploring round keeps
+    its first draft token even where the rule drops it, then stops as the rule says."""
+    ids = engine.tokenize(PROMPT)
+    engine.reset()
+    engine.target_ctx.decode(ids[:-1], Outputs.NONE)
+    speculator = Speculator(engine.target_ctx, engine.draft_ctx, engine.draft_model,
+                            engine.n_vocab)
+    strategy = PlannedStrategy(RoundPlan("draft", draft=3, explore=explore))
+    ran = speculator.round(list(ids), Transcript(ids, capacity=len(ids) + 8), 3, strategy,
+                           GREEDY, np.random.default_rng(0), 8)
+    assert (len(ran.proposed), ran.draft_steps) == ((1, 1) if explore else (0, 1))
     engine.reset()

@@ -47,6 +47,7 @@ def test_replay_matches_live_round_by_round(engine: Engine, prompt: str, spec: s
     replay exactly: a copy depends only on the true prefix."""
     trace = trace_of(engine, prompt)
     assert 0.2 < trace.match.mean() < 0.9  # the noisy draft agrees only partly
+    engine.reset()  # earlier generations' text would be there to copy from
     live = engine.complete(prompt, max_tokens=80, policy=spec, ignore_eos=True).stats
     sim = simulate(trace, parse_policy(spec), COSTS)
     if "lookup" in spec:  # the tiny target repeats itself, so there is something to copy
@@ -110,6 +111,7 @@ def test_eos_finish_keeps_the_end_token_and_replays(engine: Engine) -> None:
     assert len(trace.target) == trace.generated + 1
     assert engine.target_model.is_eog(int(trace.target[-1]))
     for spec in ("constant:4", "svip:0.3"):
+        engine.reset()
         live = engine.complete("the lazy", max_tokens=300, policy=spec).stats
         sim = simulate(trace, parse_policy(spec), COSTS)
         assert sim.accepted_lengths == live.accepted_lengths

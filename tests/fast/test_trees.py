@@ -15,6 +15,8 @@ from svip_local.bench.traces import record_trace
 from svip_local.errors import InvalidRequestError
 from svip_local.native import MAX_BRANCHES
 from svip_local.policies import Constant, CostAwareCape, LookupTree, Strategy, label, parse_policy
+from svip_local.round import add_copy
+from svip_local.transcript import Transcript
 from svip_local.tree import TokenTree
 from tests.fast.test_engine_sampling import chi_square_p, exact_pair_distribution, sampled_pairs
 from tests.support.sim import make_costs
@@ -60,21 +62,25 @@ def test_pruning_keeps_a_tree() -> None:
     assert tree.tokens == [10, 11] and tree.parents == [-1, 0]
 
 
+def proposed_tree(lookup: LookupTree, context: list[int], cap: int) -> TokenTree:
+    tree = TokenTree()
+    copy = lookup.propose(Transcript(context, capacity=len(context)), cap)
+    if copy is not None:
+        add_copy(tree, copy)
+    return tree
+
+
 def test_a_lookup_tree_merges_every_occurrence_most_supported_first() -> None:
     ctx = [1, 2, 7, 8, 1, 2, 7, 9, 1, 2, 5, 6, 1, 2]
-    tree = TokenTree()
-    LookupTree(2, 16).propose_into(tree, ctx, 3)
+    tree = proposed_tree(LookupTree(2, 16), ctx, 3)
     # continuations of "1 2": 7 8 1 | 7 9 1 | 5 6 1 (newest first in ties)
     assert tree.tokens[0] == 7 and tree.parents[0] == -1  # two occurrences go through 7
     assert sorted(tree.tokens[i] for i in tree.children(-1)) == [5, 7]
     assert sorted(tree.tokens[i] for i in tree.children(0)) == [8, 9]
     assert len(tree) == 8
-    budget = TokenTree()
-    LookupTree(2, 3).propose_into(budget, ctx, 3)
+    budget = proposed_tree(LookupTree(2, 3), ctx, 3)
     assert len(budget) == 3 and budget.tokens[0] == 7
-    none = TokenTree()
-    LookupTree(3, 8).propose_into(none, [1, 2, 3, 4], 4)
-    assert len(none) == 0
+    assert LookupTree(3, 8).propose(Transcript([1, 2, 3, 4], capacity=4), 4) is None
 
 
 @pytest.mark.parametrize("spec", TREE_SPECS)
@@ -171,7 +177,7 @@ def test_specs_name_trees() -> None:
         parse_policy("cape:16")
     with pytest.raises(InvalidRequestError, match="at most one"):
         parse_policy("svip+cape+cape")
-    with pytest.raises(InvalidRequestError, match=">= 1"):
+    with pytest.raises(InvalidRequestError, match=r"cape's nodes must be in \[1, 64\], got 0"):
         parse_policy("svip+cape:0")
 
 
