@@ -11,7 +11,9 @@ tokens before it were, is a logistic model of that evidence:
 with x_j: the matched suffix's length (grows by one per accepted token), whether j continues
 a chain of accepted copied tokens (this round's, or earlier rounds' copies of the same text
 accepted to their end) and how long that chain is, how many earlier occurrences agree on the
-continuation and whether any disagree, and where the copied text lies (`transcript.SOURCES`).
+continuation and whether any disagree, how often this reply has left the text it copied
+(a rename leaves it at each use of the old name) and whether it replaced token j there
+before (the old name itself), and where the copied text lies (`transcript.SOURCES`).
 The weights carry a Gaussian belief (mean and diagonal precision): calibration fits them on
 traces, and every copy round updates them (the online Laplace update of Chapelle & Li 2011,
 "An Empirical Evaluation of Thompson Sampling"), with the precision capped so that old text
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,7 +33,7 @@ import numpy.typing as npt
 
 from svip_local.transcript import SOURCES
 
-FEATURES = ("bias", "match", "continuing", "depth", "support", "dissent",
+FEATURES = ("bias", "match", "continuing", "depth", "support", "dissent", "hazard", "edited",
             *(f"from {s}" for s in SOURCES[1:]))
 N_FEATURES = len(FEATURES)
 MAX_MATCH = 64  # matched-suffix lengths beyond this count as this
@@ -48,6 +50,12 @@ class CopyEvidence:
     support: int = 1  # earlier occurrences continuing with the same token (this one included)
     dissent: int = 0  # earlier occurrences continuing with another token
     source: str = "prompt"  # where the copied text lies (`transcript.SOURCES`)
+    # How often this reply has left the text it was copying, per token followed (smoothed:
+    # 1/16 before any copy): a rename breaks every chain at each use of the old name.
+    hazard: float = 1 / 16
+    # Per copied token: how often this reply replaced that token where a chain expected it
+    # (replaced / (replaced + passed + 1)): the old name of a renamed identifier.
+    edits: npt.NDArray[np.float64] | None = field(default=None, compare=False)
 
 
 def features(evidence: CopyEvidence, n: int, out: npt.NDArray[np.float64] | None = None
@@ -62,10 +70,12 @@ def features(evidence: CopyEvidence, n: int, out: npt.NDArray[np.float64] | None
     x[:, 3] = np.log2(np.minimum(depth, MAX_MATCH) + 1.0) / 6.0
     x[:, 4] = math.log2(min(max(evidence.support, 1), MAX_MATCH)) / 6.0
     x[:, 5] = evidence.dissent > 0
-    x[:, 6:] = 0.0
+    x[:, 6] = math.log(min(max(evidence.hazard, 1e-4), 1.0)) / 3.0 + 1.0
+    x[:, 7] = 0.0 if evidence.edits is None else evidence.edits[:n]
+    x[:, 8:] = 0.0
     s = SOURCES.index(evidence.source)
     if s:
-        x[:, 5 + s] = 1.0
+        x[:, 7 + s] = 1.0
     return x
 
 
@@ -140,11 +150,16 @@ class CopyModel:
         return cls([float(v) for v in data["weights"]], [float(v) for v in data["precision"]])
 
 
-# Before anything was observed: fitted on the reference pair's traces (SpecBench and the
-# code-edit workload, `scripts/fit_copy_prior.py`), per temperature, with the precision
-# of a few dozen copy rounds so that this text's own rounds soon count more.
-_PRIOR_GREEDY = (0.0,) * N_FEATURES
-_PRIOR_SAMPLED = (0.0,) * N_FEATURES
+# Before anything was observed: fitted on the reference pair's traces at each temperature
+# (24 SpecBench prompts and the 12 `code-edit-calibration` conversations, never benchmarked;
+# `scripts/fit_copy_prior.py`: held-out log-loss 0.223 greedy / 0.259 sampled, against
+# 0.305 / 0.356 for one acceptance rate), with the precision of a few dozen copied tokens, so
+# that this text's own rounds soon count more. No trace holds text seen before the prompt:
+# it starts priced as an earlier reply.
+_PRIOR_GREEDY = (0.596, 1.685, 0.018, 1.921, 0.386, -0.851, -0.141, -2.304, 0.063, 0.198,
+                 -0.358, 0.198)
+_PRIOR_SAMPLED = (0.480, 1.380, 0.001, 1.989, 0.281, -0.861, -0.243, -2.276, 0.238, 0.517,
+                  -0.418, 0.517)
 PRIOR_PRECISION = 4.0
 
 

@@ -6,7 +6,7 @@ updates running estimates of what it just paid and got:
 
 * `LiveCosts`: a target verification of b tokens, one draft step. Sizes not seen yet are
   predicted from a prior curve (stored calibration, else the engine's start-up probe) scaled
-  by how this machine compares with it now.
+  by how the nearest sizes seen compare with it now.
 * `LiveAcceptance`, per sampling temperature: the draft's entropy -> acceptance map, the
   copy model (`calibration.copies`: a copied token's acceptance from its match's evidence;
   greedy: from the match outcomes; sampling: from the rejection test's acceptance chances),
@@ -58,8 +58,6 @@ class LiveCosts:
     prior: list[float]  # the curve's shape: verify(b) for b = 1.., from calibration or probe
     verify: list[float] = field(default_factory=list)
     weight: list[float] = field(default_factory=list)  # observations behind each verify[b]
-    scale: float = 1.0  # observed / prior, for sizes not seen yet
-    scale_weight: float = 0.0
     step: float = 0.0
     step_weight: float = 0.0
     catchup: float = 0.0  # per token of a draft catch-up decode (after target-alone rounds)
@@ -69,44 +67,59 @@ class LiveCosts:
         if not self.verify:
             self.verify = list(self.prior)
             self.weight = [0.0] * len(self.prior)
-        self._table: list[float] = []  # table() until the next observation (not stored)
-        self._array: npt.NDArray[np.float64] = np.empty(0)  # the same, as an array
+        # Until the next observation (not stored): the estimates, and their table.
+        self._curve: npt.NDArray[np.float64] | None = None
+        self._table: list[float] = []
+        self._array: npt.NDArray[np.float64] = np.empty(0)
+
+    def _estimates(self) -> npt.NDArray[np.float64]:
+        """verify(1..len(prior)): sizes observed as observed, the others as the prior
+        scaled by the observed/prior ratio of the nearest observed sizes (interpolated in
+        log b): a deep context slows a big batch more than a single row, so one global
+        scale would price long copies from single decodes."""
+        if self._curve is None:
+            prior = np.maximum(np.asarray(self.prior), 1e-9)
+            verify, seen = np.asarray(self.verify), np.asarray(self.weight) > 0
+            at = np.flatnonzero(seen)
+            if len(at):
+                logs = np.log(np.arange(1, len(prior) + 1))
+                ratio = np.interp(logs, logs[at], verify[at] / prior[at])
+                self._curve = np.where(seen, verify, prior * ratio)
+            else:
+                self._curve = prior
+        return self._curve
 
     def verify_at(self, b: int) -> float:
-        i = min(b, len(self.prior)) - 1
-        seen = self.weight[i] > 0
-        v = self.verify[i] if seen else self.prior[i] * self.scale
-        if b > len(self.prior):  # past the table: its last slope
-            v += (v - self.verify_at(len(self.prior) - 1)) * (b - len(self.prior))
-        return v
+        curve = self._estimates()
+        if b <= len(curve):
+            return float(curve[b - 1])
+        return float(curve[-1] + (curve[-1] - curve[-2]) * (b - len(curve)))  # its last slope
 
     def table(self, n: int) -> list[float]:
         """verify(1..n), made non-decreasing (a bigger batch never costs less); rebuilt only
-        after a verification was observed, not every drafting round."""
-        if len(self._table) != n:
-            self._table = nondecreasing([self.verify_at(b) for b in range(1, n + 1)])
-        return self._table
+        after a verification was observed, not every round."""
+        if len(self._table) < n:
+            self._table = nondecreasing([self.verify_at(b) for b in range(
+                1, max(n, len(self.prior)) + 1)])
+        return self._table[:n]
 
     def array(self, n: int) -> npt.NDArray[np.float64]:
         """verify(0..n) as an array (verify(0) = 0), non-decreasing, for pricing copies of
-        every length at once; rebuilt only after an observation."""
+        every length at once."""
         if len(self._array) < n + 1:
-            self._array = np.array([0.0, *self.table(max(n, len(self.prior)))])
+            self._array = np.array([0.0, *self.table(n)])
         return self._array[:n + 1]
 
     def observe_verify(self, b: int, seconds: float) -> None:
         i = min(b, len(self.prior)) - 1
         if i != b - 1:
             return
-        self._table, self._array = [], np.empty(0)
         current = self.verify_at(b)
+        self._curve, self._table, self._array = None, [], np.empty(0)
         x = min(seconds, SPIKE * current) if current > 0 else seconds
         if self.weight[i] == 0:
             self.verify[i] = x
         self.verify[i], self.weight[i] = running(self.verify[i], self.weight[i], x, COST_WEIGHT)
-        if self.prior[i] > 0:
-            self.scale, self.scale_weight = running(self.scale, self.scale_weight,
-                                                    x / self.prior[i], COST_WEIGHT)
 
     def observe_step(self, seconds: float) -> None:
         x = min(seconds, SPIKE * self.step) if self.step > 0 else seconds
@@ -143,9 +156,8 @@ class LiveCosts:
         if not (len(out.prior) == len(out.verify) == len(out.weight) >= 2):
             raise ValueError("live cost tables have the wrong shape")
         _check("seconds", [*out.prior, *out.verify, out.step, out.catchup], 0.0, MAX_SECONDS)
-        _check("weights", [*out.weight, out.scale_weight, out.step_weight,
-                           out.catchup_weight], 0.0, COST_WEIGHT)
-        _check("scale", [out.scale], 1e-3, 1e3)
+        _check("weights", [*out.weight, out.step_weight, out.catchup_weight], 0.0,
+               COST_WEIGHT)
         if min(out.prior) <= 0:
             raise ValueError("live cost prior has a non-positive time")
         return out

@@ -13,7 +13,7 @@ once, as a token tree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -175,12 +175,21 @@ class Copier:
     match of the context's end (the most recent of equals), with the evidence the copy
     acceptance model reads (`calibration.copies`). Bench traces run the same rules."""
 
-    __slots__ = ("min_match", "_src", "_evidence")
+    __slots__ = ("min_match", "_src", "_evidence", "_breaks", "_followed", "_edits")
 
     def __init__(self, min_match: int = MIN_MATCH) -> None:
         self.min_match = min_match
         self._src = -1  # where the chain's next token lies in the transcript (-1: none)
         self._evidence: CopyEvidence | None = None
+        # This reply's chains so far: how often the text left one, and how many tokens
+        # followed one (a rename breaks every chain at each use of the old name); per token
+        # a chain expected where the text left it: [times replaced, times passed since].
+        self._breaks = self._followed = 0
+        self._edits: dict[int, list[int]] = {}
+
+    def _hazard(self) -> float:
+        """How often this reply leaves the text it copies, per token (smoothed)."""
+        return (self._breaks + 1) / (self._followed + 16)
 
     def find(self, transcript: Transcript, cap: int) -> Copy | None:
         """Up to `cap` tokens to copy after the transcript's end, or None."""
@@ -192,12 +201,21 @@ class Copier:
             if found is None:
                 return None
             self._src, self._evidence = found[0], CopyEvidence(
-                found[1], 0, found[2], found[3], transcript.source_at(found[0]))
+                found[1], 0, found[2], found[3], transcript.source_at(found[0]),
+                self._hazard())
         tokens = a[self._src: self._src + cap]
         if not len(tokens):  # the chain reached the end of the text
             self.reset()
             return self.find(transcript, cap)
-        return Copy(tokens, evidence=self._evidence, source=self._src)
+        evidence = self._evidence
+        if self._edits:
+            rates = np.zeros(len(tokens))
+            for j, t in enumerate(tokens.tolist()):
+                seen = self._edits.get(t)
+                if seen is not None:
+                    rates[j] = seen[0] / (seen[0] + seen[1] + 1)
+            evidence = replace(evidence, edits=rates)
+        return Copy(tokens, evidence=evidence, source=self._src)
 
     def advance(self, transcript: Transcript, emitted: int) -> None:
         """After a round appended `emitted` tokens: the chain goes on where they are the
@@ -207,12 +225,21 @@ class Copier:
             return
         a, n = transcript.tokens, transcript.length
         src = self._src
-        if np.array_equal(a[src: src + emitted], a[n - emitted: n]):
+        same = a[src: src + emitted] == a[n - emitted: n]
+        followed = emitted if same.all() else int(np.argmin(same))
+        self._followed += followed
+        if self._edits:
+            for t in a[src: src + followed].tolist():
+                if t in self._edits:
+                    self._edits[t][1] += 1
+        if followed == emitted:
             ev = self._evidence
             self._src = src + emitted
             self._evidence = CopyEvidence(ev.match + emitted, ev.depth + emitted, ev.support,
-                                          ev.dissent, ev.source)
+                                          ev.dissent, ev.source, self._hazard())
         else:
+            self._breaks += 1
+            self._edits.setdefault(int(a[src + followed]), [0, 0])[0] += 1
             self.reset()
 
     def reset(self) -> None:

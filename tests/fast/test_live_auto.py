@@ -344,7 +344,7 @@ class FixedCostAuto(LiveAuto):
     def learn(self, plan: RoundPlan, result: RoundResult) -> None:
         costs, gain = self.costs.to_dict(), (self.accept.gain, self.accept.gain_weight)
         super().learn(plan, result)
-        vars(self.costs).update(costs)
+        vars(self.costs).update(vars(LiveCosts.from_dict(costs)))  # estimates as injected
         self.accept.gain, self.accept.gain_weight = gain
 
 
@@ -455,7 +455,7 @@ def _set(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
 @pytest.mark.parametrize(("edit", "why"), [
     (_set(["costs", "greedy", "verify", 0], float("nan")), "seconds out of range: nan"),
     (_set(["costs", "greedy", "step"], 1e308), "seconds out of range: 1e\\+308"),
-    (_set(["costs", "greedy", "scale"], -1e308), "scale out of range"),
+    (_set(["costs", "greedy", "catchup"], -1.0), "seconds out of range: -1"),
     (_set(["costs", "greedy", "weight", 1], float("inf")), "weights out of range"),
     (_set(["acceptance", "0", "gain"], -1e308), "gain out of range"),
     (_set(["acceptance", "0", "hits", 0], 1e6), "acceptance counts out of range"),
@@ -463,7 +463,7 @@ def _set(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
     (_set(["acceptance", "0", "copies", "precision", 0], 0.0), "precisions positive"),
     (_set(["acceptance", "0", "tries"], "many"), "could not convert"),
     (_set(["format"], 1), "live state format 1, expected 2"),
-], ids=["nan-time", "huge-step", "negative-scale", "inf-weight", "huge-gain", "hits-over-cap",
+], ids=["nan-time", "huge-step", "negative-catchup", "inf-weight", "huge-gain", "hits-over-cap",
         "nan-copy-weight", "zero-precision", "not-numbers", "old-format"])
 def test_a_bad_live_file_is_named_moved_aside_and_never_trusted(
         tiny_target: Path, tiny_draft_noisy: Path, caplog: pytest.LogCaptureFixture,
