@@ -175,9 +175,8 @@ class LiveAuto(Strategy):
     what the round paid and got."""
 
     __slots__ = ("model", "has_draft", "max_copy", "copier", "costs", "accept", "counts",
-                 "emitted",
-                 "explore_loss_s", "elapsed_s", "tokens", "draft_synced", "_lag", "_seq_len",
-                 "_remaining", "_started", "_undrafted")
+                 "emitted", "explore_loss_s", "elapsed_s", "tokens", "draft_synced", "_lag",
+                 "_seq_len", "_remaining", "_started", "_undrafted")
 
     def __init__(self, model: LiveModel, *, max_draft: int, max_copy: int, has_draft: bool,
                  temperature: float = 0.0) -> None:
@@ -206,9 +205,9 @@ class LiveAuto(Strategy):
         return "auto"
 
     def describe(self) -> str:
-        """`auto · probe` before a round (where its estimates came from), then what most
-        rounds ran: `auto → lookup`, `· learning` while drafting's gain is still mostly
-        predicted rather than measured."""
+        """`auto · probe` before a round (where its estimates came from), then what made
+        most of the tokens: `auto → lookup`, `· learning` while drafting's gain is still
+        mostly predicted rather than measured."""
         if not self._started:
             return f"auto · {self.model.source}"
         learning = " · learning" if self._learning() else ""
@@ -278,8 +277,7 @@ class LiveAuto(Strategy):
     def _drafting(self, cap: int, t1: float, why: str, *, explore: bool = False
                   ) -> RoundPlan:
         """A drafting round up to `cap` tokens, the cost-aware rule priced with what was
-        learnt so far. R of the rule: the best rate in reach (Dinkelbach), which is at least
-        the target alone's and at least what this generation achieves."""
+        learnt so far, at the rate `_rate`."""
         policy = self.policy
         assert isinstance(policy, LiveDraft)
         rate = self._rate(t1)
@@ -299,18 +297,19 @@ class LiveAuto(Strategy):
                    self.tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0, 1e-9)
 
     def _best_copy(self, copy: Copy, t1: float) -> tuple[int, float]:
-        """The copy length (0: none) with the largest expected gain over the target alone,
-        and that gain, in tokens: expected accepted tokens less the extra verification's
-        seconds at the rate R (`_rate`). At R above the target alone's, a long copy that
-        would still beat the target alone gives way to a shorter one and another round."""
+        """The copy length (0: none) and its expected gain over the target alone, in tokens
+        (expected accepted tokens less the extra verification's seconds at the target
+        alone's pace, as drafting's gain is counted). The length is the one that gains most
+        at the rate R (`_rate`): above the target alone's rate, a long copy that would still
+        beat the target alone gives way to a shorter one and another round."""
         n = len(copy.tokens)
         if n == 0 or t1 <= 0 or copy.evidence is None:
             return 0, 0.0
         expected = np.cumsum(np.cumprod(self.accept.copies.chances(copy.evidence, n)))
         extra = self.costs.array(n + 1)[2:] - t1  # verify(m + 1) - verify(1)
-        gain = expected - self._rate(t1) * extra
-        m = int(np.argmax(gain))
-        return (m + 1 if gain[m] > 0 else 0), float(gain[m])
+        m = int(np.argmax(expected - self._rate(t1) * extra))
+        gain = float(expected[m] - extra[m] / t1)
+        return (m + 1 if gain > 0 else 0), gain
 
     def _draft_gain(self, t1: float, room: int) -> float:
         """Expected tokens a drafting round gains over the target alone: the prediction of
