@@ -5,13 +5,15 @@
 # pasted 4-line function arrive whole in one message (the prompt shows every line, and the
 # saved conversation holds exactly that text); that a reply appears and the status line shows
 # tok/s, acceptance and the comparison with the target alone with its source; that
-# `/attach FILE` puts the file in the prompt as a fenced block and Enter then sends it; and
-# that Ctrl+C quits with exit status 0. Prints the captured screens.
+# `/attach FILE` puts the file in the prompt as a fenced block and Enter then sends it; that
+# a pasted 30-line module arrives whole and, asked back with docstrings, the reply's status
+# line shows that `auto` copied it (`auto → lookup`); and that Ctrl+C quits with exit status
+# 0. Prints the captured screens.
 #
 #   scripts/tmux_chat_check.sh                                 # the real pair (pulled if needed)
 #   scripts/tmux_chat_check.sh --target T.gguf --draft D.gguf  # any files
 #
-# Environment: COLS, ROWS (terminal size), POLICY (default svip), MAX_TOKENS (default 64),
+# Environment: COLS, ROWS (terminal size), POLICY (default auto), MAX_TOKENS (default 320),
 # LOAD_TIMEOUT and REPLY_TIMEOUT (seconds), SVIP_LOCAL (the command). Conversations are saved
 # in a temporary SVIP_LOCAL_DATA_DIR (removed at the end), not among the user's own.
 set -euo pipefail
@@ -24,8 +26,8 @@ SVIP_LOCAL=${SVIP_LOCAL:-svip-local}
 if [ $# -eq 0 ]; then
     set -- qwen2.5-coder-1.5b --yes
 fi
-# svip explicitly: on a CPU without calibration `auto` is the target alone (nothing to show).
-ARGS=("$@" --policy "${POLICY:-svip}" --max-tokens "${MAX_TOKENS:-64}")
+POLICY=${POLICY:-auto}
+ARGS=("$@" --policy "$POLICY" --max-tokens "${MAX_TOKENS:-320}")
 
 WORK=$(mktemp -d)
 SESSION="svip-chat-check-$$"
@@ -65,6 +67,14 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     for m in json.loads(path.read_text("utf-8"))["messages"]:
         if m["role"] == "user":
             print(json.dumps(m["content"]))
+EOF
+}
+
+replies() {  # how many replies the saved conversation holds
+    python3 - "$WORK/data/conversations" <<'EOF'
+import json, pathlib, sys
+print(sum(m["role"] == "assistant" for path in pathlib.Path(sys.argv[1]).glob("*.json")
+          for m in json.loads(path.read_text("utf-8"))["messages"]))
 EOF
 }
 
@@ -130,6 +140,67 @@ if [ "$(sent_messages | sed -n 2p)" != "$expected" ]; then
     echo "FAIL: the message with the attached file is not what the prompt showed:" >&2
     sent_messages | sed -n 2p >&2
     fail=1
+fi
+
+# A module pasted whole, asked back with docstrings: a code edit, the reply copies it.
+cat >"$WORK/shapes.py" <<'PY'
+import math
+
+
+class Circle:
+    def __init__(self, radius):
+        self.radius = radius
+
+    def area(self):
+        return math.pi * self.radius ** 2
+
+    def perimeter(self):
+        return 2 * math.pi * self.radius
+
+
+class Rectangle:
+    def __init__(self, width, height):
+        self.width = width
+        self.height = height
+
+    def area(self):
+        return self.width * self.height
+
+    def perimeter(self):
+        return 2 * (self.width + self.height)
+
+
+def total_area(shapes):
+    return sum(shape.area() for shape in shapes)
+
+
+def largest(shapes):
+    return max(shapes, key=lambda shape: shape.area())
+PY
+t send-keys -t "$SESSION" -l "Add a one-line docstring to every method and function, and reply with the whole module:"
+t send-keys -t "$SESSION" C-j
+t load-buffer -b mod "$WORK/shapes.py"
+t paste-buffer -p -d -b mod -t "$SESSION"
+sleep 1
+t send-keys -t "$SESSION" Enter
+deadline=$((SECONDS + REPLY_TIMEOUT))
+until [ "$(sent_messages | wc -l)" -ge 3 ] || [ $SECONDS -ge $deadline ]; do sleep 1; done
+MODULE="Add a one-line docstring to every method and function, and reply with the whole module:"$'
+'"$(cat "$WORK/shapes.py")"
+expected=$(python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$MODULE")
+if [ "$(sent_messages | sed -n 3p)" != "$expected" ]; then
+    echo "FAIL: the pasted module did not arrive whole:" >&2
+    sent_messages | sed -n 3p >&2
+    fail=1
+fi
+# The reply is saved with the conversation once it is done.
+until [ "$(replies)" -ge 3 ] || [ $SECONDS -ge $deadline ]; do sleep 1; done
+sleep 2
+captured=$(screen)
+echo "--- after the module's reply:"
+echo "$captured"
+if [ "$POLICY" = auto ]; then
+    check 'auto → lookup' "the status line shows that auto copied the module (auto → lookup)"
 fi
 
 t send-keys -t "$SESSION" C-c

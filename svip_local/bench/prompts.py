@@ -118,14 +118,15 @@ def parse_prompts(lines: Iterable[str], *, origin: str = "<prompts>") -> list[Pr
 
 def select(prompts: Sequence[Prompt], per_category: int, *, categories: Sequence[str] = (),
            from_end: bool = False) -> list[Prompt]:
-    """The first (or last) `per_category` prompts of each category, in category order.
+    """The first (or last) `per_category` prompts of each category, in category order (the
+    file's order for categories SpecBench lacks).
 
     Benchmarks take them from the start and calibration from the end, so that calibrating
     on a file and benchmarking on the same file use different prompts.
     """
     wanted = list(categories) or [c for c in CATEGORIES if any(p.category == c for p in prompts)]
     if not wanted:
-        wanted = sorted({p.category for p in prompts})
+        wanted = list(dict.fromkeys(p.category for p in prompts))  # in the file's order
     chosen = []
     for cat in wanted:
         rows = [p for p in prompts if p.category == cat]

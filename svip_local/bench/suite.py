@@ -80,13 +80,15 @@ class BenchOptions:
     progress: bool = True
     workloads: tuple[str, ...] = (SPECBENCH,)  # SPECBENCH and/or chat workloads (WORKLOADS)
     chat_max_tokens: int = 256
+    chat_per_category: int | None = None  # the first N conversations of each kind; None: all
 
 
 def bench_items(opts: BenchOptions, chats: dict[str, list[Prompt]] | None = None
                 ) -> list[BenchItem]:
     """SpecBench categories at `max_tokens` (stopping at end of text, like the paper), then
     MT-Bench first turns at each long-form length (end of text ignored); then each chat
-    workload's conversations (rendered: `chat_prompts`) at `chat_max_tokens`."""
+    workload's conversations (rendered: `chat_prompts`) at `chat_max_tokens`, the first
+    `chat_per_category` of each kind where it is set."""
     items = []
     if SPECBENCH in opts.workloads:
         items += [BenchItem("specbench", p.category, p, opts.max_tokens, False)
@@ -96,6 +98,8 @@ def bench_items(opts: BenchOptions, chats: dict[str, list[Prompt]] | None = None
             items += [BenchItem("longform", str(n), p, n, True) for n in opts.lengths
                       for p in mt]
     for name, prompts in (chats or {}).items():
+        if opts.chat_per_category is not None:
+            prompts = select(prompts, opts.chat_per_category)
         items += [BenchItem(name, p.category, p, opts.chat_max_tokens, False) for p in prompts]
     return items
 
@@ -226,6 +230,7 @@ def _meta(engine: Engine, opts: BenchOptions) -> dict[str, object]:
         "prompts": f"{opts.prompts_source} ({opts.per_category} per category)",
         "max_tokens": opts.max_tokens, "long-form lengths": list(opts.lengths),
         "workloads": list(opts.workloads), "chat max_tokens": opts.chat_max_tokens,
+        "chat per category": opts.chat_per_category or "all",
         "temperatures": list(opts.temperatures), "repeats": opts.repeats,
         "max_draft": engine.config.max_draft, "max_copy": engine.config.max_copy,
         "n_ctx": engine.n_ctx,

@@ -88,6 +88,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "template)")
     p.add_argument("--chat-max-tokens", type=int, default=256,
                    help="new tokens per chat workload conversation (default 256)")
+    p.add_argument("--chat-per-category", type=int, default=None,
+                   help="the first N conversations of each kind (rename, fix, ...) of a chat "
+                        "workload (default: all)")
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib)")
     p.set_defaults(func=run)
@@ -108,7 +111,8 @@ def options(args: argparse.Namespace) -> BenchOptions:
         calibration_per_category=args.calibration_per_category, peer=args.peer,
         peer_binary=args.peer_binary, peer_grid=args.peer_grid,
         peer_sweep_prompts=args.peer_sweep_prompts, fresh_auto=args.fresh_auto,
-        workloads=args.workload, chat_max_tokens=args.chat_max_tokens)
+        workloads=args.workload, chat_max_tokens=args.chat_max_tokens,
+        chat_per_category=args.chat_per_category)
 
 
 def run(args: argparse.Namespace) -> int:

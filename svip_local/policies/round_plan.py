@@ -32,7 +32,7 @@ class RoundPlan:
     to learn (an exploring draft keeps its first token whatever the length rule says);
     `why`: the reason in a few words."""
 
-    arm: str = "none"  # "none" | "copy" | "draft"
+    arm: str = "none"  # "none" | "lookup" (a copy) | "draft"
     copy: Copy | None = None
     draft: int = 0
     explore: bool = False

@@ -80,7 +80,7 @@ class Strategy:
         if self.proposer is not None and transcript is not None:
             copy = self.proposer.propose(transcript, room)
             if copy is not None and len(copy.tokens):
-                return RoundPlan("copy", copy)
+                return RoundPlan("lookup", copy)
         cap = min(self.policy.round_limit(), room)
         return RoundPlan("draft", draft=cap) if cap > 0 else ALONE
 

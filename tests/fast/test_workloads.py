@@ -5,6 +5,7 @@ file, line and problem."""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import re
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from svip_local.bench.prompts import Prompt
+from svip_local.bench.suite import BenchOptions, bench_items
 from svip_local.bench.workloads import (
     CALIBRATION_WORKLOADS,
     WORKLOADS,
@@ -168,3 +171,15 @@ def test_the_workload_files_ship_in_the_wheel() -> None:
     for path in data:
         name = path.relative_to(root / "svip_local").as_posix()
         assert any(fnmatch.fnmatch(name, p) for p in patterns), f"{name} not in package-data"
+
+
+def test_a_bench_takes_the_first_conversations_of_each_kind_when_asked() -> None:
+    prompts = [Prompt(c.id, c.category, CHATML.render(c.messages), c.messages)
+               for c in CODE_EDIT]
+    opts = BenchOptions(prompts=[], prompts_source="none", workloads=("code-edit",))
+    every = bench_items(opts, {"code-edit": prompts})
+    two = bench_items(dataclasses.replace(opts, chat_per_category=2), {"code-edit": prompts})
+    assert [i.prompt.id for i in every] == [c.id for c in CODE_EDIT]
+    assert Counter(i.group for i in two) == {c: 2 for c in CATEGORIES}
+    assert [i.prompt.id for i in two] == [
+        p.id for cat in CATEGORIES for p in [q for q in prompts if q.category == cat][:2]]

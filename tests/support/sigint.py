@@ -41,11 +41,13 @@ def start_up_seconds(args: Sequence[str]) -> float:
 
 def interrupt_at(delays: Sequence[float], args: Sequence[str],
                  ) -> list[tuple[float, int, bool, str]]:
-    """One try per delay: (delay, exit status, "Exception ignored" seen, stderr's end)."""
+    """One try per delay: (delay, exit status, "Exception ignored" seen, stderr's end). A
+    child that ended before its signal makes the delays wrong, not the child: it fails here."""
     outcomes = []
     for delay in delays:
         proc, t0 = start([*args, "--max-tokens", "400"])
         time.sleep(max(0.0, t0 + delay - time.monotonic()))
+        assert proc.poll() is None, f"the child ended before its Ctrl-C at {delay:.2f} s"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=600)
         outcomes.append((round(delay, 2), proc.returncode, "Exception ignored" in err,
