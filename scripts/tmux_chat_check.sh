@@ -7,7 +7,7 @@
 # tok/s, acceptance and the comparison with the target alone with its source; that
 # `/attach FILE` puts the file in the prompt as a fenced block and Enter then sends it; that
 # a pasted 30-line module arrives whole and, asked back with docstrings, the reply's status
-# line shows that `auto` copied it (`auto → lookup`); and that Ctrl+C quits with exit status
+# line shows that `auto` copied it (`auto → lookup N%`); and that Ctrl+C quits with exit status
 # 0. Prints the captured screens.
 #
 #   scripts/tmux_chat_check.sh                                 # the real pair (pulled if needed)
@@ -83,8 +83,12 @@ printf 'def add(a, b):\n    return a - b\n\nprint(add(1, 2))\n' >"$WORK/add.py"
 MESSAGE=$'Fix this function:\ndef add(a, b):\n    return a - b\n\nprint(add(1, 2))'
 
 wait_for '│ ready' "$LOAD_TIMEOUT" "the model loaded (status line: ready)"
+# Keys with a person's gaps between them: a Ctrl+J in the same terminal read as the typed
+# text before it is lost (seen with send-keys bursts).
 t send-keys -t "$SESSION" -l "Fix this function:"
+sleep 0.5
 t send-keys -t "$SESSION" C-j
+sleep 0.5
 # A real paste: the terminal wraps the text in bracketed-paste codes (tmux turns its newlines
 # into carriage returns, as terminals do). Before multi-line prompts only the first line stayed.
 t load-buffer -b fn "$WORK/add.py"
@@ -123,8 +127,11 @@ fi
 
 # /attach: Enter puts the file in the prompt (nothing sent yet), Enter again sends it.
 t send-keys -t "$SESSION" -l "What does this print?"
+sleep 0.5
 t send-keys -t "$SESSION" C-j
+sleep 0.5
 t send-keys -t "$SESSION" -l "/attach add.py"
+sleep 0.5
 t send-keys -t "$SESSION" Enter
 wait_for '^.{0,6}```py' 30 "the attached file in the prompt"
 captured=$(screen)
@@ -178,7 +185,9 @@ def largest(shapes):
     return max(shapes, key=lambda shape: shape.area())
 PY
 t send-keys -t "$SESSION" -l "Add a one-line docstring to every method and function, and reply with the whole module:"
+sleep 0.5
 t send-keys -t "$SESSION" C-j
+sleep 0.5
 t load-buffer -b mod "$WORK/shapes.py"
 t paste-buffer -p -d -b mod -t "$SESSION"
 sleep 1
@@ -200,7 +209,7 @@ captured=$(screen)
 echo "--- after the module's reply:"
 echo "$captured"
 if [ "$POLICY" = auto ]; then
-    check 'auto → lookup' "the status line shows that auto copied the module (auto → lookup)"
+    check 'auto → lookup [0-9]+%' "the status line shows that auto copied the module (auto → lookup N%)"
 fi
 
 t send-keys -t "$SESSION" C-c

@@ -9,6 +9,7 @@ tokens/s, and total tokens over total time.
 
 from __future__ import annotations
 
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -239,6 +240,10 @@ def summarize(records: Iterable[RunRecord], *, overall: str = "all") -> list[Sum
     return out
 
 
+# auto's status gives each arm's share of the reply (`auto → lookup 41%`): a table names the arms.
+SHARE = re.compile(r" \d+%")
+
+
 def _summary(suite: str, group: str, temp: float, policy: str, runs: list[RunRecord],
              base: list[RunRecord], simulated: bool) -> Summary:
     rates = [r.tokens_per_second for r in runs]
@@ -251,7 +256,7 @@ def _summary(suite: str, group: str, temp: float, policy: str, runs: list[RunRec
     base_mean = statistics.fmean([b.tokens_per_second for b in base]) if base else 0.0
     drafted = sum(r.drafted for r in runs)
     rounds = sum(r.rounds for r in runs)
-    resolved = sorted({r.resolved for r in runs})
+    resolved = sorted({SHARE.sub("", r.resolved) for r in runs})
     return Summary(
         suite, group, temp, policy, ", ".join(resolved), len(runs), mean, total,
         statistics.stdev(rates) if len(rates) > 1 else 0.0,

@@ -205,13 +205,22 @@ class LiveAuto(Strategy):
         return "auto"
 
     def describe(self) -> str:
-        """`auto · probe` before a round (where its estimates came from), then what made
-        most of the tokens: `auto → lookup`, `· learning` while drafting's gain is still
-        mostly predicted rather than measured."""
+        """`auto · probe` before a round (where its estimates came from), then the arms whose
+        proposals were kept, with their share of the reply (`auto → lookup 41%`: a code edit
+        copies in a few rounds while most rounds are the target alone's), or `auto → none`;
+        `· learning` while drafting's gain is still mostly predicted rather than measured."""
         if not self._started:
             return f"auto · {self.model.source}"
         learning = " · learning" if self._learning() else ""
-        return f"auto → {self.leading_arm()}{learning}"
+        return f"auto → {self.kept_shares()}{learning}"
+
+    def kept_shares(self) -> str:
+        """`lookup 41% + draft 12%`: the share of the tokens made in rounds of each arm whose
+        proposals were accepted, the largest first; `none` where nothing proposed was kept."""
+        total = sum(self.emitted.values()) or 1
+        kept = sorted((a for a in ARMS if a != "none" and self.emitted[a] > self.counts[a]),
+                      key=lambda a: -self.emitted[a])
+        return " + ".join(f"{a} {100 * self.emitted[a] / total:.0f}%" for a in kept) or "none"
 
     def _learning(self) -> bool:
         return self.has_draft and self.accept.gain_weight < TRUST_ROUNDS

@@ -26,7 +26,8 @@ from svip_local.errors import InvalidRequestError
 from svip_local.policies import PolicyContext, parse_policy
 from svip_local.policies.live import EXPLORE_SHARE, EXPLORE_TOKENS, LiveAuto
 from svip_local.policies.lookup import Copier, longest_match
-from svip_local.policies.round_plan import RoundPlan
+from svip_local.policies.round_plan import Copy, RoundPlan
+from svip_local.round import RoundResult
 from svip_local.transcript import Transcript, check_regions
 from tests.support.sim import make_costs
 
@@ -249,3 +250,20 @@ def test_chat_prompts_say_where_each_message_starts(engine: Engine) -> None:
     for (start, _), m in zip(fitted.regions, messages, strict=True):
         piece = engine.target_model.detokenize(fitted.ids[start:start + 3])
         assert m["content"].startswith(piece.lstrip()[:4]) or piece.strip() in m["content"]
+
+
+def test_auto_names_the_arms_whose_proposals_were_kept_with_their_share() -> None:
+    """A code edit copies in a few rounds among many of the target alone: the status names
+    the copies and their share of the reply, and `none` only when nothing proposed was kept."""
+    strategy = live_auto()
+    strategy.decide(None, 100, 100)
+    none, copy, draft = (RoundPlan("none"), RoundPlan("lookup", Copy(tuple(range(9)))),
+                         RoundPlan("draft", draft=4))
+    for _ in range(12):
+        strategy.learn(none, RoundResult((), 0, 7, False, 0.0, 0.03))
+    strategy.learn(draft, RoundResult((1, 2, 3, 4), 0, 7, False, 0.02, 0.05, 4))
+    assert strategy.describe().startswith("auto → none")
+    strategy.learn(copy, RoundResult(tuple(range(9)), 7, 7, True, 0.0, 0.05))
+    assert strategy.describe().startswith("auto → lookup 38%")  # 8 of the 21 tokens
+    strategy.learn(draft, RoundResult((1, 2, 3, 4), 2, 7, False, 0.02, 0.05, 4))
+    assert strategy.describe().startswith("auto → lookup 33% + draft 17%")  # 8 and 4 of 24
