@@ -78,22 +78,26 @@ print(sum(m["role"] == "assistant" for path in pathlib.Path(sys.argv[1]).glob("*
 EOF
 }
 
+# A typed line, Ctrl+J, then FILE pasted. Keys with a person's gaps between them (a Ctrl+J in
+# the same terminal read as the typed text before it is lost, seen with send-keys bursts); a
+# real paste: the terminal wraps the text in bracketed-paste codes (tmux turns its newlines
+# into carriage returns, as terminals do). Before multi-line prompts only the first line stayed.
+type_line_and_paste() {  # LINE FILE
+    t send-keys -t "$SESSION" -l "$1"
+    sleep 0.5
+    t send-keys -t "$SESSION" C-j
+    sleep 0.5
+    t load-buffer -b paste "$2"
+    t paste-buffer -p -d -b paste -t "$SESSION"
+    sleep 1
+}
+
 # The function to paste; the message: a typed line, Ctrl+J, then the paste.
 printf 'def add(a, b):\n    return a - b\n\nprint(add(1, 2))\n' >"$WORK/add.py"
 MESSAGE=$'Fix this function:\ndef add(a, b):\n    return a - b\n\nprint(add(1, 2))'
 
 wait_for '│ ready' "$LOAD_TIMEOUT" "the model loaded (status line: ready)"
-# Keys with a person's gaps between them: a Ctrl+J in the same terminal read as the typed
-# text before it is lost (seen with send-keys bursts).
-t send-keys -t "$SESSION" -l "Fix this function:"
-sleep 0.5
-t send-keys -t "$SESSION" C-j
-sleep 0.5
-# A real paste: the terminal wraps the text in bracketed-paste codes (tmux turns its newlines
-# into carriage returns, as terminals do). Before multi-line prompts only the first line stayed.
-t load-buffer -b fn "$WORK/add.py"
-t paste-buffer -p -d -b fn -t "$SESSION"
-sleep 1
+type_line_and_paste "Fix this function:" "$WORK/add.py"
 captured=$(screen)
 echo "--- the prompt after typing a line, Ctrl+J and pasting 4 lines:"
 echo "$captured"
@@ -184,13 +188,7 @@ def total_area(shapes):
 def largest(shapes):
     return max(shapes, key=lambda shape: shape.area())
 PY
-t send-keys -t "$SESSION" -l "Add a one-line docstring to every method and function, and reply with the whole module:"
-sleep 0.5
-t send-keys -t "$SESSION" C-j
-sleep 0.5
-t load-buffer -b mod "$WORK/shapes.py"
-t paste-buffer -p -d -b mod -t "$SESSION"
-sleep 1
+type_line_and_paste "Add a one-line docstring to every method and function, and reply with the whole module:" "$WORK/shapes.py"
 t send-keys -t "$SESSION" Enter
 deadline=$((SECONDS + REPLY_TIMEOUT))
 until [ "$(sent_messages | wc -l)" -ge 3 ] || [ $SECONDS -ge $deadline ]; do sleep 1; done
