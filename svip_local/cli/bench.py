@@ -22,6 +22,13 @@ def ints(text: str) -> tuple[int, ...]:
     return tuple(int(s) for s in csv(text))
 
 
+def positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def floats(text: str) -> tuple[float, ...]:
     return tuple(float(s) for s in csv(text))
 
@@ -88,7 +95,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "template)")
     p.add_argument("--chat-max-tokens", type=int, default=256,
                    help="new tokens per chat workload conversation (default 256)")
-    p.add_argument("--chat-per-category", type=int, default=None,
+    p.add_argument("--chat-per-category", type=positive, default=None,
                    help="the first N conversations of each kind (rename, fix, ...) of a chat "
                         "workload (default: all)")
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")

@@ -234,3 +234,12 @@ def test_bench_refuses_a_bad_spec_before_loading_anything(
     assert code != 0
     err = capsys.readouterr().err
     assert message in err and "missing.gguf" not in err
+
+
+@pytest.mark.parametrize("n", ["0", "-2"])
+def test_bench_refuses_fewer_than_one_conversation_per_kind(
+        n: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--workload", "code-edit", "--chat-per-category", n])
+    assert exit_info.value.code == 2
+    assert f"--chat-per-category: must be at least 1, got {n}" in capsys.readouterr().err
