@@ -13,7 +13,8 @@ a chain of accepted copied tokens (this round's, or earlier rounds' copies of th
 accepted to their end) and how long that chain is, how many earlier occurrences agree on the
 continuation and whether any disagree, how often this reply has left the text it copied
 (a rename leaves it at each use of the old name) and whether it replaced token j there
-before (the old name itself), and where the copied text lies (`transcript.SOURCES`).
+before (the old name itself: the chain's features do not count there), and where the
+copied text lies (`transcript.SOURCES`).
 The weights carry a Gaussian belief (mean and diagonal precision): calibration fits them on
 traces, and every copy round updates them (the online Laplace update of Chapelle & Li 2011,
 "An Empirical Evaluation of Thompson Sampling"), with the precision capped so that old text
@@ -53,8 +54,9 @@ class CopyEvidence:
     # How often this reply has left the text it was copying, per token followed (smoothed:
     # 1/16 before any copy): a rename breaks every chain at each use of the old name.
     hazard: float = 1 / 16
-    # Per copied token: how often this reply replaced that token where a chain expected it
-    # (replaced / (replaced + passed + 1)): the old name of a renamed identifier.
+    # Per copied token: how often this reply replaced that token where a chain expected it,
+    # and how often a chain passed it since, as rows (replaced, passed): the old name of a
+    # renamed identifier is replaced at every use.
     edits: npt.NDArray[np.float64] | None = field(default=None, compare=False)
 
 
@@ -71,12 +73,24 @@ def features(evidence: CopyEvidence, n: int, out: npt.NDArray[np.float64] | None
     x[:, 4] = math.log2(min(max(evidence.support, 1), MAX_MATCH)) / 6.0
     x[:, 5] = evidence.dissent > 0
     x[:, 6] = math.log(min(max(evidence.hazard, 1e-4), 1.0)) / 3.0 + 1.0
-    x[:, 7] = 0.0 if evidence.edits is None else evidence.edits[:n]
+    if evidence.edits is not None:
+        x[:, 7] = edit_odds(evidence.edits[:n])
+        # A chain vouches for the text around an edit, not for the edit repeating: a deep
+        # chain's confidence must not outweigh a token the reply kept replacing.
+        x[x[:, 7] > 0, 1:4] = 0.0
+    else:
+        x[:, 7] = 0.0
     x[:, 8:] = 0.0
     s = SOURCES.index(evidence.source)
     if s:
         x[:, 7 + s] = 1.0
     return x
+
+
+def edit_odds(counts: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The log-odds ln((replaced + 1) / (passed + 1)) that a token is replaced again, 0
+    where it was passed as often as replaced: each replacement weighs more than the last."""
+    return np.maximum(0.0, np.log((counts[:, 0] + 1.0) / (counts[:, 1] + 1.0)))
 
 
 def _sigmoid(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -152,14 +166,14 @@ class CopyModel:
 
 # Before anything was observed: fitted on the reference pair's traces at each temperature
 # (24 SpecBench prompts and the 12 `code-edit-calibration` conversations, never benchmarked;
-# `scripts/fit_copy_prior.py`: held-out log-loss 0.223 greedy / 0.259 sampled, against
+# `scripts/fit_copy_prior.py`: held-out log-loss 0.216 greedy / 0.252 sampled, against
 # 0.305 / 0.356 for one acceptance rate), with the precision of a few dozen copied tokens, so
 # that this text's own rounds soon count more. No trace holds text seen before the prompt:
 # it starts priced as an earlier reply.
-_PRIOR_GREEDY = (0.596, 1.685, 0.018, 1.921, 0.386, -0.851, -0.141, -2.304, 0.063, 0.198,
-                 -0.358, 0.198)
-_PRIOR_SAMPLED = (0.480, 1.380, 0.001, 1.989, 0.281, -0.861, -0.243, -2.276, 0.238, 0.517,
-                  -0.418, 0.517)
+_PRIOR_GREEDY = (0.735, 1.263, -0.011, 2.287, 0.375, -0.918, -0.165, -0.325, 0.040, 0.200,
+                 -0.385, 0.200)
+_PRIOR_SAMPLED = (0.523, 1.035, 0.039, 2.277, 0.235, -0.897, -0.214, -0.562, 0.244, 0.573,
+                  -0.433, 0.573)
 PRIOR_PRECISION = 4.0
 
 

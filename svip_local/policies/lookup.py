@@ -209,12 +209,12 @@ class Copier:
             return self.find(transcript, cap)
         evidence = self._evidence
         if self._edits:
-            rates = np.zeros(len(tokens))
+            counts = np.zeros((len(tokens), 2))
             for j, t in enumerate(tokens.tolist()):
                 seen = self._edits.get(t)
                 if seen is not None:
-                    rates[j] = seen[0] / (seen[0] + seen[1] + 1)
-            evidence = replace(evidence, edits=rates)
+                    counts[j] = seen
+            evidence = replace(evidence, edits=counts)
         return Copy(tokens, evidence=evidence, source=self._src)
 
     def advance(self, transcript: Transcript, emitted: int) -> None:

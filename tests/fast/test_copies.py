@@ -4,6 +4,7 @@ the oracle that copies, and copies from text the engine saw before."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from svip_local.calibration.copies import (
     PRECISION_CAP,
     CopyEvidence,
     CopyModel,
+    edit_odds,
     prior_copy_model,
 )
 from svip_local.calibration.live import LiveCosts, LiveModel
@@ -89,6 +91,36 @@ def test_the_copier_follows_its_chain_while_the_text_does() -> None:
     t.append(999)  # the text leaves the chain
     copier.advance(t, 1)
     assert copier.find(t, 8) is None  # and nothing else matches "999"
+
+
+def test_a_renamed_token_weighs_more_with_each_replacement() -> None:
+    """A rename replaces the old name at every use: the copier's evidence against copying it
+    grows with each replacement (log-odds, not a rate capped at 1), and a deep chain's
+    confidence does not count there, so the first-run model prices it lower each time while
+    the tokens around it stay likely."""
+    old, new = 50, 60
+    source = [old if i % 10 == 5 else 100 + i for i in range(60)]
+    t = Transcript([*source, 7, 8, *source[:4]], capacity=300)
+    copier, model = Copier(), prior_copy_model(0.0)
+    odds: list[float] = []
+    chance: list[float] = []
+    around: list[float] = []
+    for i in range(4, 60):
+        copy = copier.find(t, 16)
+        if copy is not None and copy.evidence is not None and copy.tokens[0] == old:
+            edits = copy.evidence.edits
+            odds.append(0.0 if edits is None else float(edit_odds(edits[:1])[0]))
+            chance.append(float(model.chances(copy.evidence, 1)[0]))
+        elif copy is not None and copy.evidence is not None and copy.evidence.depth > 2:
+            around.append(float(model.chances(copy.evidence, 1)[0]))
+        t.append(new if source[i] == old else source[i])
+        copier.advance(t, 1)
+    assert len(odds) >= 4 and odds[0] == 0.0
+    assert all(b > a for a, b in zip(odds, odds[1:], strict=False))  # each one weighs more
+    assert all(b < a for a, b in zip(chance, chance[1:], strict=False))
+    assert chance[-1] < 0.6 < 0.85 < min(around)
+    counts = np.array([[2.0, 2.0], [1.0, 3.0], [3.0, 0.0]])
+    assert edit_odds(counts).tolist() == pytest.approx([0.0, 0.0, math.log(4)])
 
 
 def test_the_copy_model_learns_from_outcomes_and_chances() -> None:
