@@ -43,7 +43,7 @@ class TemperatureChoice:
     acceptance: AcceptanceMap
     cost_rate: float  # R of svip-cost (tokens/s)
     simulated: list[dict[str, Any]] = field(default_factory=list)  # every candidate's rates
-    # Held-out validation (`bench.calibrate.HeldOut`): in_sample, held_out, choices.
+    # Held-out validation (`bench.calibrate_search.HeldOut`): in_sample, held_out, choices.
     validation: dict[str, Any] = field(default_factory=dict)
     # The learnt acceptance head (stored beside the JSON, `store`) and what `specdec` and
     # `specdec-cost` run with by default; how well each acceptance predictor did on held-out
