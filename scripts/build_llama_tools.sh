@@ -214,7 +214,7 @@ else
     CMAKE_ARGS_LIST+=(-DGGML_CUDA=OFF)
 fi
 # Where the CPU has AMX, build without it: svip_local takes llama.cpp's AMX buffer type out
-# (it segfaults on Q4_K batches, llama.cpp issue 20824; see native.UNSAFE_BUFFER_TYPES) and the
+# (it segfaults on Q4_K batches, llama.cpp issue 20824; see native/buffers.py) and the
 # peer must run the same kernels, CPU_REPACK included. The binaries have no switch for AMX
 # alone, so it is left out at compile time: every other native ISA extension stays.
 # SVIP_LOCAL_AMX=1 (the product keeps AMX then too) builds with it.

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from svip_local import load
-from svip_local.bench.calibrate import record_traces
+from svip_local.bench.calibrate_measure import record_traces
 from svip_local.bench.copy_fit import compare, copy_examples, summary_line
 from svip_local.bench.prompts import load_prompts, select
 from svip_local.bench.traces import PromptTrace, TraceSet

@@ -23,7 +23,8 @@ from typing import Any
 
 from svip_local import load
 from svip_local.bench.prompts import load_prompts, select
-from svip_local.bench.report import BenchResult, write_report
+from svip_local.bench.report import write_report
+from svip_local.bench.result import BenchResult
 from svip_local.bench.suite import BenchOptions, run_bench
 from svip_local.calibration.machine import cpu_model
 from svip_local.engine import Engine

@@ -2,9 +2,10 @@
 
     engine = svip_local.load("qwen2.5-coder-1.5b")      # or load(target="t.gguf", draft=...)
     for event in engine.generate("def fib(n):", max_tokens=64): ...
+    for event in svip_local.stream_chat(engine, [{"role": "user", "content": "Hi"}]): ...
 
-This is the public API: the TUI, the CLI and the server use nothing else (plus `chat`,
-`conversation` and `registry`). Importing it is cheap: names resolve on first use, so
+This is the public API: the TUI and the server use nothing else (plus `chat`, `conversation`
+and `registry`). Importing it is cheap: names resolve on first use, so
 libllama loads only when an engine module is (`svip-local list` never pays for it).
 """
 
@@ -14,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from svip_local.config import EngineConfig as EngineConfig
+    from svip_local.chat import stream_chat as stream_chat
     from svip_local.engine import Engine as Engine
     from svip_local.errors import (
         ContextFullError as ContextFullError,
@@ -40,21 +41,19 @@ if TYPE_CHECKING:
     )
     from svip_local.loader import load as load
     from svip_local.policies import (
-        DraftPolicy as DraftPolicy,
-        PerTemperature as PerTemperature,
         Plan as Plan,
-        StepStats as StepStats,
-        Strategy as Strategy,
-        Verdict as Verdict,
         check_spec as check_spec,
-        parse_policy as parse_policy,
         policy_entries as policy_entries,
-        policy_help as policy_help,
     )
     from svip_local.sampling import MAX_SEED as MAX_SEED, SamplingParams as SamplingParams
 
+# What a newcomer needs: load an engine, generate or chat, read the events, set sampling and
+# catch the errors. Also what the TUI and the server may use and find nowhere else public:
+# a policy spec checked and the policies listed before an engine exists, the `Plan` an engine
+# makes of one, and the largest seed a request may carry. The rest (EngineConfig, policy
+# classes, parse_policy, policy_help...) is imported from its own module.
 _EXPORTS = {
-    "svip_local.config": ("EngineConfig",),
+    "svip_local.chat": ("stream_chat",),
     "svip_local.engine": ("Engine",),
     "svip_local.errors": ("ContextFullError", "DecodeError", "EngineClosedError",
                           "IncompatiblePairError",
@@ -63,9 +62,7 @@ _EXPORTS = {
                           "RpcUnavailableError", "SvipError"),
     "svip_local.events": ("Done", "Event", "GenerationStats", "Notice", "Round", "Token"),
     "svip_local.loader": ("load",),
-    "svip_local.policies": ("DraftPolicy", "PerTemperature", "Plan", "StepStats", "Strategy",
-                            "Verdict", "check_spec", "parse_policy", "policy_entries",
-                            "policy_help"),
+    "svip_local.policies": ("Plan", "check_spec", "policy_entries"),
     "svip_local.sampling": ("MAX_SEED", "SamplingParams"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import jinja2
 import numpy as np
 
-from svip_local.engine import Engine, PolicyLike
+from svip_local.engine import Engine, PolicyLike, check_max_tokens
 from svip_local.errors import InvalidRequestError, PromptTooLongError
 from svip_local.events import Event, GenerationStats, Notice
 from svip_local.native import (
@@ -131,22 +131,22 @@ def _token_bytes(model: Model, token: int) -> bytes:
 
 
 def prompt_ids(engine: Engine, text: str) -> list[int]:
-    """Token ids for a rendered prompt, reusing the target cache's tokens where they spell it.
+    """Token ids for a rendered prompt, taken from the target's cache while its tokens spell it.
 
     Re-tokenizing a whole conversation would not reproduce the reply's generated tokens (a
     model may write "t"+"he" where the tokenizer says "the"), and every token after the first
     difference would be decoded again. Instead the cached tokens are decoded the way the
     engine decoded the reply (UTF-8, invalid bytes replaced) while they spell the text, and
     only the rest is tokenized; the cut falls where no UTF-8 character is left half done.
+    Which cached tokens the ids share, and so what is decoded, the engine works out itself.
     """
     model = engine.target_model
     special = model.special
     head = [special.bos] if special.add_bos and special.bos >= 0 \
         and not text.startswith(_special_text(model, special.bos)) else []
     cached = engine.target_ctx.tokens
-    n_keep, pos = 0, 0
+    n_keep, pos = len(head), 0
     if cached[:len(head)] == head:
-        n_keep = len(head)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         end = 0
         for i in range(len(head), len(cached)):
@@ -156,11 +156,9 @@ def prompt_ids(engine: Engine, text: str) -> list[int]:
             end += len(piece)
             if not decoder.getstate()[0]:
                 n_keep, pos = i + 1, end
-    if n_keep == 0:
-        return head + model.tokenize(text, add_special=False, parse_special=True)
     rest = text[pos:]
-    return cached[:n_keep] + (model.tokenize(rest, add_special=False, parse_special=True)
-                              if rest else [])
+    return head + cached[len(head):n_keep] + (
+        model.tokenize(rest, add_special=False, parse_special=True) if rest else [])
 
 
 def validate_messages(messages: Messages) -> list[dict[str, str]]:
@@ -272,8 +270,7 @@ def stream_chat(engine: Engine, messages: Messages, *, max_tokens: int = 512,
     before any work. `template` defaults to the engine's (resolved on each call: pass one
     from `ChatTemplate.for_engine` to skip that).
     """
-    if max_tokens <= 0:
-        raise InvalidRequestError(f"max_tokens must be positive, got {max_tokens}")
+    check_max_tokens(max_tokens)  # before fitting, which leaves room for the reply
     template = template or ChatTemplate.for_engine(engine)
     fitted = fit_messages(engine, template, messages, max_tokens)
     dropped = fitted.dropped

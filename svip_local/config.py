@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from svip_local.errors import InvalidRequestError
 from svip_local.rpc import parse_endpoints
@@ -58,12 +58,34 @@ class EngineConfig:
         """The draft's offload: its own setting, else the target's."""
         return self.n_gpu_layers if self.draft_n_gpu_layers is None else self.draft_n_gpu_layers
 
-    def with_overrides(self, **overrides: Any) -> EngineConfig:
-        """A copy with `overrides` applied; an unknown name is an error that lists the known
-        ones (a typo in a front end's setting must not pass silently or as a TypeError)."""
+    def with_overrides(self, **settings: Unpack[EngineSettings]) -> EngineConfig:
+        """A copy with the settings that are not None applied; an unknown name is an error that
+        lists the known ones (an untyped caller's typo must not pass silently or as a
+        TypeError)."""
         known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - known)
+        unknown = sorted(set(settings) - known)
         if unknown:
             raise InvalidRequestError(f"unknown engine setting(s) {', '.join(unknown)}; "
                                       f"known: {', '.join(sorted(known))}")
-        return dataclasses.replace(self, **overrides)
+        given: dict[str, Any] = {k: v for k, v in settings.items() if v is not None}
+        return dataclasses.replace(self, **given)  # __post_init__ checks the values
+
+
+class EngineSettings(TypedDict, total=False):
+    """`EngineConfig`'s fields as the typed keywords of `load` and `Engine`, so a type checker
+    sees a misspelled setting; None leaves one unset (tests/fast/test_loader.py keeps the two
+    in step)."""
+
+    n_ctx: int | None
+    n_batch: int | None
+    n_gpu_layers: int | None
+    draft_n_gpu_layers: int | None
+    n_threads: int | None
+    rpc_servers: tuple[str, ...] | str | None  # or one comma-separated string
+    draft_rpc_servers: tuple[str, ...] | str | None
+    flash_attn: bool | None
+    max_draft: int | None
+    max_copy: int | None
+    policy: str | None
+    chat_template: str | None
+    probe: bool | None

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Generator, Sequence
 from contextlib import ExitStack
 from time import perf_counter
-from typing import Any
+from typing import Unpack
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from svip_local.calibration import (
 )
 from svip_local.calibration.live import LiveModel
 from svip_local.compat import check_pair
-from svip_local.config import EngineConfig
+from svip_local.config import EngineConfig, EngineSettings
 from svip_local.errors import (
     EngineClosedError,
     InvalidRequestError,
@@ -39,7 +39,7 @@ from svip_local.errors import (
     RemoteServerError,
 )
 from svip_local.events import Done, Event, GenerationStats, Round, Token
-from svip_local.native import MAX_BRANCHES, Context, Model, Outputs, TextStream, common_prefix
+from svip_local.native import MAX_BRANCHES, Context, Model, Outputs, TextStream
 from svip_local.policies import (
     DraftPolicy,
     Plan,
@@ -66,17 +66,26 @@ SIDE_TOKENS = 8192  # the most tokens of earlier text kept searchable for copies
 PolicyLike = str | DraftPolicy | Plan
 
 
+def check_max_tokens(max_tokens: int) -> None:
+    """The reply's budget, checked where a request arrives (`generate`, `stream_chat`)."""
+    if max_tokens <= 0:
+        raise InvalidRequestError(f"max_tokens must be positive, got {max_tokens}")
+
+
 class Engine:
     """Target (and optional draft) GGUF, loaded once; `generate` streams events.
 
-    One generation runs at a time. `cancel()` may be called from any thread: the running
-    generation stops at the next round and both KV caches stay consistent.
+    `settings` are `EngineConfig` fields set over `config` (default: `EngineConfig()`); None
+    leaves one unset. One generation runs at a time. `cancel()` may be called from any
+    thread: the running generation stops at the next round and both KV caches stay
+    consistent.
     """
 
     def __init__(self, target: str | os.PathLike[str],
                  draft: str | os.PathLike[str] | None = None, *,
-                 config: EngineConfig | None = None, **overrides: Any) -> None:
-        self.config = cfg = (config or EngineConfig()).with_overrides(**overrides)
+                 config: EngineConfig | None = None, **settings: Unpack[EngineSettings]
+                 ) -> None:
+        self.config = cfg = (config or EngineConfig()).with_overrides(**settings)
         # A typo or an out-of-bounds length fails before gigabytes are loaded.
         check_spec(cfg.policy, PolicyContext(max_draft=cfg.max_draft, max_copy=cfg.max_copy,
                                              has_draft=draft is not None))
@@ -269,8 +278,7 @@ class Engine:
         the user's text from copies of an earlier reply.
         """
         self._check_open()
-        if max_tokens <= 0:
-            raise InvalidRequestError(f"max_tokens must be positive, got {max_tokens}")
+        check_max_tokens(max_tokens)
         ids = self.tokenize(prompt, parse_special=parse_special) if isinstance(prompt, str) \
             else [int(t) for t in prompt]
         if not ids:
@@ -395,10 +403,10 @@ class Engine:
         its first draft step, so a round without drafting never pays for it.
         """
         ctx = self.target_ctx
-        keep = common_prefix(ctx.tokens, ids, len(ids) - 1)
+        cached = list(ctx.tokens)
+        keep = ctx.keep_prefix(ids, len(ids) - 1)
         # What the cache held past the shared prefix stays searchable for copies.
-        self._side = [*self._side, *ctx.tokens[keep:]][-SIDE_TOKENS:]
-        ctx.truncate(keep)
+        self._side = [*self._side, *cached[keep:]][-SIDE_TOKENS:]
         if self.draft_ctx is not None:  # it catches up lazily, but never on stale tokens
             self.draft_ctx.keep_prefix(ids, len(ids) - 1)
         todo = ids[keep:-1]

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from svip_local.round import RoundResult
+    from svip_local.round_result import RoundResult
 
 
 @dataclass(frozen=True, slots=True)

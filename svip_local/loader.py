@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Unpack
 
+from svip_local.config import EngineConfig
 from svip_local.errors import InvalidRequestError
 
 if TYPE_CHECKING:
+    from svip_local.config import EngineSettings
     from svip_local.engine import Engine
     from svip_local.registry import ProgressCallback
 
@@ -23,7 +25,8 @@ PathLike = str | os.PathLike[str]
 
 def load(model: PathLike | None = None, *, target: PathLike | None = None,
          draft: PathLike | None = None, pull: bool = False, source: str | None = None,
-         progress: ProgressCallback | None = None, **settings: Any) -> Engine:
+         progress: ProgressCallback | None = None, **settings: Unpack[EngineSettings]
+         ) -> Engine:
     """An engine for `model` (a registry pair's name, or a target GGUF's path) or for
     `target` (+ optional `draft`) paths.
 
@@ -37,18 +40,17 @@ def load(model: PathLike | None = None, *, target: PathLike | None = None,
         raise InvalidRequestError("give a pair name (or a model path) or target=, not both")
     if draft is not None and target is None and not _is_path(model):
         raise InvalidRequestError("draft= goes with a target path")
-    given = {k: v for k, v in settings.items() if v is not None}
     if model is not None and not _is_path(model):
         from svip_local.registry import resolve
 
         pair = resolve(str(model), pull=pull, source=source, progress=progress)
-        recommended = {"n_ctx": pair.settings.n_ctx, "policy": pair.settings.policy,
-                       "chat_template": pair.settings.chat_template}
-        return Engine(pair.target, pair.draft, **{**recommended, **given})
+        recommended = EngineConfig(n_ctx=pair.settings.n_ctx, policy=pair.settings.policy,
+                                   chat_template=pair.settings.chat_template)
+        return Engine(pair.target, pair.draft, config=recommended, **settings)
     path = target if target is not None else model
     if path is None:
         raise InvalidRequestError("name a registry pair or give a target GGUF path")
-    return Engine(path, draft, **given)
+    return Engine(path, draft, **settings)
 
 
 def _is_path(model: PathLike | None) -> bool:

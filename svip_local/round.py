@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from time import perf_counter
 
 import numpy as np
@@ -36,6 +35,7 @@ from svip_local.policies import (
     entropy_scratch,
 )
 from svip_local.policies.round_plan import Copy, RoundPlan
+from svip_local.round_result import RoundResult
 from svip_local.sampling import (
     SamplingParams,
     acceptance_chance,
@@ -45,37 +45,6 @@ from svip_local.sampling import (
 )
 from svip_local.transcript import Transcript
 from svip_local.tree import TokenTree, top_candidates
-
-
-@dataclass(frozen=True, slots=True)
-class RoundResult:
-    """What one round did. `proposed` is the verified branch the round ended on (drafted, or
-    copied when `copied`): the accepted path, then the rest of that branch; the round emits
-    `proposed[:accepted]` and then `next_token`, the target's own. `nodes` counts every
-    token verified (a chain: len(proposed); a tree: more)."""
-
-    proposed: tuple[int, ...]
-    accepted: int
-    next_token: int
-    copied: bool
-    draft_s: float  # proposing (draft decodes and policy), seconds
-    verify_s: float  # the target's batch and the acceptance test
-    draft_steps: int = 0  # the length policy's verdicts (one per draft decode read)
-    catchup: int = 0  # tokens the draft decoded to catch up before its first step
-    catchup_s: float = 0.0
-    # Sampling: the chance of acceptance of each depth's first candidate (the chain's token),
-    # up to the first depth where none was accepted (the acceptance test's own min(1, p/q));
-    # greedy: empty, the outcomes are certain.
-    chances: tuple[float, ...] = ()
-    nodes: int = -1  # -1: as many as proposed (a chain)
-
-    def __post_init__(self) -> None:
-        if self.nodes < 0:
-            object.__setattr__(self, "nodes", len(self.proposed))
-
-    @property
-    def tokens(self) -> tuple[int, ...]:
-        return (*self.proposed[: self.accepted], self.next_token)
 
 
 class Speculator:

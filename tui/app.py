@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from svip_local import Engine, Plan
 
 from tui.attach import AttachError, expand, has_attachments
-from tui.backend import AppClosing, EngineSlot, ReplyJob, run_reply, time_target_alone
+from tui.backend import EngineSlot, ReplyJob, load_engine, reply_and_time
 from tui.config import ChatSettings, ModelSource
 from tui.events import (
     EngineFailed,
@@ -46,7 +46,6 @@ from tui.screens import ConversationsScreen, PairScreen, SettingsScreen
 from tui.speed import Speedup, live_estimate, measured
 from tui.widgets import MessageList, Note, PromptInput, Reply, StatusBar, UserMessage
 
-log = logging.getLogger(__name__)
 PLACEHOLDER = ("Message  (Enter sends · Ctrl+J new line · ↑↓ history · "
                "/attach PATH: a file)")  # 76 columns: the box's inside at 80
 LEGEND = "[b $success]accepted draft tokens[/]  [$warning]tokens the target wrote itself[/]"
@@ -135,23 +134,7 @@ class ChatApp(App[None]):
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def _load_worker(self, source: ModelSource, settings: ChatSettings) -> None:
-        def progress(label: str, done: int, total: int) -> None:
-            if self._slot.closed:
-                raise AppClosing
-            self.post_message(PullProgress(label, done, total))
-
-        try:
-            engine, template = self._slot.replace(source, settings, progress)
-        except AppClosing:
-            return
-        except SvipError as exc:
-            self.post_message(EngineFailed(str(exc)))
-            return
-        except Exception as exc:  # the app shows every failure instead of dying
-            log.exception("loading %s failed", source.label)
-            self.post_message(EngineFailed(f"unexpected error: {exc!r}"))
-            return
-        self.post_message(EngineReady(engine, template, source.label))
+        load_engine(self._slot, source, settings, self.post_message)
 
     def on_pull_progress(self, msg: PullProgress) -> None:
         bar = self.query_one("#pull-bar", ProgressBar)
@@ -233,23 +216,7 @@ class ChatApp(App[None]):
 
     @work(thread=True, exclusive=True, group="reply", exit_on_error=False)
     def _reply_worker(self, job: ReplyJob) -> None:
-        with self._slot.lock:
-            if self._slot.closed:
-                return
-            try:
-                done = run_reply(job, self.post_message)
-            except SvipError as exc:
-                self.post_message(ReplyFailed(str(exc)))
-                return
-            except Exception as exc:  # the app shows every failure instead of dying
-                log.exception("reply failed")
-                self.post_message(ReplyFailed(f"unexpected error: {exc!r}"))
-                return
-            if done is not None:
-                try:
-                    time_target_alone(job, done, self.post_message)
-                except SvipError as exc:
-                    log.warning("could not time the target alone: %s", exc)
+        reply_and_time(self._slot, job, self.post_message)
 
     def _current_reply(self) -> Reply | None:
         replies = self.query(Reply)

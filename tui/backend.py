@@ -6,6 +6,7 @@ is thread-safe and never blocks), so decoding never waits for the screen to redr
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -14,16 +15,27 @@ from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from svip_local import Done, Notice, Round, Token, load
+from svip_local import Done, Notice, Round, SvipError, Token, load
 from svip_local.chat import ChatTemplate, measure_target_alone, stream_chat
 from svip_local.registry import ProgressCallback
 from tui.config import ChatSettings, ModelSource
-from tui.events import LiveStats, ReplyChunk, ReplyDone, ReplyNotice, TargetTimed
+from tui.events import (
+    EngineFailed,
+    EngineReady,
+    LiveStats,
+    PullProgress,
+    ReplyChunk,
+    ReplyDone,
+    ReplyFailed,
+    ReplyNotice,
+    TargetTimed,
+)
 from tui.speed import MIN_TOKENS, live_estimate
 
 if TYPE_CHECKING:
     from svip_local import Engine, Plan
 
+log = logging.getLogger(__name__)
 Post = Callable[[Message], object]
 
 # The screen redraws at most this often while a reply streams: tokens arriving faster are
@@ -91,6 +103,29 @@ class AppClosing(Exception):
     """Raised inside a worker to abandon its work because the app is shutting down."""
 
 
+def load_engine(slot: EngineSlot, source: ModelSource, settings: ChatSettings,
+                post: Post) -> None:
+    """The load worker: `source` into `slot`, its pull's progress on the way, then
+    `EngineReady`, or `EngineFailed` with the reason (the app shows every failure)."""
+    def progress(label: str, done: int, total: int) -> None:
+        if slot.closed:
+            raise AppClosing
+        post(PullProgress(label, done, total))
+
+    try:
+        engine, template = slot.replace(source, settings, progress)
+    except AppClosing:
+        return
+    except SvipError as exc:
+        post(EngineFailed(str(exc)))
+        return
+    except Exception as exc:  # the app shows every failure instead of dying
+        log.exception("loading %s failed", source.label)
+        post(EngineFailed(f"unexpected error: {exc!r}"))
+        return
+    post(EngineReady(engine, template, source.label))
+
+
 @dataclass(frozen=True)
 class ReplyJob:
     """Everything one reply needs, fixed when it starts (later settings apply to the next)."""
@@ -102,6 +137,28 @@ class ReplyJob:
     settings: ChatSettings
     cancel: threading.Event  # also stops the timing after the reply
     time_target: bool  # time the target alone after the reply (unless `auto` priced it)
+
+
+def reply_and_time(slot: EngineSlot, job: ReplyJob, post: Post) -> None:
+    """The reply worker: `run_reply` under the slot's lock (unless the app is closing), then
+    `time_target_alone`; a failed reply posts `ReplyFailed`, a failed timing is only logged."""
+    with slot.lock:
+        if slot.closed:
+            return
+        try:
+            done = run_reply(job, post)
+        except SvipError as exc:
+            post(ReplyFailed(str(exc)))
+            return
+        except Exception as exc:  # the app shows every failure instead of dying
+            log.exception("reply failed")
+            post(ReplyFailed(f"unexpected error: {exc!r}"))
+            return
+        if done is not None:
+            try:
+                time_target_alone(job, done, post)
+            except SvipError as exc:
+                log.warning("could not time the target alone: %s", exc)
 
 
 def run_reply(job: ReplyJob, post: Post) -> Done | None:

@@ -7,7 +7,10 @@ engine imports this package.
     traces    greedy traces: target tokens and the draft's guesses and statistics per position
     costs     measuring the cost model of this machine for a pair
     simulate  the round replayed on a trace under a policy and a cost model; the oracle
-    calibrate the policy search (the candidates come from the policy table)
+    calibrate measuring (calibrate_measure), then the policy search (calibrate_search; the
+              candidates come from the policy table), then its text (calibrate_text)
     runner    side-by-side timed runs and both speed metrics; validate: simulator vs runs
-    peer      llama.cpp's own speculative binary; suite: one benchmark session; report: output
+    peer      llama.cpp's own speculative binaries (peer_runner runs, peer_output parses);
+              python_peer: llama-cpp-python's `Llama`; suite: one benchmark session
+    report    markdown of a `result.BenchResult`; plots: its matplotlib figures
 """

@@ -1,14 +1,14 @@
 """llama.cpp's own speculative decoding as a peer in a benchmark: `llama-speculative-simple`
 (one draft chain per round) and `llama-speculative` (a tree of draft branches).
 
-The binaries are built by scripts/build_llama_tools.sh; `peer_runner` runs them and parses
-what they print. Peer runs are specs `llama.cpp:N_MAX:P_MIN` (the simple example) and
-`llama.cpp-tree:N_PARALLEL:P_SPLIT[:N_MAX]` (the tree example: up to N_PARALLEL branches, a
-new one where a draft candidate's probability exceeds P_SPLIT, N_MAX draft tokens per round
-over the whole tree, llama.cpp's default 3 when left out) that the benchmark interleaves with
-its own; their time is prefill + generation, like ours (model load excluded). This llama.cpp's
-tree example fails once its tree branches (`peer_runner.TREE_NEEDS_KVU`): such a run raises
-`PeerError` rather than yielding a number.
+The binaries are built by scripts/build_llama_tools.sh; `peer_runner` runs them and
+`peer_output` parses what they print (docs/peers.md). Peer runs are specs
+`llama.cpp:N_MAX:P_MIN` (the simple example) and `llama.cpp-tree:N_PARALLEL:P_SPLIT[:N_MAX]`
+(the tree example: up to N_PARALLEL branches, a new one where a draft candidate's probability
+exceeds P_SPLIT, N_MAX draft tokens per round over the whole tree, llama.cpp's default 3 when
+left out) that the benchmark interleaves with its own; their time is prefill + generation,
+like ours (model load excluded). This llama.cpp's tree example fails once its tree branches
+(`peer_output.TREE_NEEDS_KVU`): such a run raises `PeerError` rather than yielding a number.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 from svip_local.bench import peer_runner
 from svip_local.bench.defaults import DEFAULT_GRID
-from svip_local.bench.peer_runner import TREE_BINARY_NAME
+from svip_local.bench.peer_runner import TREE_BINARY_NAME, PeerArgs
 from svip_local.bench.runner import BenchItem, RunRecord
 from svip_local.errors import InvalidRequestError
 from svip_local.native import use_extra_buffer_types
@@ -117,10 +117,11 @@ class Peer:
             n_max, p_min = parse_spec(name)
             settings = {"n_max": n_max, "p_min": p_min}
         extra = [*self._extra, *(["--ignore-eos"] if item.ignore_eos else [])]
-        res = self._runner.run_peer(
-            self.binary_for(name), self.target, self.draft, item.prompt.text, **settings,
-            n_predict=item.max_tokens, threads=self.threads, ctx=self.n_ctx, temp=temperature,
-            seed=seed, n_gpu_layers=self.n_gpu_layers, extra_args=extra)
+        args = PeerArgs(self.target, self.draft, **settings, n_predict=item.max_tokens,
+                        threads=self.threads, ctx=self.n_ctx, temp=temperature, seed=seed,
+                        n_gpu_layers=self.n_gpu_layers, extra_args=tuple(extra),
+                        binary=self.binary_for(name))
+        res = self._runner.run_peer(args, item.prompt.text)
         wall = res["total_s"] if res["total_s"] is not None else res["decode_s"]
         return RunRecord(item.suite, item.group, item.prompt.id, temperature, item.max_tokens,
                          name, label(name), repeat,

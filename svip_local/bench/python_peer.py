@@ -9,8 +9,8 @@ target file, prompts, threads and context size, with the same sampling (no top-k
 min-p truncation, where `create_completion` would otherwise apply its own defaults). Each run
 empties the cache first (`reset`), so it pays its prefill, which its time includes, as ours does.
 
-`native.open_python_api_llama` builds each `Llama`: native stays the one module that touches
-llama_cpp, even where the peer *is* its Python API.
+This is the one module outside `svip_local.native` that imports llama_cpp (the import
+contracts allow it alone), since the peer *is* llama-cpp-python's own Python API.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 
 from svip_local.bench.runner import BenchItem, RunRecord
 from svip_local.errors import InvalidRequestError
-from svip_local.native import open_python_api_llama
 
 PLAIN = "llama-cpp-python"
 LOOKUP = "llama-cpp-python+lookup"
@@ -47,6 +46,31 @@ def parse_spec(spec: str) -> tuple[int, int] | None:
         raise InvalidRequestError(f"expected {LOOKUP}[:N[:NGRAM]] with N, NGRAM >= 1, "
                                   f"got {spec!r}")
     return n_pred, ngram
+
+
+def open_python_api_llama(path: str | Path, *, n_ctx: int, threads: int, n_gpu_layers: int,
+                          lookup: tuple[int, int] | None) -> tuple[Any, dict[int, float]]:
+    """llama-cpp-python's own high-level `Llama` (with `LlamaPromptLookupDecoding` when `lookup`
+    gives its predicted tokens and n-gram size), for benchmarks that race it as a peer; and a
+    logit bias that puts every end-of-generation token out of reach, since `create_completion`
+    has no ignore-eos flag.
+
+    With a draft model `Llama` keeps every position's logits, but it sizes that buffer by
+    `logits_all` as passed: left False, a prompt longer than n_batch (512) fails in `Llama.eval`
+    ("could not broadcast"), so it is passed True whenever there is a draft.
+    """
+    from llama_cpp import Llama
+    from llama_cpp.llama_cpp import llama_vocab_is_eog
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+    draft = None if lookup is None else LlamaPromptLookupDecoding(
+        num_pred_tokens=lookup[0], max_ngram_size=lookup[1])
+    llm = Llama(str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                n_gpu_layers=n_gpu_layers, logits_all=draft is not None, draft_model=draft,
+                verbose=False)
+    vocab = llm._model.vocab
+    banned = {t: -1e30 for t in range(llm.n_vocab()) if llama_vocab_is_eog(vocab, t)}
+    return llm, banned
 
 
 def handles(spec: str) -> bool:

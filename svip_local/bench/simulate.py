@@ -21,7 +21,8 @@ from svip_local.bench.traces import PromptTrace, copy_walk
 from svip_local.calibration import CostModel
 from svip_local.config import DEFAULT_MAX_COPY, DEFAULT_MAX_DRAFT
 from svip_local.policies import DraftPolicy, Plan, StepStats, Strategy, Verdict, as_plan
-from svip_local.round import RoundResult, add_copy, leading_chain
+from svip_local.round import add_copy, leading_chain
+from svip_local.round_result import RoundResult
 from svip_local.sampling import SamplingParams
 from svip_local.transcript import Transcript
 from svip_local.tree import TokenTree

@@ -23,7 +23,7 @@ from svip_local.bench.python_peer import (
     handles as python_peer_handles,
     parse_spec as parse_python_peer,
 )
-from svip_local.bench.report import BenchResult
+from svip_local.bench.result import BenchResult
 from svip_local.bench.runner import (
     BASELINE,
     CALIBRATED_AUTO,

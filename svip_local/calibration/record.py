@@ -6,8 +6,9 @@ choices per sampling temperature follow in `sampled` (absent from older files).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, TypeVar
 
 from svip_local.calibration.acceptance import AcceptanceMap
 from svip_local.calibration.copies import CopyModel
@@ -16,11 +17,20 @@ from svip_local.calibration.head import AcceptanceHead
 from svip_local.calibration.machine import Fingerprint, PairIdentity
 
 FORMAT = 1
+LENT_TEMPERATURE = 1.0  # where a calibration without sampled choices lends its greedy one
+T = TypeVar("T")
 
 
 def temperature_label(t: float) -> str:
     """How reports and the CLI name a sampling temperature."""
     return "greedy" if t == 0 else f"temperature {t:g}"
+
+
+def nearest(options: Sequence[T], temperature: float, temperature_of: Callable[[T], float]
+            ) -> T:
+    """The option calibrated at the temperature nearest `temperature` (the first of a tie):
+    what a generation at `temperature` runs, whether a calibrated choice or its strategy."""
+    return min(options, key=lambda o: abs(temperature_of(o) - temperature))
 
 
 @dataclass
@@ -33,7 +43,7 @@ class TemperatureChoice:
     acceptance: AcceptanceMap
     cost_rate: float  # R of svip-cost (tokens/s)
     simulated: list[dict[str, Any]] = field(default_factory=list)  # every candidate's rates
-    # Held-out validation (`bench.calibrate.HeldOut`): in_sample, held_out, choices.
+    # Held-out validation (`bench.calibrate_search.HeldOut`): in_sample, held_out, choices.
     validation: dict[str, Any] = field(default_factory=dict)
     # The learnt acceptance head (stored beside the JSON, `store`) and what `specdec` and
     # `specdec-cost` run with by default; how well each acceptance predictor did on held-out
@@ -47,6 +57,9 @@ class TemperatureChoice:
     # copies on held-out prompts (`bench.copy_fit.compare`).
     copies: CopyModel | None = None
     copy_prediction: dict[str, Any] = field(default_factory=dict)
+    # The greedy choice lent to sampling by a calibration without sampled choices
+    # (`Calibration.choices`); never stored.
+    lent: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "choice": self.choice,
@@ -87,19 +100,25 @@ class Calibration:
 
     @property
     def choices(self) -> list[TemperatureChoice]:
-        return [self.greedy, *self.sampled]
+        """The choice per temperature. One made without sampled choices (older files, or a
+        greedy calibration) chose on greedy traces only: sampling borrows the greedy choice,
+        marked `lent` (it then runs without the copies and trees greedy traces priced)."""
+        if self.sampled:
+            return [self.greedy, *self.sampled]
+        return [self.greedy, replace(self.greedy, temperature=LENT_TEMPERATURE, lent=True)]
 
     def choice_at(self, temperature: float) -> TemperatureChoice:
-        """The choice calibrated at the temperature nearest `temperature`."""
-        return min(self.choices, key=lambda c: abs(c.temperature - temperature))
+        """The choice a generation at `temperature` runs: every reader of a calibration's
+        choices (`calibrated`, `auto`, the cost-aware rules, the live estimates) asks here."""
+        return nearest(self.choices, temperature, lambda c: c.temperature)
 
     def heads(self) -> list[AcceptanceHead]:
-        return [c.head for c in self.choices if c.head is not None]
+        return [c.head for c in (self.greedy, *self.sampled) if c.head is not None]
 
     def attach_heads(self, heads: list[AcceptanceHead]) -> None:
         """Give each temperature's choice the head trained at its temperature."""
         by_temperature = {h.temperature: h for h in heads}
-        for c in self.choices:
+        for c in (self.greedy, *self.sampled):
             c.head = by_temperature.get(c.temperature)
 
     def to_dict(self) -> dict[str, Any]:

@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from svip_local.bench.calibrate import calibrate, summary_lines
+    from svip_local.bench.calibrate import calibrate
+    from svip_local.bench.calibrate_text import summary_lines
     from svip_local.bench.prompts import load_prompts, select
     from svip_local.bench.runner import progress_bar
     from svip_local.bench.traces import TraceSet

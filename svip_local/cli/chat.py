@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from svip_local import InvalidRequestError, ModelNotDownloadedError, policy_help
+from svip_local import InvalidRequestError, ModelNotDownloadedError
+from svip_local.policies import policy_help
 from svip_local.registry import status
 from svip_local.registry.store import human_size
 

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from svip_local import Done, InvalidRequestError, SamplingParams, Token, load, policy_help
+from svip_local import Done, InvalidRequestError, SamplingParams, Token, load
+from svip_local.policies import policy_help
 
 if TYPE_CHECKING:
     from svip_local import Engine

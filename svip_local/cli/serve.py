@@ -9,8 +9,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from svip_local import policy_help
 from svip_local.cli.generate import add_model_arguments, open_engine
+from svip_local.policies import policy_help
 
 log = logging.getLogger(__name__)
 

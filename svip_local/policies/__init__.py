@@ -10,7 +10,7 @@ table they are registered in.
     cape      CaPE, an expander: the draft's chain widened by its top-k alternatives
     auto      `calibrated`: the calibrated choice per sampling temperature, fixed
     live      `auto`: the fastest choice each round, by costs and acceptance learnt live
-    strategy  Strategy (policy + proposer) and PerTemperature: what a generation runs
+    strategy  Strategy (policy + proposer), PerTemperature, parse_policy: what a generation runs
 """
 
 # Importing the modules registers their entries, in this order (the help lists them so).
@@ -31,7 +31,7 @@ from svip_local.policies.cape import Cape, CostAwareCape
 from svip_local.policies.lookup import LookupTree, PromptLookup
 from svip_local.policies.rules import AdaEdl, Constant, Heuristic, NoDraft, PMin, Svip
 from svip_local.policies.specdec import CostAwareSpecDec, SpecDec
-from svip_local.policies.strategy import PerTemperature, Plan, Strategy, as_plan
+from svip_local.policies.strategy import PerTemperature, Plan, Strategy, as_plan, parse_policy
 from svip_local.policies.table import (
     PolicyContext,
     PolicyEntry,
@@ -39,7 +39,6 @@ from svip_local.policies.table import (
     check_spec,
     known_specs,
     label,
-    parse_policy,
     policy_help,
 )
 from svip_local.policies.table import entries as policy_entries

@@ -17,8 +17,8 @@ from svip_local.calibration import Calibration, TemperatureChoice
 from svip_local.errors import InvalidRequestError
 from svip_local.policies.base import DraftPolicy
 from svip_local.policies.rules import NoDraft
-from svip_local.policies.strategy import PerTemperature, Plan, Strategy
-from svip_local.policies.table import PolicyContext, parse_policy, register, split_spec
+from svip_local.policies.strategy import PerTemperature, Plan, Strategy, parse_policy
+from svip_local.policies.table import PolicyContext, register, split_spec
 from svip_local.sampling import SamplingParams
 
 
@@ -37,29 +37,27 @@ def calibrated(args: tuple[Any, ...], context: PolicyContext) -> Plan:
         raise InvalidRequestError(
             "`calibrated` needs this pair's calibration on this machine: run `svip-local "
             "calibrate` first (with the same files, threads and GPU offload), or use `auto`")
-    return per_temperature(cal, lambda c: c.choice, context)
+    return per_temperature(cal, context)
 
 
-def per_temperature(cal: Calibration, spec_at: Callable[[TemperatureChoice], str],
-                    context: PolicyContext) -> PerTemperature:
-    """The strategy `spec_at` names for each temperature the calibration covers, each built
-    with that temperature's acceptance map and rate where it needs them."""
+def per_temperature(cal: Calibration, context: PolicyContext) -> PerTemperature:
+    """The strategy each calibrated choice names, at its temperature, each built with that
+    temperature's acceptance map and rate where it needs them."""
     return PerTemperature([
-        (c.temperature, parse_policy(spec_at(c), replace(context, temperature=c.temperature))
+        (c.temperature,
+         parse_policy(choice_spec(c), replace(context, temperature=c.temperature))
          .for_sampling(SamplingParams(temperature=c.temperature)))
-        for c in temperature_choices(cal)])
+        for c in cal.choices])
 
 
-def temperature_choices(cal: Calibration) -> list[TemperatureChoice]:
-    """The calibration's choices by temperature. A calibration made before sampled traces
-    chose on greedy ones only; sampling then runs its choice without its proposal source (a
-    copy is accepted only with the target's probability of it, which greedy traces do not
-    measure)."""
-    if cal.sampled:
-        return [cal.greedy, *cal.sampled]
-    parsed = split_spec(cal.greedy.choice)
-    known, args = parsed.policy
-    return [cal.greedy, replace(cal.greedy, temperature=1.0, choice=known.spec(args))]
+def choice_spec(choice: TemperatureChoice) -> str:
+    """The spec a calibrated choice runs. A greedy choice lent to sampling (a calibration
+    without sampled choices) runs its length policy alone: a copy or a tree's leaf is accepted
+    only with the target's probability of it, which greedy traces do not measure."""
+    if not choice.lent:
+        return choice.choice
+    known, args = split_spec(choice.choice).policy
+    return known.spec(args)
 
 
 P = TypeVar("P", bound=DraftPolicy)
@@ -76,11 +74,5 @@ def per_calibrated_choice(context: PolicyContext, name: str,
             f"{name} needs this machine's costs for this pair: run `svip-local calibrate` "
             "first (with the same files, threads and GPU offload)")
     if context.temperature is not None:
-        return make(choice_at(cal, context.temperature), cal)
-    return PerTemperature([(c.temperature, Strategy(make(c, cal)))
-                           for c in temperature_choices(cal)])
-
-
-def choice_at(cal: Calibration, temperature: float) -> TemperatureChoice:
-    """The calibrated choice nearest `temperature`."""
-    return min(temperature_choices(cal), key=lambda c: abs(c.temperature - temperature))
+        return make(cal.choice_at(context.temperature), cal)
+    return PerTemperature([(c.temperature, Strategy(make(c, cal))) for c in cal.choices])

@@ -24,12 +24,9 @@ from svip_local.config import DEFAULT_MAX_DRAFT
 
 if TYPE_CHECKING:
     from svip_local.policies.round_plan import Copy
-    from svip_local.policies.strategy import Plan
-    from svip_local.policies.table import PolicyContext, PolicyEntry
+    from svip_local.policies.table import Arg, PolicyContext, PolicyEntry
     from svip_local.transcript import Transcript
     from svip_local.tree import TokenTree
-
-Arg = int | float
 
 
 class Verdict(Enum):
@@ -69,9 +66,10 @@ class DraftPolicy(ABC):
         self.max_draft = max_draft
 
     @classmethod
-    def build(cls, args: tuple[Any, ...], context: PolicyContext) -> DraftPolicy | Plan:
+    def build(cls, args: tuple[Any, ...], context: PolicyContext) -> object:
         """The policy a spec's arguments name, for an engine described by `context` (a
-        calibrated one may build a plan per temperature)."""
+        calibrated one may build a plan per temperature; plans stand above this module, and
+        `strategy.parse_policy` takes either)."""
         return cls(*args, max_draft=context.max_draft)
 
     @property

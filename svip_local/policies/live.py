@@ -51,6 +51,7 @@ from svip_local.calibration.copies import FEATURES
 from svip_local.calibration.costs import MAX_TREE_VERIFY
 from svip_local.calibration.live import LiveCosts, LiveModel, default_costs, outcome
 from svip_local.errors import InvalidRequestError
+from svip_local.policies.auto import choice_spec
 from svip_local.policies.base import DraftPolicy, Expander, StepStats, Verdict
 from svip_local.policies.cape import CostAwareCape
 from svip_local.policies.cost import CostAwareSvip
@@ -62,7 +63,7 @@ from svip_local.sampling import SamplingParams
 from svip_local.transcript import Transcript
 
 if TYPE_CHECKING:
-    from svip_local.round import RoundResult
+    from svip_local.round_result import RoundResult
 
 EXPLORE_SHARE = {"lookup": 0.01, "draft": 0.02}  # the most of a reply's time spent on
 # rounds of each kind that the estimates said lose
@@ -101,9 +102,7 @@ def calibrated_expander(cal: Calibration | None, temperature: float) -> Expander
     (CaPE on a big target, none where each row costs nearly a decode)."""
     if cal is None:
         return None
-    choices = [cal.greedy, *cal.sampled]
-    spec = min(choices, key=lambda c: abs(c.temperature - temperature)).choice
-    parsed = split_spec(spec)
+    parsed = split_spec(choice_spec(cal.choice_at(temperature)))
     # The calibration goes along: a tree sized by this machine's costs (cape-cost) reads them.
     return None if parsed.expander is None else parsed.expander[0].build(
         parsed.expander[1], PolicyContext(calibration=lambda: cal))
@@ -116,8 +115,8 @@ def calibrated_head(cal: Calibration | None, temperature: float) -> AcceptanceHe
     reads its chances instead of the live entropy map's."""
     if cal is None:
         return None
-    choice = min(cal.choices, key=lambda c: abs(c.temperature - temperature))
-    reads_head = split_spec(choice.choice).policy[0].name in ("specdec", "specdec-cost")
+    choice = cal.choice_at(temperature)
+    reads_head = split_spec(choice_spec(choice)).policy[0].name in ("specdec", "specdec-cost")
     return choice.head if reads_head else None
 
 

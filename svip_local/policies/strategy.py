@@ -1,5 +1,6 @@
 """What a generation runs: a draft-length policy composed with an optional proposal source,
-and, for calibrated specs, one such pair per sampling temperature.
+and, for calibrated specs, one such pair per sampling temperature; `parse_policy` builds it
+from a spec.
 
 Each round the strategy decides its plan (`decide` -> `RoundPlan`): a fixed strategy copies
 whenever its proposer has something (copies cost one target verification and no draft step),
@@ -12,14 +13,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from svip_local.calibration.record import nearest
 from svip_local.policies.base import DraftPolicy, Expander, Proposer
 from svip_local.policies.round_plan import ALONE, RoundPlan
 from svip_local.policies.rules import NoDraft
+from svip_local.policies.table import PolicyContext, check_spec, split_spec
 from svip_local.sampling import SamplingParams
 from svip_local.transcript import Transcript
 
 if TYPE_CHECKING:
-    from svip_local.round import RoundResult
+    from svip_local.round_result import RoundResult
 
 
 class Strategy:
@@ -117,7 +120,7 @@ class PerTemperature:
         return any(s.speculates for _, s in self.by_temperature)
 
     def for_sampling(self, sampling: SamplingParams) -> Strategy:
-        return min(self.by_temperature, key=lambda ts: abs(ts[0] - sampling.temperature))[1]
+        return nearest(self.by_temperature, sampling.temperature, lambda ts: ts[0])[1]
 
     def with_proposer(self, proposer: Proposer) -> PerTemperature:
         return PerTemperature([(t, s.with_proposer(proposer)) for t, s in self.by_temperature])
@@ -132,3 +135,19 @@ Plan = Strategy | PerTemperature
 def as_plan(policy: DraftPolicy | Strategy | PerTemperature) -> Plan:
     """A bare length policy runs without a proposal source."""
     return Strategy(policy) if isinstance(policy, DraftPolicy) else policy
+
+
+def parse_policy(spec: str, context: PolicyContext | None = None) -> Plan:
+    """The plan a spec names, built for an engine described by `context`."""
+    ctx = context or PolicyContext()
+    check_spec(spec, ctx)
+    parsed = split_spec(spec)
+    known, args = parsed.policy
+    plan = as_plan(known.build(args, ctx))
+    if parsed.expander is not None:
+        widen, widen_args = parsed.expander
+        plan = plan.with_expander(widen.build(widen_args, ctx))
+    if parsed.proposer is not None:
+        source, source_args = parsed.proposer
+        plan = plan.with_proposer(source.build(source_args, ctx))
+    return plan

@@ -24,9 +24,8 @@ from svip_local.errors import InvalidRequestError
 if TYPE_CHECKING:
     from svip_local.calibration import Calibration
     from svip_local.calibration.live import LiveModel
-    from svip_local.policies.base import Arg
-    from svip_local.policies.strategy import Plan
 
+Arg = int | float  # a spec's parameter value
 Kind = Literal["policy", "expander", "proposer"]
 T = TypeVar("T")
 
@@ -226,24 +225,6 @@ def check_spec(spec: str, context: PolicyContext | None = None) -> str:
         if known.check is not None:
             known.check(args)
     return spec
-
-
-def parse_policy(spec: str, context: PolicyContext | None = None) -> Plan:
-    """The plan a spec names, built for an engine described by `context`."""
-    from svip_local.policies.strategy import as_plan
-
-    ctx = context or PolicyContext()
-    check_spec(spec, ctx)
-    parsed = split_spec(spec)
-    known, args = parsed.policy
-    plan = as_plan(known.build(args, ctx))
-    if parsed.expander is not None:
-        widen, widen_args = parsed.expander
-        plan = plan.with_expander(widen.build(widen_args, ctx))
-    if parsed.proposer is not None:
-        source, source_args = parsed.proposer
-        plan = plan.with_proposer(source.build(source_args, ctx))
-    return plan
 
 
 def build_part(spec: str, kind: Kind) -> Any:

@@ -20,9 +20,9 @@ from svip_local import (
     InvalidRequestError,
     SamplingParams,
     SvipError,
-    native,
 )
 from svip_local.cli import main
+from svip_local.native import log as native_log
 from tests.support.registry_fakes import RegistryDirs, hf_source, pair_toml
 
 PROMPT = "The quick brown fox"
@@ -115,7 +115,7 @@ def interrupted_during_load(monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupt(level: int, text: bytes) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(native, "_log_line", interrupt)
+    monkeypatch.setattr(native_log, "_log_line", interrupt)
 
 
 # (id, argv after the model arguments, stdin bytes (None: a terminal), setup, exit code,

@@ -11,7 +11,8 @@ import pytest
 
 from svip_local.bench import peer
 from svip_local.bench.prompts import Prompt, load_prompts, parse_prompts, select
-from svip_local.bench.report import BenchResult, label, markdown
+from svip_local.bench.report import markdown
+from svip_local.bench.result import BenchResult, label
 from svip_local.bench.runner import BenchItem, RunRecord, run_items, summarize
 from svip_local.errors import InvalidRequestError
 from svip_local.events import GenerationStats
@@ -166,7 +167,7 @@ def test_the_peer_turns_repacking_off_with_the_product(tmp_path: Path,
                   binary=binary, runner=fake_runner(calls))  # type: ignore[arg-type]
     p.run(BenchItem("specbench", "qa", Prompt("1", "qa", "Hi"), 8, False), peer.spec(2, 0), 0.0,
           0, 0)
-    assert calls[0]["extra_args"] == ["--no-repack"]
+    assert calls[0]["extra_args"] == ("--no-repack",)
 
 
 def test_peer_without_its_binary_says_how_to_build_it(tmp_path: Path) -> None:

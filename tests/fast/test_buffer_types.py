@@ -30,9 +30,9 @@ def test_this_process_loads_models_without_amx() -> None:
 
 def llama_cpp_list(env: dict[str, str]) -> list[str]:
     """The list llama.cpp itself reads at every model load, in a fresh process with `env`."""
-    code = ("from svip_local import native\n"
-            "t = native._cpu_extra_buffer_types()\n"
-            "print(' '.join(native._buffer_type_name(b) for b in t[:-1]) if t else '')")
+    code = ("from svip_local.native import buffers\n"
+            "t = buffers._cpu_extra_buffer_types()\n"
+            "print(' '.join(buffers._buffer_type_name(b) for b in t[:-1]) if t else '')")
     base = {k: v for k, v in os.environ.items() if not k.startswith("SVIP_LOCAL_")}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, env={**base, **env}).stdout.split()

@@ -7,16 +7,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from svip_local.bench.calibrate import (
+from svip_local.bench.calibrate_search import (
     Candidate,
     Choice,
     choose,
     complexity,
     held_out,
-    held_out_line,
     search,
     simplest_within,
 )
+from svip_local.bench.calibrate_text import held_out_line
 from svip_local.bench.costs import fit_overhead
 from svip_local.bench.traces import PromptTrace
 from svip_local.calibration import AcceptanceMap, TemperatureChoice, nondecreasing

@@ -29,7 +29,7 @@ from svip_local.policies import PolicyContext, parse_policy
 from svip_local.policies.live import EXPLORE_SHARE, EXPLORE_TOKENS, LiveAuto
 from svip_local.policies.lookup import Copier, longest_match
 from svip_local.policies.round_plan import Copy, RoundPlan
-from svip_local.round import RoundResult
+from svip_local.round_result import RoundResult
 from svip_local.transcript import Transcript, check_regions
 from tests.support.sim import make_costs
 

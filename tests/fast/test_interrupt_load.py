@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from svip_local import native
+from svip_local.native.log import _Interrupt, log as llama_log
 from tests.support.sigint import interrupt_at, start_up_seconds
 from tests.support.tiny_models import write_tiny_model
 
@@ -38,21 +39,21 @@ class _OnLine(logging.Handler):
 def on_llama_line() -> Iterator[Callable[[str, Callable[[], object]], _OnLine]]:
     """Hook an action on a line of llama.cpp's log (its whole log on, for the test)."""
     handlers: list[_OnLine] = []
-    level = native.log.level
+    level = llama_log.level
 
     def hook(needle: str, action: Callable[[], object]) -> _OnLine:
         handler = _OnLine(needle, action)
         handlers.append(handler)
-        native.log.addHandler(handler)
+        llama_log.addHandler(handler)
         return handler
 
-    native.log.setLevel(logging.DEBUG)
+    llama_log.setLevel(logging.DEBUG)
     try:
         yield hook
     finally:
-        native.log.setLevel(level)
+        llama_log.setLevel(level)
         for handler in handlers:
-            native.log.removeHandler(handler)
+            llama_log.removeHandler(handler)
 
 
 @pytest.fixture
@@ -82,7 +83,7 @@ def test_ctrl_c_in_a_load_abandons_it_and_raises(tiny_target: Path, on_llama_lin
         native.Model(tiny_target)
     assert hook.fired and cancelled.fired  # the progress callback stopped llama.cpp
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert not native._Interrupt.pending
+    assert not _Interrupt.pending
     with native.Model(tiny_target) as model:  # nothing left over
         assert model.n_vocab > 0
 

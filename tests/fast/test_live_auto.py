@@ -19,7 +19,15 @@ import pytest
 from svip_local import Engine, SamplingParams
 from svip_local.bench.simulate import ReplayState, replay_round
 from svip_local.bench.traces import PromptTrace
-from svip_local.calibration import CostModel, store
+from svip_local.calibration import (
+    AcceptanceMap,
+    Calibration,
+    CostModel,
+    Fingerprint,
+    PairIdentity,
+    TemperatureChoice,
+    store,
+)
 from svip_local.calibration.live import (
     LiveAcceptance,
     LiveCosts,
@@ -30,7 +38,7 @@ from svip_local.calibration.live import (
 from svip_local.policies.base import StepStats, Verdict
 from svip_local.policies.live import EXPLORE_SHARE, STALE_TOKENS, LiveAuto
 from svip_local.policies.round_plan import RoundPlan
-from svip_local.round import RoundResult
+from svip_local.round_result import RoundResult
 from svip_local.sampling import acceptance_chance
 from svip_local.transcript import Transcript
 from svip_local.tree import MAX_CANDIDATES
@@ -389,16 +397,16 @@ def test_auto_learns_acceptance_from_what_it_drafts(engine: Engine) -> None:
 
 
 def test_auto_widens_its_drafts_only_where_the_calibrated_choice_does() -> None:
-    from types import SimpleNamespace
-
     from svip_local.policies import Cape
     from svip_local.policies.live import calibrated_expander
 
-    cal = SimpleNamespace(greedy=SimpleNamespace(temperature=0.0, choice="svip:0.3+cape:8"),
-                          sampled=[SimpleNamespace(temperature=1.0, choice="svip:0.2")])
-    greedy = calibrated_expander(cal, 0.0)  # type: ignore[arg-type]
+    amap = AcceptanceMap((0.0, 1.0), (0.9, 0.5), (0.8, 0.4))
+    cal = Calibration(PairIdentity("t.gguf", 1, "d.gguf", 1), Fingerprint("cpu", "cpu", "0/0", 1),
+                      TemperatureChoice(0.0, "svip:0.3+cape:8", amap, 12.5), CHEAP,
+                      [TemperatureChoice(1.0, "svip:0.2", amap, 8.0)])
+    greedy = calibrated_expander(cal, 0.0)
     assert isinstance(greedy, Cape) and greedy.nodes == 8
-    assert calibrated_expander(cal, 0.9) is None  # type: ignore[arg-type]
+    assert calibrated_expander(cal, 0.9) is None
     assert calibrated_expander(None, 0.0) is None
 
 

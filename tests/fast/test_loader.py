@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
-from svip_local import InvalidRequestError, ModelFileError, ModelNotDownloadedError, load
+from svip_local import Engine, InvalidRequestError, ModelFileError, ModelNotDownloadedError, load
+from svip_local.config import EngineConfig, EngineSettings
 from svip_local.errors import UnknownModelError
 from tests.support.registry_fakes import FakeHub
 
@@ -55,3 +58,18 @@ def test_bad_requests_get_specific_errors(tiny_target: Path, tmp_path: Path) -> 
         load(tmp_path / "missing.gguf")
     with pytest.raises(InvalidRequestError, match="n_ctx must be at least 16"):
         load(target=tiny_target, n_ctx=8)
+
+
+def test_the_typed_settings_are_the_engine_configs_fields() -> None:
+    """`load` and `Engine` take `EngineSettings`: every `EngineConfig` field under its name,
+    typed as the field or None (unset); the RPC endpoints also as one comma-separated string."""
+    fields = get_type_hints(EngineConfig)
+    settings = get_type_hints(EngineSettings)
+    assert list(settings) == list(fields)
+    also = {"rpc_servers": str, "draft_rpc_servers": str}
+    for name, kind in fields.items():
+        assert settings[name] == kind | also.get(name, None) | None, name
+    for function in (load, Engine.__init__):
+        rest = [p.annotation for p in inspect.signature(function).parameters.values()
+                if p.kind is inspect.Parameter.VAR_KEYWORD]
+        assert rest == ["Unpack[EngineSettings]"], function

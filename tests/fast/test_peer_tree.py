@@ -5,6 +5,7 @@ pair); the binary itself runs only where it is built."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 
 from svip_local.bench import peer, peer_runner
-from svip_local.bench.peer_runner import PeerError, build_command, parse_output
+from svip_local.bench.peer_output import PeerError, parse_output
+from svip_local.bench.peer_runner import PeerArgs, build_command
 from svip_local.bench.prompts import Prompt
 from svip_local.bench.runner import BenchItem
 from svip_local.errors import InvalidRequestError
@@ -105,23 +107,24 @@ BRANCHED_STDERR = """\
 
 
 def test_the_tree_command_line_takes_branches_and_split_and_a_context_per_branch() -> None:
-    cmd = build_command("bin/llama-speculative", "t.gguf", "d.gguf", "p.txt", n_max=8,
-                        n_predict=63, threads=2, ctx=1024, temp=0.0, seed=3, n_parallel=4,
-                        p_split=0.25)
+    cmd = build_command(PeerArgs("t.gguf", "d.gguf", n_max=8, n_predict=63, threads=2,
+                                 ctx=1024, temp=0.0, seed=3, n_parallel=4, p_split=0.25,
+                                 binary="bin/llama-speculative"), "p.txt")
     assert cmd == ["bin/llama-speculative", "-m", "t.gguf", "-md", "d.gguf", "-np", "4",
                    "--spec-draft-p-split", "0.25", "--spec-draft-n-max", "8", "-n", "63",
                    "-t", "2", "-c", "4096", "--temp", "0.0", "-s", "3", "-f", "p.txt",
                    "--no-escape", "--no-repack"]
     # one chain: the context is not multiplied; repacking and GPU layers as for the simple one
-    one = build_command("llama-speculative", "t", "d", "p", n_parallel=1, ctx=512, repack=True,
-                        n_gpu_layers=99)
+    one = build_command(PeerArgs("t", "d", n_parallel=1, ctx=512, repack=True, n_gpu_layers=99,
+                                 binary="llama-speculative"), "p")
     assert one[one.index("-c") + 1] == "512" and "--no-repack" not in one
     assert one[-4:] == ["-ngl", "99", "-ngld", "99"]
 
 
 def test_the_simple_command_line_is_unchanged() -> None:
-    cmd = build_command("llama-speculative-simple", "t.gguf", "d.gguf", "p.txt", n_max=3,
-                        p_min=0.75, n_predict=63, threads=2, ctx=1024, seed=3)
+    cmd = build_command(PeerArgs("t.gguf", "d.gguf", n_max=3, p_min=0.75, n_predict=63,
+                                 threads=2, ctx=1024, seed=3, binary="llama-speculative-simple"),
+                        "p.txt")
     assert cmd == ["llama-speculative-simple", "-m", "t.gguf", "-md", "d.gguf", "--spec-type",
                    "draft-simple", "--spec-draft-n-max", "3", "--spec-draft-p-min", "0.75",
                    "-n", "63", "-t", "2", "-c", "1024", "--temp", "0.0", "-s", "3", "-f",
@@ -130,11 +133,11 @@ def test_the_simple_command_line_is_unchanged() -> None:
 
 def test_the_tree_command_refuses_what_the_tree_example_ignores() -> None:
     with pytest.raises(ValueError, match="p_min"):
-        build_command("b", "t", "d", "p", n_parallel=2, p_min=0.5)
+        build_command(PeerArgs("t", "d", n_parallel=2, p_min=0.5, binary="b"), "p")
     with pytest.raises(ValueError, match="n_min"):
-        build_command("b", "t", "d", "p", n_parallel=2, n_min=2)
+        build_command(PeerArgs("t", "d", n_parallel=2, n_min=2, binary="b"), "p")
     with pytest.raises(ValueError, match="n_parallel"):
-        build_command("b", "t", "d", "p", n_parallel=0)
+        build_command(PeerArgs("t", "d", n_parallel=0, binary="b"), "p")
 
 
 def test_a_captured_tree_run_parses_into_the_peer_fields() -> None:
@@ -190,9 +193,8 @@ def test_tree_specs_parse_and_bad_ones_say_the_form() -> None:
 
 
 def recording_runner(calls: list[dict[str, Any]]) -> SimpleNamespace:
-    def run_peer(binary: Path, target: Path, draft: Path, prompt: str,
-                 **kw: Any) -> dict[str, Any]:
-        calls.append({"binary": Path(binary), "prompt": prompt, **kw})
+    def run_peer(args: PeerArgs, prompt: str) -> dict[str, Any]:
+        calls.append({"prompt": prompt, **asdict(args)})
         return {"n_generated": 33, "total_s": 2.0, "decode_s": 1.5, "prefill_s": 0.5,
                 "drafted": 66, "accepted": 20, "verify_rounds": 12}
 
@@ -215,14 +217,14 @@ def test_one_peer_runs_both_binaries_from_one_bin_dir(tmp_path: Path) -> None:
                                      "seed", "temp")} == {
         "n_parallel": 4, "p_split": 0.1, "n_max": 8, "n_predict": 32, "ctx": 4096, "seed": 5,
         "temp": 0.0}
-    assert "p_min" not in calls[0]
+    assert calls[0]["p_min"] == 0.0
     assert rec.policy == "llama.cpp-tree:4:0.1:8"
     assert rec.resolved == "llama.cpp tree np=4 p_split=0.1 n_max=8"
     assert (rec.generated, rec.wall_s, rec.prefill_s) == (33, 2.0, 0.5)
     assert (rec.drafted, rec.accepted, rec.rounds, rec.repeat) == (66, 20, 12, 1)
     p.run(item, "llama.cpp:3:0.5", 0.0, 0, 0)
     assert calls[1]["binary"] == simple and calls[1]["p_min"] == 0.5
-    assert "n_parallel" not in calls[1]
+    assert calls[1]["n_parallel"] is None
 
 
 def test_a_missing_tree_binary_is_named_when_tree_specs_need_it(tmp_path: Path) -> None:
@@ -281,14 +283,14 @@ cat {tmp_path}/out.txt; cat {tmp_path}/err.txt >&2
     fake.chmod(0o755)
     for model in ("t.gguf", "d.gguf"):
         (tmp_path / model).write_bytes(b"")
-    res = peer_runner.run_peer(fake, tmp_path / "t.gguf", tmp_path / "d.gguf", PROMPT,
-                               n_max=6, n_predict=32, n_parallel=3)
+    res = peer_runner.run_peer(PeerArgs(tmp_path / "t.gguf", tmp_path / "d.gguf", n_max=6,
+                                        n_predict=32, n_parallel=3, binary=fake), PROMPT)
     assert (tmp_path / "runs").read_text().count("run") == 2
     assert (res["n_generated"], res["verify_rounds"], res["text"]) == (32, 11, TREE_TEXT)
     (tmp_path / "runs").unlink()
     with pytest.raises(PeerError, match="no 'decoded N tokens"):
-        peer_runner.run_peer(fake, tmp_path / "t.gguf", tmp_path / "d.gguf", PROMPT,
-                             n_parallel=3, attempts=1)
+        peer_runner.run_peer(PeerArgs(tmp_path / "t.gguf", tmp_path / "d.gguf", n_parallel=3,
+                                      binary=fake), PROMPT, attempts=1)
 
 
 BUILT = peer_runner.default_binary(tree=True)
@@ -298,9 +300,9 @@ BUILT = peer_runner.default_binary(tree=True)
                     "(scripts/build_llama_tools.sh)")
 def test_the_built_tree_binary_takes_the_command_and_its_output_parses(
         tiny_target: Path, tiny_draft_noisy: Path) -> None:
-    res = peer_runner.run_peer(None, tiny_target, tiny_draft_noisy, PROMPT, n_max=6,
-                               n_predict=24, threads=1, ctx=256, n_parallel=2, p_split=0.5,
-                               attempts=5)  # the tiny run may outpace the log thread
+    args = PeerArgs(tiny_target, tiny_draft_noisy, n_max=6, n_predict=24, threads=1, ctx=256,
+                    n_parallel=2, p_split=0.5)
+    res = peer_runner.run_peer(args, PROMPT, attempts=5)  # may outpace the log thread
     assert res["cmd"][0] == str(BUILT) and res["returncode"] == 0
     assert 24 <= res["n_generated"] <= 24 + 6 and res["n_max"] == 6
     assert res["verify_rounds"] == res["n_generated"] - res["accepted"] - 1
@@ -313,9 +315,9 @@ def test_the_built_tree_binary_takes_the_command_and_its_output_parses(
                     "(scripts/build_llama_tools.sh)")
 def test_a_sampled_branching_tree_fails_loudly_in_this_llama_cpp(
         tiny_target: Path, tiny_draft_noisy: Path) -> None:
-    """The tree example's branches need -kvu, which it does not take (see peer_runner): it
+    """The tree example's branches need -kvu, which it does not take (docs/peers.md): it
     aborts, or finishes with failed decodes (the message may have lost the log's lines)."""
     with pytest.raises(PeerError):
-        peer_runner.run_peer(None, tiny_target, tiny_draft_noisy, PROMPT, n_max=6,
-                             n_predict=24, threads=1, ctx=256, temp=1.0, n_parallel=3,
-                             p_split=0.05)
+        peer_runner.run_peer(PeerArgs(tiny_target, tiny_draft_noisy, n_max=6, n_predict=24,
+                                      threads=1, ctx=256, temp=1.0, n_parallel=3,
+                                      p_split=0.05), PROMPT)

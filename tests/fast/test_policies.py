@@ -163,7 +163,7 @@ def test_every_front_end_lists_what_the_table_registers() -> None:
     policy table, and the README's table names nothing the table does not register."""
     from pathlib import Path
 
-    from svip_local.bench.calibrate import CANDIDATES, EXPANDERS, PROPOSERS
+    from svip_local.bench.calibrate_search import CANDIDATES, EXPANDERS, PROPOSERS
     from svip_local.cli import build_parser
     from svip_local.policies import policy_entries
     from tui.config import POLICY_NAMES

@@ -23,7 +23,6 @@ import pytest
 
 from svip_local import (
     EngineClosedError,
-    EngineConfig,
     InvalidRequestError,
     RemoteServerError,
     RpcUnavailableError,
@@ -34,6 +33,7 @@ from svip_local import (
 from svip_local.calibration import store
 from svip_local.calibration.machine import Fingerprint, PairIdentity, fingerprint
 from svip_local.cli import main
+from svip_local.config import EngineConfig
 from svip_local.engine import Engine
 from svip_local.native import Model
 from tests.support.rpc_servers import server_binary, start_relay, start_server, stop

@@ -35,7 +35,14 @@ from svip_local.calibration.head import (
 )
 from svip_local.errors import DecodeError, InvalidRequestError
 from svip_local.native import Outputs
-from svip_local.policies import CostAwareSpecDec, NoDraft, SpecDec, StepStats, Verdict
+from svip_local.policies import (
+    CostAwareSpecDec,
+    CostAwareSvip,
+    NoDraft,
+    SpecDec,
+    StepStats,
+    Verdict,
+)
 from tests.fast.test_engine_sampling import chi_square_p, exact_pair_distribution, sampled_pairs
 from tests.support.sim import make_costs
 
@@ -235,7 +242,8 @@ def test_a_calibration_without_a_head_loads_and_specdec_says_what_is_missing(
     cal = calibration(engine, None)
     store.save(cal)
     assert store.load(cal.pair, cal.machine) is not None
-    assert engine.make_policy("svip-cost") is not None
+    greedy = engine.make_policy("svip-cost").for_sampling(SamplingParams()).policy
+    assert isinstance(greedy, CostAwareSvip) and greedy.head is None and greedy.rate == 12.5
     with pytest.raises(InvalidRequestError, match="acceptance head.*svip-local calibrate"):
         engine.make_policy("specdec:0.5")
 

@@ -27,7 +27,7 @@ CASES = [
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records
-            if r.name == "svip_local.native" and r.levelno == logging.WARNING]
+            if r.name == "svip_local.native.devices" and r.levelno == logging.WARNING]
 
 
 @pytest.mark.parametrize(("threads", "batch", "warned"), [c[1:] for c in CASES],
