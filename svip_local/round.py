@@ -11,8 +11,9 @@
     trim      both KV caches keep exactly the accepted path as sequence 0
 
 The generator around it (`Engine.generate`) turns tokens into text, matches stop strings and
-keeps statistics; the simulator (`bench.simulate.replay_round`) mirrors this function on a
-recorded trace, and a test runs both side by side.
+keeps statistics. The round runs on a backend: the engine's contexts (`Speculator`), or a
+recorded trace with the cost model's times (`bench.simulate`), so it is written once; a test
+runs both side by side.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from time import perf_counter
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from svip_local.native import Context, Model, Outputs
 from svip_local.policies import (
@@ -47,103 +50,173 @@ from svip_local.transcript import Transcript
 from svip_local.tree import TokenTree, top_candidates
 
 
+class DraftStep:
+    """The draft token a step read and what the policy and expander judge it by; one object
+    per backend, rewritten each step (no allocation per token)."""
+
+    __slots__ = ("token", "q", "entropy", "top_prob", "hidden", "candidates", "eog")
+
+    def __init__(self) -> None:
+        self.token = -1
+        self.q: npt.NDArray[np.float64] | None = None  # the draft's distribution (sampling)
+        self.entropy = self.top_prob = math.nan
+        self.hidden: npt.NDArray[Any] | None = None
+        self.candidates: tuple[npt.NDArray[Any], npt.NDArray[Any]] | None = None
+        self.eog = False
+
+
+class RoundBackend(Protocol):
+    """What a round runs on: the engine's two contexts (`Speculator`), or a recorded trace
+    with the cost model's times (`bench.simulate`), so the round is written once."""
+
+    tree: TokenTree
+    has_draft: bool
+
+    def clock(self) -> float: ...
+
+    def cells_left(self) -> int: ...
+
+    def catch_up(self, seq: Sequence[int], wants_hidden: bool) -> tuple[int, float]: ...
+
+    def read_step(self, n: int, sampling: SamplingParams, rng: np.random.Generator,
+                  stats: bool, candidates: bool, hidden: bool) -> DraftStep: ...
+
+    def decode_draft(self, token: int) -> None: ...
+
+    def verify(self, seq: Sequence[int], sampling: SamplingParams, rng: np.random.Generator
+               ) -> tuple[list[int], int, tuple[float, ...]]: ...
+
+
+def speculative_round(backend: RoundBackend, seq: Sequence[int], transcript: Transcript | None,
+                      room: int, strategy: Strategy, sampling: SamplingParams,
+                      rng: np.random.Generator, remaining: int) -> RoundResult:
+    """One round after `seq` (everything so far; the target's cache holds all but its last
+    token; `transcript` holds the same tokens after any side text), proposing at most `room`
+    tokens deep, with `remaining` tokens left in the generation's budget."""
+    clock, tree = backend.clock, backend.tree
+    t0 = clock()
+    tree.clear()
+    plan = strategy.decide(transcript, room, remaining)
+    steps = catchup = chain = 0
+    catchup_s = 0.0
+    if plan.copy is not None:
+        add_copy(tree, plan.copy)
+    elif plan.draft > 0 and backend.has_draft:
+        chain, steps, catchup, catchup_s = draft_chain(backend, seq, plan, strategy.policy,
+                                                       strategy.expander, sampling, rng)
+    copied = plan.copy is not None
+    # What the context can still hold (the root takes one cell) and the budget allows.
+    tree.prune(backend.cells_left(), room)
+    t1 = clock()
+    path, nxt, chances = backend.verify(seq, sampling, rng)
+    accepted = len(path)
+    if steps:  # only the draft model's rounds say anything about its policy
+        chain = min(chain, len(tree))
+        strategy.policy.observe(chain, leading_chain(path, chain))
+    branch = tree.chain_below(path[-1] if path else -1)
+    result = RoundResult(tuple(tree.tokens[i] for i in branch), accepted, nxt, copied,
+                         t1 - t0, clock() - t1, steps, catchup, catchup_s, chances, len(tree))
+    strategy.learn(plan, result)
+    return result
+
+
+def draft_chain(backend: RoundBackend, seq: Sequence[int], plan: RoundPlan,
+                policy: DraftPolicy, expander: Expander | None, sampling: SamplingParams,
+                rng: np.random.Generator) -> tuple[int, int, int, float]:
+    """Draft up to `plan.draft` tokens after `seq` into the round's tree as a chain, asking
+    the policy after each one (an exploring round keeps its first token whatever the policy
+    says), then let `expander` widen it. Returns the chain's length, the policy's verdicts,
+    and the catch-up decode's size and seconds."""
+    tree = backend.tree
+    catchup, catchup_s = backend.catch_up(seq, policy.wants_hidden)
+    stats = policy.wants_entropy or policy.wants_top_prob or expander is not None
+    options: list[Option] = []  # per depth, what the expander may add there
+    n = 0
+    for n in range(1, plan.draft + 1):
+        step = backend.read_step(n, sampling, rng, stats, expander is not None,
+                                 policy.wants_hidden)
+        if expander is not None and step.candidates is not None:
+            options.append((*step.candidates, expander.width(step.top_prob)))
+        verdict = policy.judge(StepStats(n, step.entropy, step.top_prob, step.hidden))
+        if verdict is Verdict.DROP and plan.explore and n == 1:
+            verdict = Verdict.STOP
+        if verdict is Verdict.DROP:
+            break
+        tree.add(step.token, len(tree) - 1, step.q)
+        if verdict is Verdict.STOP or n == plan.draft or step.eog:
+            break
+        backend.decode_draft(step.token)
+    chain = len(tree)
+    if expander is not None:
+        expander.expand(tree, options)
+    return chain, n, catchup, catchup_s
+
+
 class Speculator:
-    """Both contexts of an engine, and the buffers every round reuses."""
+    """The engine's round backend: both contexts, and the buffers every round reuses."""
 
     def __init__(self, target: Context, draft: Context | None, draft_model: Model | None,
                  n_vocab: int) -> None:
         self.target, self.draft, self.draft_model = target, draft, draft_model
+        self.has_draft = draft is not None and draft_model is not None
         self.n_vocab = n_vocab
         self._scratch = entropy_scratch(n_vocab)
-        self._tree = TokenTree()
+        self.tree = TokenTree()
+        self._step = DraftStep()
 
     def round(self, seq: list[int], transcript: Transcript, room: int, strategy: Strategy,
               sampling: SamplingParams, rng: np.random.Generator, remaining: int
               ) -> RoundResult:
-        """One round after `seq` (everything so far; the target's cache holds all but its
-        last token; `transcript` holds the same tokens after any side text), proposing at
-        most `room` tokens deep, with `remaining` tokens left in the generation's budget."""
-        t0 = perf_counter()
-        tree = self._tree
-        tree.clear()
-        plan = strategy.decide(transcript, room, remaining)
-        steps = catchup = chain = 0
-        catchup_s = 0.0
-        if plan.copy is not None:
-            add_copy(tree, plan.copy)
-        elif plan.draft > 0 and self.draft is not None:
-            chain, steps, catchup, catchup_s = self._draft(seq, plan, strategy.policy,
-                                                           strategy.expander, sampling, rng)
-        copied = plan.copy is not None
-        # What the context can still hold (the root takes one cell) and the budget allows.
-        tree.prune(self.target.n_ctx - len(self.target.tokens) - 1, room)
-        t1 = perf_counter()
-        path, nxt, chances = self._verify(seq, sampling, rng)
-        accepted = len(path)
-        if steps:  # only the draft model's rounds say anything about its policy
-            chain = min(chain, len(tree))
-            strategy.policy.observe(chain, leading_chain(path, chain))
-        branch = tree.chain_below(path[-1] if path else -1)
-        result = RoundResult(tuple(tree.tokens[i] for i in branch), accepted, nxt, copied,
-                             t1 - t0, perf_counter() - t1, steps, catchup, catchup_s, chances,
-                             len(tree))
-        strategy.learn(plan, result)
-        return result
+        """`speculative_round` on the engine's contexts."""
+        return speculative_round(self, seq, transcript, room, strategy, sampling, rng,
+                                 remaining)
 
-    def _draft(self, seq: list[int], plan: RoundPlan, policy: DraftPolicy,
-               expander: Expander | None, sampling: SamplingParams, rng: np.random.Generator
-               ) -> tuple[int, int, int, float]:
-        """Draft up to `plan.draft` tokens after `seq` into the round's tree as a chain,
-        asking the policy after each one (an exploring round keeps its first token whatever
-        the policy says), then let `expander` widen it. Returns the chain's length, the
-        policy's verdicts, and the catch-up decode's size and seconds."""
-        cap = plan.draft
-        if self.draft is None or self.draft_model is None:
-            return 0, 0, 0, 0.0
-        ctx, tree = self.draft, self._tree
-        # Usually one token (the last accepted); two after an all-accepted round, because the
-        # last draft token was never decoded; the whole catch-up after a target-alone stretch.
+    clock = staticmethod(perf_counter)
+
+    def cells_left(self) -> int:
+        return self.target.n_ctx - len(self.target.tokens) - 1
+
+    def catch_up(self, seq: Sequence[int], wants_hidden: bool) -> tuple[int, float]:
+        """Usually one token (the last accepted); two after an all-accepted round, because
+        the last draft token was never decoded; the whole catch-up after a target-alone
+        stretch."""
+        ctx = self.draft
+        assert ctx is not None
         t0 = perf_counter()
-        ctx.output_hidden(policy.wants_hidden)
+        ctx.output_hidden(wants_hidden)
         catchup = seq[ctx.keep_prefix(seq, len(seq) - 1):]
         ctx.decode(catchup, Outputs.LAST)
         ctx.synchronize()  # its own time, not the first draft step's (GPUs, RPC)
-        catchup_s = perf_counter() - t0
-        stats = policy.wants_entropy or policy.wants_top_prob or expander is not None
-        options: list[Option] = []  # per depth, what the expander may add there
-        n = 0
-        for n in range(1, cap + 1):
-            logits = ctx.logits()[: self.n_vocab]
-            q = None
-            if sampling.greedy:
-                tok = int(logits.argmax())
-            else:
-                q = distribution(logits, sampling)
-                tok = sample(q, rng)
-            h, p1 = entropy_and_top_prob(logits, self._scratch) if stats else (math.nan,
-                                                                                math.nan)
-            if expander is not None:
-                ids = top_candidates(logits if q is None else q)
-                # softmax of the best logits: p1 = 1/Z, so p(y) = exp(l_y - l_max) * p1
-                probs = np.exp(logits[ids] - logits[ids[0]]) * p1 if q is None else q[ids]
-                options.append((ids, probs, expander.width(p1)))
-            verdict = policy.judge(StepStats(n, h, p1, ctx.hidden() if policy.wants_hidden
-                                             else None))
-            if verdict is Verdict.DROP and plan.explore and n == 1:
-                verdict = Verdict.STOP
-            if verdict is Verdict.DROP:
-                break
-            tree.add(tok, len(tree) - 1, q)
-            if verdict is Verdict.STOP or n == cap or self.draft_model.is_eog(tok):
-                break
-            ctx.decode([tok], Outputs.LAST)
-        chain = len(tree)
-        if expander is not None:
-            expander.expand(tree, options)
-        return chain, n, len(catchup), catchup_s
+        return len(catchup), perf_counter() - t0
 
-    def _verify(self, seq: list[int], sampling: SamplingParams, rng: np.random.Generator
-                ) -> tuple[list[int], int, tuple[float, ...]]:
+    def read_step(self, n: int, sampling: SamplingParams, rng: np.random.Generator,
+                  stats: bool, candidates: bool, hidden: bool) -> DraftStep:
+        ctx, step = self.draft, self._step
+        assert ctx is not None and self.draft_model is not None
+        logits = ctx.logits()[: self.n_vocab]
+        q = None
+        if sampling.greedy:
+            tok = int(logits.argmax())
+        else:
+            q = distribution(logits, sampling)
+            tok = sample(q, rng)
+        h, p1 = entropy_and_top_prob(logits, self._scratch) if stats else (math.nan, math.nan)
+        if candidates:
+            ids = top_candidates(logits if q is None else q)
+            # softmax of the best logits: p1 = 1/Z, so p(y) = exp(l_y - l_max) * p1
+            probs = np.exp(logits[ids] - logits[ids[0]]) * p1 if q is None else q[ids]
+            step.candidates = (ids, probs)
+        step.token, step.q, step.entropy, step.top_prob = tok, q, h, p1
+        step.hidden = ctx.hidden() if hidden else None
+        step.eog = self.draft_model.is_eog(tok)
+        return step
+
+    def decode_draft(self, token: int) -> None:
+        assert self.draft is not None
+        self.draft.decode([token], Outputs.LAST)
+
+    def verify(self, seq: Sequence[int], sampling: SamplingParams, rng: np.random.Generator
+               ) -> tuple[list[int], int, tuple[float, ...]]:
         """Score [seq[-1]] + the tree in one target decode; return the accepted path (node
         indices), the next token, and (sampling) the tested chances.
 
@@ -153,7 +226,7 @@ class Speculator:
         the target's distribution p at every node (Leviathan et al. 2023 for one draft
         token; a copied token or top-k alternative is a certain proposal, kept with p(x)).
         """
-        ctx, tree = self.target, self._tree
+        ctx, tree = self.target, self.tree
         depths, seqs, branches = tree.layout()
         ctx.decode_tree([seq[-1], *tree.tokens], depths, seqs, branches)
         path: list[int] = []

@@ -1,7 +1,7 @@
 """Replay a trace under a draft-length policy and a cost model: predicted time per prompt.
 
-`replay_round` is the engine's round (`svip_local.round`) on a trace, step for step, and
-`simulate` repeats it as `Engine.generate` does (a test runs the two rounds side by side).
+`replay_round` runs the engine's round (`svip_local.round`) on a trace through its own backend,
+and `simulate` repeats it as `Engine.generate` does (a test runs the two side by side).
 `oracle` is the best any draft-length policy could do with this pair on this machine: knowing
 which tokens will be accepted, it chooses each round's length (none at all included) to
 minimise the total time. Sampled traces
@@ -20,8 +20,8 @@ import numpy.typing as npt
 from svip_local.bench.traces import PromptTrace, copy_walk
 from svip_local.calibration import CostModel
 from svip_local.config import DEFAULT_MAX_COPY, DEFAULT_MAX_DRAFT
-from svip_local.policies import DraftPolicy, Plan, StepStats, Strategy, Verdict, as_plan
-from svip_local.round import add_copy, leading_chain
+from svip_local.policies import DraftPolicy, Plan, Strategy, as_plan
+from svip_local.round import DraftStep, leading_chain, speculative_round
 from svip_local.round_result import RoundResult
 from svip_local.sampling import SamplingParams
 from svip_local.transcript import Transcript
@@ -80,90 +80,91 @@ class ReplayState:
 def replay_round(trace: PromptTrace, transcript: Transcript | None, state: ReplayState,
                  room: int, strategy: Strategy, costs: CostModel,
                  remaining: int) -> RoundResult:
-    """`svip_local.round.Speculator.round` on a trace, with predicted times.
-
-    The same steps in the same order: the strategy's plan, then its copy (exact: a copy,
-    chain or tree, depends only on the true prefix), or the draft catches up on what it has
-    not seen (the last accepted token; two after an all-accepted round; the whole prompt
-    first) and drafts one decode per further token while the policy says CONTINUE, and the
-    expander widens the chain from the trace's top-k candidates; then one verification of
-    [last] + every node, walked down along the trace's path. Draft tokens are the trace's
-    (true-prefix) guesses; `state.draft_ok` is advanced. A realised sampled trace holds
-    outcomes, not the acceptance chances a live round reports, so a replayed `auto` learns
-    from those (the same mean, more noise). `transcript` shows the trace's prompt and path
-    up to this round (None: a trace without its prompt, which copies nothing).
-    """
-    policy, j, seq_len = strategy.policy, state.j, state.seq_len
-    n_pos = len(trace.target)
-    draft_s = catchup_s = 0.0
-    steps = catchup = chain = 0
-    tree = _TREE
-    tree.clear()
+    """The engine's round (`svip_local.round.speculative_round`) on a trace, with predicted
+    times. Copies are exact (they depend only on the true prefix); draft tokens are the
+    trace's true-prefix guesses; the verification walks the trace's path. A realised sampled
+    trace holds outcomes, not the chances a live round reports, so a replayed `auto` learns
+    from those (the same mean, more noise). `transcript` shows the trace's prompt and path up
+    to this round (None: a trace without its prompt, which copies nothing)."""
     if transcript is not None:
-        transcript.length = transcript.side + seq_len
-    plan = strategy.decide(transcript, room, remaining)
-    decoded = 0
-    if plan.copy is not None:
-        add_copy(tree, plan.copy)
-    elif plan.draft > 0:
-        cap = plan.draft
-        expander = strategy.expander
-        options = []
-        wants_stats = policy.wants_entropy or policy.wants_top_prob or expander is not None
-        step_s = costs.step_s + costs.argmax_s + (costs.entropy_s if wants_stats else 0.0)
-        keep = min(state.draft_ok, seq_len - 1)
-        catchup, catchup_s = seq_len - keep, costs.draft(seq_len - keep, keep)
-        draft_s += catchup_s
-        for n in range(1, cap + 1):
-            pos = min(j + n - 1, n_pos - 1)  # past the end: the last known statistics
-            draft_s += step_s
-            steps = n
-            if expander is not None:
-                options.append((*trace.candidates(pos),
-                                expander.width(float(trace.top_prob[pos]))))
-            verdict = policy.judge(StepStats(n, float(trace.entropy[pos]),
-                                             float(trace.top_prob[pos]),
-                                             hidden_at(trace, pos, policy)))
-            if verdict is Verdict.DROP and plan.explore and n == 1:
-                verdict = Verdict.STOP
-            if verdict is Verdict.DROP:
-                break
-            tree.add(int(trace.draft[j + n - 1]) if j + n - 1 < n_pos else -1, n - 2)
-            if verdict is Verdict.STOP or n == cap or trace.draft_eog[pos]:
-                break
-            draft_s += costs.draft(1, seq_len + n - 1)
-            decoded += 1
-        chain = len(tree)
-        if expander is not None:
-            expander.expand(tree, options)
-    copied = plan.copy is not None
-    path = _walk(tree, trace.target[j:])
-    accepted = len(path)
-    if steps:  # the draft caught up this round, whatever it kept
-        chain_accepted = leading_chain(path, chain)
-        state.draft_ok = seq_len + min(decoded, chain_accepted)
-        policy.observe(chain, chain_accepted)
-    # Rows read: the accepted path's and the one after it.
-    verify_s = costs.verify(len(tree) + 1, seq_len - 1) + costs.argmax_s * (accepted + 1)
-    nxt = int(trace.target[j + accepted]) if j + accepted < n_pos else -1
-    branch = tree.chain_below(path[-1] if path else -1)
-    result = RoundResult(tuple(tree.tokens[i] for i in branch), accepted, nxt, copied, draft_s,
-                         verify_s, steps, catchup, catchup_s, nodes=len(tree))
-    strategy.learn(plan, result)
-    return result
+        transcript.length = transcript.side + state.seq_len
+    return speculative_round(TraceBackend(trace, state, costs), (), transcript, room,
+                             strategy, _REPLAY, _RNG, remaining)
 
 
 _TREE = TokenTree()  # the replay's round tree, reused as the engine's is
+_STEP = DraftStep()
+_REPLAY = SamplingParams()  # a trace's path is walked, never drawn
+_RNG = np.random.default_rng(0)
 
 
-def hidden_at(trace: PromptTrace, pos: int, policy: DraftPolicy
-              ) -> npt.NDArray[np.float16] | None:
-    """The draft's hidden state at `pos` for a policy that reads it (None otherwise)."""
-    if not policy.wants_hidden:
-        return None
+class TraceBackend:
+    """The round's backend on a trace: its draft guesses and statistics, its target path as
+    the verification, the cost model's times on a simulated clock; `state.draft_ok`
+    follows what the draft's cache would hold."""
+
+    has_draft = True
+
+    def __init__(self, trace: PromptTrace, state: ReplayState, costs: CostModel) -> None:
+        self.trace, self.state, self.costs = trace, state, costs
+        self.tree = _TREE
+        self.now = 0.0
+        self.drafted = False
+        self.decoded = 0  # draft decodes after the catch-up (the last proposal is never one)
+
+    def clock(self) -> float:
+        return self.now
+
+    def cells_left(self) -> int:
+        return 1 << 30  # a trace's context never fills
+
+    def catch_up(self, seq: Sequence[int], wants_hidden: bool) -> tuple[int, float]:
+        """What the draft has not seen: the last accepted token; two after an all-accepted
+        round; the whole prompt first."""
+        st = self.state
+        keep = min(st.draft_ok, st.seq_len - 1)
+        seconds = self.costs.draft(st.seq_len - keep, keep)
+        self.now += seconds
+        self.drafted = True
+        return st.seq_len - keep, seconds
+
+    def read_step(self, n: int, sampling: SamplingParams, rng: np.random.Generator,
+                  stats: bool, candidates: bool, hidden: bool) -> DraftStep:
+        trace, j, costs, step = self.trace, self.state.j, self.costs, _STEP
+        n_pos = len(trace.target)
+        pos = min(j + n - 1, n_pos - 1)  # past the end: the last known statistics
+        self.now += costs.step_s + costs.argmax_s + (costs.entropy_s if stats else 0.0)
+        step.token = int(trace.draft[j + n - 1]) if j + n - 1 < n_pos else -1
+        step.entropy, step.top_prob = float(trace.entropy[pos]), float(trace.top_prob[pos])
+        step.hidden = hidden_at(trace, pos) if hidden else None
+        step.candidates = trace.candidates(pos) if candidates else None
+        step.eog = bool(trace.draft_eog[pos])
+        return step
+
+    def decode_draft(self, token: int) -> None:
+        self.now += self.costs.draft(1, self.state.seq_len + self.decoded)
+        self.decoded += 1
+
+    def verify(self, seq: Sequence[int], sampling: SamplingParams, rng: np.random.Generator
+               ) -> tuple[list[int], int, tuple[float, ...]]:
+        """The deepest path along the trace, rows read: the path's and the one after it."""
+        trace, st, tree = self.trace, self.state, self.tree
+        path = _walk(tree, trace.target[st.j:])
+        accepted = len(path)
+        self.now += (self.costs.verify(len(tree) + 1, st.seq_len - 1)
+                     + self.costs.argmax_s * (accepted + 1))
+        if self.drafted:  # the draft caught up this round, whatever it kept
+            st.draft_ok = st.seq_len + min(self.decoded, leading_chain(path, self.decoded + 1))
+        nxt = int(trace.target[st.j + accepted]) if st.j + accepted < len(trace.target) else -1
+        return path, nxt, ()
+
+
+def hidden_at(trace: PromptTrace, pos: int) -> npt.NDArray[np.float16]:
+    """The draft's hidden state at `pos`, for a policy that reads it."""
     if not len(trace.hidden):
-        raise ValueError(f"{policy.name} reads the draft's hidden states, and the trace of "
-                         f"{trace.prompt_id} was recorded without them: record it again")
+        raise ValueError(f"a policy that reads the draft's hidden states needs them in the "
+                         f"trace, and {trace.prompt_id}'s was recorded without: record it "
+                         f"again")
     return trace.hidden[pos]
 
 

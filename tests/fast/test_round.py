@@ -1,5 +1,6 @@
-"""The engine's round (`svip_local.round`) and the simulator's (`bench.simulate.replay_round`)
-side by side on the same trace, round for round, on tiny generated models."""
+"""The one round (`svip_local.round.speculative_round`) on the engine's contexts and on a
+recorded trace (`bench.simulate.replay_round`), side by side, round for round, on tiny
+generated models: the proof that the trace backend stands in for the contexts."""
 
 from __future__ import annotations
 
