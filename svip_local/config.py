@@ -14,6 +14,11 @@ DEFAULT_MAX_DRAFT = 16
 DEFAULT_MAX_COPY = 64
 
 
+# The smallest context: a tree-verifying target context holds `native.MAX_BRANCHES` (64)
+# sequences, and llama.cpp aborts the process when its batch (at most n_ctx) is smaller.
+MIN_CTX = 64
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """GPU offload is per model: a laptop may fit the draft fully and the target partly."""
@@ -39,8 +44,8 @@ class EngineConfig:
     probe: bool = True
 
     def __post_init__(self) -> None:
-        if self.n_ctx < 16:
-            raise InvalidRequestError(f"n_ctx must be at least 16, got {self.n_ctx}")
+        if self.n_ctx < MIN_CTX:
+            raise InvalidRequestError(f"n_ctx must be at least {MIN_CTX}, got {self.n_ctx}")
         if self.max_draft < 1:
             raise InvalidRequestError(f"max_draft must be >= 1, got {self.max_draft}")
         if not 1 <= self.max_copy < self.n_batch:

@@ -60,16 +60,19 @@ def probe_costs(target: Context, draft: Context | None, tokens: Sequence[int], n
     per token, roughly (a few repeats after a warm-up on `tokens`, cycled as needed). Leaves
     both caches empty."""
     say = progress or (lambda _msg: None)
-    sizes = probe_sizes(max_rows)
-    need = PROBE_DEPTH + max(sizes[-1], CATCHUP)
+    # A small context holds neither 64 cached tokens nor a 65-row batch: probe within it
+    # (the live estimates extend the curve along its last slope).
+    sizes = probe_sizes(max(2, min(max_rows, target.n_batch, target.n_ctx // 2)))
+    depth = min(PROBE_DEPTH, target.n_ctx - max(sizes[-1], CATCHUP) - 1)
+    need = depth + max(sizes[-1], CATCHUP)
     ids = [tokens[i % len(tokens)] for i in range(need)]
     say("timing the target's verification")
-    verify = decode_times(target, ids, PROBE_DEPTH, sizes, Outputs.ALL, 2, 1, interrupted)
+    verify = decode_times(target, ids, depth, sizes, Outputs.ALL, 2, 1, interrupted)
     target.clear()
     step = catchup = 0.0
     if draft is not None:
         say("timing a draft step")
-        step, batch = decode_times(draft, ids, PROBE_DEPTH, [1, CATCHUP], Outputs.LAST, 3, 1,
+        step, batch = decode_times(draft, ids, depth, [1, CATCHUP], Outputs.LAST, 3, 1,
                                    interrupted)
         catchup = batch / CATCHUP
         scratch = entropy_scratch(n_vocab)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from svip_local.config import MIN_CTX
 from svip_local.errors import InvalidRegistryError
 
 ROLES = ("target", "draft")
@@ -241,8 +242,8 @@ def _sub(table: _Table, key: str) -> _Table:
 
 def _parse_settings(table: _Table) -> PairSettings:
     n_ctx = table.get("n_ctx", int)
-    if n_ctx < 16:
-        raise table.error("n_ctx", f"must be at least 16, not {n_ctx}")
+    if n_ctx < MIN_CTX:
+        raise table.error("n_ctx", f"must be at least {MIN_CTX}, not {n_ctx}")
     policy = table.get("policy", str)
     if not _POLICY.fullmatch(policy):
         raise table.error(

@@ -138,7 +138,7 @@ CLI_CASES: list[tuple[str, list[str], bytes | None, str, int, str, str]] = [
     ("negative threads", ["--prompt", "x", "--threads", "-4"], None, "", 1,
      "n_threads must be >= 1", ""),
     ("zero context", ["--prompt", "x", "--n-ctx", "0"], None, "", 1,
-     "n_ctx must be at least 16", ""),
+     "n_ctx must be at least 64", ""),
     ("context rounded up", ["--prompt", "x", "--n-ctx", "64", "--max-tokens", "2"], None, "", 0,
      "n_ctx 64 became 256", ""),
     ("Ctrl-C while loading", ["--prompt", "x"], None, "interrupt", 130, "interrupted", ""),

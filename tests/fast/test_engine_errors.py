@@ -48,7 +48,8 @@ def test_bad_draft_file_frees_the_loaded_target(tmp_path: Path, tiny_target: Pat
 @pytest.mark.parametrize(("setting", "message"), [
     ({"policy": "bogus"}, "unknown policy 'bogus'"),
     ({"policy": "svip:2"}, "svip threshold h must be in"),
-    ({"n_ctx": 8}, "n_ctx must be at least 16"),
+    ({"n_ctx": 8}, "n_ctx must be at least 64"),
+    ({"n_ctx": 48}, "n_ctx must be at least 64"),  # llama.cpp would abort the process
     ({"n_thread": 2}, "unknown engine setting"),
 ])
 def test_bad_engine_settings(tiny_target: Path, setting: dict[str, object],

@@ -310,6 +310,19 @@ def test_a_new_engine_probes_then_stores_and_the_next_starts_warm(
         assert warm.costs["greedy"].to_dict() == model.costs["greedy"].to_dict()
 
 
+@pytest.mark.parametrize("n_ctx", [64, 100])
+def test_a_first_run_probes_within_a_small_context(tiny_target: Path, tiny_draft_noisy: Path,
+                                                   n_ctx: int) -> None:
+    """The probe times up to max_copy + 1 rows over 64 cached tokens; a context that holds
+    neither is probed within it, and the first `auto` reply runs instead of failing."""
+    with Engine(tiny_target, tiny_draft_noisy, n_ctx=n_ctx, n_threads=1) as small:
+        model = small.live_model()
+        done = small.complete("The quick brown fox", max_tokens=12, ignore_eos=True)
+    curve = model.costs["greedy"].prior
+    assert model.source == "probe" and all(v > 0 for v in curve)
+    assert done.stats.generated == 12 and done.stats.policy.startswith("auto")
+
+
 def test_forgetting_starts_as_a_first_run_despite_what_is_stored(
         tiny_target: Path, tiny_draft_noisy: Path, engine: Engine) -> None:
     engine.complete("The quick brown fox", max_tokens=24, ignore_eos=True)

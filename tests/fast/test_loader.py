@@ -56,7 +56,7 @@ def test_bad_requests_get_specific_errors(tiny_target: Path, tmp_path: Path) -> 
         load("no-such-pair")
     with pytest.raises(ModelFileError, match="not found"):
         load(tmp_path / "missing.gguf")
-    with pytest.raises(InvalidRequestError, match="n_ctx must be at least 16"):
+    with pytest.raises(InvalidRequestError, match="n_ctx must be at least 64"):
         load(target=tiny_target, n_ctx=8)
 
 
