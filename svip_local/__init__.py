@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from svip_local.chat import stream_chat as stream_chat
+    from svip_local.constraint import Constraint as Constraint
     from svip_local.engine import Engine as Engine
     from svip_local.errors import (
+        ConstraintError as ConstraintError,
         ContextFullError as ContextFullError,
         DecodeError as DecodeError,
         EngineClosedError as EngineClosedError,
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
         Notice as Notice,
         Round as Round,
         Token as Token,
+        ToolCall as ToolCall,
+        ToolCallDelta as ToolCallDelta,
     )
     from svip_local.loader import load as load
     from svip_local.policies import (
@@ -54,13 +58,15 @@ if TYPE_CHECKING:
 # classes, parse_policy, policy_help...) is imported from its own module.
 _EXPORTS = {
     "svip_local.chat": ("stream_chat",),
+    "svip_local.constraint": ("Constraint",),
     "svip_local.engine": ("Engine",),
-    "svip_local.errors": ("ContextFullError", "DecodeError", "EngineClosedError",
+    "svip_local.errors": ("ConstraintError", "ContextFullError", "DecodeError", "EngineClosedError",
                           "IncompatiblePairError",
                           "InvalidRequestError", "ModelFileError", "ModelNotDownloadedError",
                           "PromptTooLongError", "RegistryError", "RemoteServerError",
                           "RpcUnavailableError", "SvipError"),
-    "svip_local.events": ("Done", "Event", "GenerationStats", "Notice", "Round", "Token"),
+    "svip_local.events": ("Done", "Event", "GenerationStats", "Notice", "Round", "Token",
+                          "ToolCall", "ToolCallDelta"),
     "svip_local.loader": ("load",),
     "svip_local.policies": ("Plan", "check_spec", "policy_entries"),
     "svip_local.sampling": ("MAX_SEED", "SamplingParams"),

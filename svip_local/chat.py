@@ -15,13 +15,16 @@ import bisect
 import codecs
 import functools
 import itertools
+import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import jinja2
 import numpy as np
 
+from svip_local.constraint import Constraint
 from svip_local.engine import Engine, PolicyLike, check_max_tokens
 from svip_local.errors import InvalidRequestError, PromptTooLongError
 from svip_local.events import Event, GenerationStats, Notice
@@ -32,9 +35,21 @@ from svip_local.native import (
     supports_gpu_offload,
 )
 from svip_local.sampling import SamplingParams
+from svip_local.tool_stream import ToolCallStream
+from svip_local.tools import (
+    CallSyntax,
+    Tool,
+    choose_tools,
+    detect_syntax,
+    parse_tools,
+    response_format_constraint,
+    tool_constraint,
+    tools_prompt,
+)
+from svip_local.transcript import ROLE_SOURCES
 
-Messages = Sequence[Mapping[str, str]]
-ROLES = ("system", "user", "assistant")
+Messages = Sequence[Mapping[str, Any]]
+ROLES = ("system", "user", "assistant", "tool")
 FALLBACK_TEMPLATE = "chatml"  # what llama.cpp itself uses for a GGUF without a template
 _PROBE = "svip-probe-reply"  # assistant content no template alters (no spaces to trim)
 
@@ -90,19 +105,28 @@ class ChatTemplate:
         tmpl.render([{"role": "user", "content": "hello"}])  # unknown names fail here
         return tmpl
 
-    def render(self, messages: Messages, *, add_generation_prompt: bool = True) -> str:
-        """The prompt text; a template that rejects the conversation raises InvalidRequestError."""
-        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    def render(self, messages: Messages, *, add_generation_prompt: bool = True,
+               tools: Sequence[Tool] = ()) -> str:
+        """The prompt text; a template that rejects the conversation raises InvalidRequestError.
+        `tools` reach a template that takes them (`call_syntax().in_template`), and messages
+        may carry `tool_calls` (arguments as objects) and `tool_call_id` for it."""
         try:
             if self.jinja is not None:
-                return render_chat_template(self.jinja, plain, bos_token=self.bos_token,
-                                            eos_token=self.eos_token,
-                                            add_generation_prompt=add_generation_prompt)
+                extra = {"tools": [t.as_openai() for t in tools]} if tools else {}
+                return render_chat_template(self.jinja, [dict(m) for m in messages],
+                                            bos_token=self.bos_token, eos_token=self.eos_token,
+                                            add_generation_prompt=add_generation_prompt,
+                                            **extra)
             assert self.builtin is not None
+            plain = [{"role": m["role"], "content": m["content"] or ""} for m in messages]
             return apply_builtin_chat_template(self.builtin, plain,
                                                add_generation_prompt=add_generation_prompt)
         except (jinja2.TemplateError, ValueError, TypeError) as exc:
             raise InvalidRequestError(f"the chat template failed: {exc}") from exc
+
+    def call_syntax(self) -> CallSyntax:
+        """How this template's model writes a tool call."""
+        return detect_syntax(self.jinja)
 
     @functools.cached_property
     def end_of_turn(self) -> str:
@@ -119,6 +143,17 @@ class ChatTemplate:
             return ""
         tail = text.partition(_PROBE)[2].split()
         return tail[0] if tail else ""
+
+
+def _special_token(model: Model, text: str) -> int | None:
+    """The id of the one special token `text` is in this vocabulary (`<tool_call>` in
+    Qwen2.5's), or None when it is ordinary text. A `<...>` token of its own counts, as in
+    llguidance, which masks such tokens unless a grammar names them."""
+    ids = model.tokenize(text, add_special=False, parse_special=True)
+    if len(ids) == 1 and text.startswith("<") and text.endswith(">") \
+            and model.token_text(ids[0]) == text.encode():
+        return ids[0]
+    return None
 
 
 def _special_text(model: Model, token: int) -> str:
@@ -161,20 +196,93 @@ def prompt_ids(engine: Engine, text: str) -> list[int]:
         model.tokenize(rest, add_special=False, parse_special=True) if rest else [])
 
 
-def validate_messages(messages: Messages) -> list[dict[str, str]]:
-    """Plain {role, content} dicts; the conversation must end with the user's message."""
+def validate_messages(messages: Messages) -> list[dict[str, Any]]:
+    """{role, content} dicts, plus an assistant's `tool_calls` (arguments parsed from their
+    JSON text: the template writes `arguments | tojson`) and a tool result's `tool_call_id`,
+    which must answer a call an earlier assistant message made. The conversation ends with
+    the user's message or tool results."""
     if not messages:
         raise InvalidRequestError("the conversation is empty")
-    out = []
+    out: list[dict[str, Any]] = []
+    call_ids: set[str] = set()
     for i, m in enumerate(messages):
         role, content = m.get("role"), m.get("content")
-        if role not in ROLES or not isinstance(content, str):
+        calls = m.get("tool_calls") if role == "assistant" else None
+        if role not in ROLES or not (isinstance(content, str) or content is None and calls):
             raise InvalidRequestError(
-                f"message {i} needs a role in {ROLES} and text content, got {dict(m)!r}")
-        out.append({"role": role, "content": content})
-    if out[-1]["role"] != "user":
-        raise InvalidRequestError("the last message must be the user's")
+                f"message {i} needs a role in {ROLES} and text content (an assistant message "
+                f"with tool_calls may have none), got {dict(m)!r:.200}")
+        message: dict[str, Any] = {"role": role, "content": content}
+        if calls:
+            message["tool_calls"] = _parse_calls(i, calls)
+            call_ids.update(c["id"] for c in message["tool_calls"])
+        if role == "tool":
+            call_id = m.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise InvalidRequestError(f"message {i} (a tool result) needs its tool_call_id")
+            if call_id not in call_ids:
+                raise InvalidRequestError(
+                    f"message {i} answers tool_call_id {call_id!r}, which no earlier "
+                    "assistant message made")
+            message["tool_call_id"] = call_id
+        out.append(message)
+    if out[-1]["role"] not in ("user", "tool"):
+        raise InvalidRequestError("the last message must be the user's (or tool results)")
     return out
+
+
+def _parse_calls(i: int, calls: object) -> list[dict[str, Any]]:
+    """An assistant message's OpenAI `tool_calls`, arguments as objects."""
+    if not isinstance(calls, Sequence) or isinstance(calls, str):
+        raise InvalidRequestError(f"message {i}: tool_calls must be a list")
+    out = []
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if not isinstance(call, Mapping) or not isinstance(call.get("id"), str) \
+                or not isinstance(function, Mapping) \
+                or not isinstance(function.get("name"), str) \
+                or not isinstance(function.get("arguments"), str | Mapping):
+            raise InvalidRequestError(
+                f"message {i}: tool_calls[{j}] must be {{\"id\", \"type\": \"function\", "
+                f"\"function\": {{\"name\", \"arguments\": a JSON string}}}}, got {call!r:.200}")
+        arguments = function["arguments"]
+        try:
+            if isinstance(arguments, str):  # OpenAI's format; an object is taken as it is
+                arguments = json.loads(arguments)
+        except ValueError as exc:
+            raise InvalidRequestError(
+                f"message {i}: tool_calls[{j}] arguments are not valid JSON: {exc}") from None
+        out.append({"id": call["id"], "type": "function",
+                    "function": {"name": function["name"], "arguments": arguments}})
+    return out
+
+
+def plain_tool_messages(messages: Sequence[dict[str, Any]], syntax: CallSyntax,
+                        tools: Sequence[Tool]) -> list[dict[str, Any]]:
+    """A tool conversation for a template that takes no tools: the tools described in the
+    system prompt, calls written into the assistant's text and results as user text."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m["role"] == "tool":
+            text = f"<tool_response>\n{m['content']}\n</tool_response>"
+            if out and out[-1].get("from_tool"):
+                out[-1]["content"] += "\n" + text
+            else:
+                out.append({"role": "user", "content": text, "from_tool": True})
+            continue
+        content = m["content"] or ""
+        for call in m.get("tool_calls", ()):
+            f = call["function"]
+            written = syntax.call_text(f["name"], json.dumps(f["arguments"], ensure_ascii=False))
+            content = f"{content}\n{written}" if content else written
+        out.append({"role": m["role"], "content": content})
+    if tools:
+        prompt = tools_prompt(tools)
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{prompt}"}
+        else:
+            out.insert(0, {"role": "system", "content": prompt})
+    return [{"role": m["role"], "content": m["content"]} for m in out]
 
 
 @dataclass(frozen=True)
@@ -202,7 +310,7 @@ def message_regions(engine: Engine, text: str, messages: Messages, ids: Sequence
         shift = len(_token_bytes(model, special.bos))
     regions, pos = [], 0
     for m in messages:
-        at = text.find(m["content"], pos) if m["content"] else -1
+        at = text.find(m["content"], pos) if m["content"] and m["role"] in ROLE_SOURCES else -1
         if at < 0:
             continue
         byte = shift + len(text[:at].encode("utf-8"))
@@ -211,8 +319,8 @@ def message_regions(engine: Engine, text: str, messages: Messages, ids: Sequence
     return regions
 
 
-def fit_messages(engine: Engine, template: ChatTemplate, messages: Messages, max_tokens: int
-                 ) -> FittedPrompt:
+def fit_messages(engine: Engine, template: ChatTemplate, messages: Messages, max_tokens: int,
+                 tools: Sequence[Tool] = ()) -> FittedPrompt:
     """Prompt ids that leave room for the reply, where each kept message starts, and how
     many old turns were dropped for it.
 
@@ -228,12 +336,12 @@ def fit_messages(engine: Engine, template: ChatTemplate, messages: Messages, max
     turns = [msgs[a:b] for a, b in zip([n_sys, *starts[1:]], [*starts[1:], len(msgs)],
                                        strict=True)]
 
-    def kept(dropped: int) -> list[dict[str, str]]:
+    def kept(dropped: int) -> list[dict[str, Any]]:
         return msgs[:n_sys] + [m for turn in turns[dropped:] for m in turn]
 
     @functools.cache
     def text(dropped: int) -> str:
-        return template.render(kept(dropped))
+        return template.render(kept(dropped), tools=tools)
 
     @functools.cache
     def ids_without(dropped: int) -> list[int]:
@@ -258,26 +366,83 @@ def fit_messages(engine: Engine, template: ChatTemplate, messages: Messages, max
     return fitted(dropped)
 
 
+@dataclass
+class ToolRequest:
+    """A chat request made ready for tools: the messages the template renders (calls and
+    results written as text where it takes no tools), the tools it renders itself, the
+    constraint (the tool grammar, or the request's own), and the stream that reads calls
+    back out of the reply (None when no call can come)."""
+
+    messages: list[dict[str, Any]]
+    tools: list[Tool]
+    constraint: Constraint | None
+    calls: ToolCallStream | None
+
+
+def tool_request(engine: Engine, template: ChatTemplate, messages: Messages,
+                 tools: Sequence[Mapping[str, Any]] | None = None,
+                 tool_choice: str | Mapping[str, Any] = "auto", parallel_tool_calls: bool = True,
+                 constraint: Constraint | None = None) -> ToolRequest:
+    """`messages`, `tools` and `tool_choice` checked and turned into what the template and
+    the engine take; bad input raises InvalidRequestError (or ConstraintError) naming it."""
+    msgs = validate_messages(messages)
+    listed = parse_tools(tools) if tools else []
+    if not listed and tool_choice == "auto":
+        return ToolRequest(msgs, [], constraint, None)
+    mode, callable_tools = choose_tools(listed, tool_choice)
+    if constraint is not None and mode != "none":
+        raise InvalidRequestError(
+            f"a response_format or grammar cannot be combined with tool calls (tool_choice "
+            f"{tool_choice!r}): pass tool_choice \"none\", or leave the format out")
+    syntax = template.call_syntax()
+    calls = None
+    if constraint is None and listed:
+        constraint = tool_constraint(syntax, callable_tools, mode, parallel_tool_calls,
+                                     functools.partial(_special_token, engine.target_model))
+        if mode != "none":
+            calls = ToolCallStream(syntax, [t.name for t in callable_tools])
+    if not syntax.in_template:
+        return ToolRequest(plain_tool_messages(msgs, syntax, listed), [], constraint, calls)
+    return ToolRequest(msgs, listed, constraint, calls)
+
+
 def stream_chat(engine: Engine, messages: Messages, *, max_tokens: int = 512,
                 sampling: SamplingParams | None = None,
                 policy: PolicyLike | None = None,
                 cancel: threading.Event | None = None, stop: Sequence[str] = (),
-                template: ChatTemplate | None = None) -> Iterator[Event]:
-    """Stream a reply to `messages` ({role, content} dicts ending with the user's).
+                template: ChatTemplate | None = None,
+                tools: Sequence[Mapping[str, Any]] | None = None,
+                tool_choice: str | Mapping[str, Any] = "auto", parallel_tool_calls: bool = True,
+                response_format: Mapping[str, Any] | None = None,
+                constraint: Constraint | None = None) -> Iterator[Event]:
+    """Stream a reply to `messages` ({role, content} dicts ending with the user's or tool
+    results).
 
     Yields what `Engine.generate` yields, preceded by a `Notice` when old turns had to be
     dropped to fit the context. Bad input and a message too long for the context raise here,
     before any work. `template` defaults to the engine's (resolved on each call: pass one
-    from `ChatTemplate.for_engine` to skip that).
+    from `ChatTemplate.for_engine` to skip that). `tools`, `tool_choice`,
+    `parallel_tool_calls` and `response_format` are OpenAI's; with tools, a call's tokens
+    come as `ToolCallDelta` / `ToolCall` events instead of `Token` content. `constraint`:
+    what the reply must match (or `response_format`, not both).
     """
     check_max_tokens(max_tokens)  # before fitting, which leaves room for the reply
     template = template or ChatTemplate.for_engine(engine)
-    fitted = fit_messages(engine, template, messages, max_tokens)
+    formatted = response_format_constraint(response_format)
+    if formatted is not None and constraint is not None:
+        raise InvalidRequestError("give a response_format or a constraint (grammar), not both")
+    request = tool_request(engine, template, messages, tools, tool_choice,
+                           parallel_tool_calls, constraint or formatted)
+    fitted = fit_messages(engine, template, request.messages, max_tokens, request.tools)
     dropped = fitted.dropped
     eot = template.end_of_turn
-    events = engine.generate(fitted.ids, max_tokens=max_tokens, sampling=sampling,
-                             policy=policy, stop=[*([eot] if eot else []), *stop],
-                             cancel=cancel, regions=fitted.regions)
+    constraint = request.constraint
+    stops = [*([eot] if eot and (constraint is None or constraint.lazy) else []), *stop]
+    events: Iterator[Event] = engine.generate(
+        fitted.ids, max_tokens=max_tokens, sampling=sampling, policy=policy, stop=stops,
+        cancel=cancel, regions=fitted.regions, constraint=constraint)
+    if request.calls is not None:
+        events = request.calls.events(events)
     if not dropped:
         return events
     turns = "turn" if dropped == 1 else "turns"

@@ -32,6 +32,7 @@ from svip_local.calibration import (
 from svip_local.calibration.live import LiveModel
 from svip_local.compat import check_pair
 from svip_local.config import EngineConfig, EngineSettings
+from svip_local.constraint import Constraint
 from svip_local.errors import (
     EngineClosedError,
     InvalidRequestError,
@@ -39,7 +40,15 @@ from svip_local.errors import (
     RemoteServerError,
 )
 from svip_local.events import Done, Event, GenerationStats, Round, Token
-from svip_local.native import MAX_BRANCHES, Context, Model, Outputs, TextStream
+from svip_local.grammar import GrammarState
+from svip_local.native import (
+    MAX_BRANCHES,
+    Context,
+    Model,
+    Outputs,
+    TextStream,
+    grammar_tokenizer,
+)
 from svip_local.policies import (
     DraftPolicy,
     Plan,
@@ -267,15 +276,18 @@ class Engine:
                  sampling: SamplingParams | None = None,
                  policy: PolicyLike | None = None, stop: Sequence[str] = (),
                  ignore_eos: bool = False, cancel: threading.Event | None = None,
-                 parse_special: bool = False, regions: Regions = ()
-                 ) -> Generator[Event, None, None]:
+                 parse_special: bool = False, regions: Regions = (),
+                 constraint: Constraint | None = None) -> Generator[Event, None, None]:
         """Stream `Token` and `Round` events, then one `Done` with the statistics.
 
         `prompt` is raw text (tokenized with the model's own BOS rule) or token ids. Bad
         arguments raise here, before any work; a consumer that stops iterating early leaves
         the engine consistent and reusable. `regions`: where each chat message starts in
         the prompt's ids and its role (`stream_chat` passes them), which tells copies from
-        the user's text from copies of an earlier reply.
+        the user's text from copies of an earlier reply. `constraint`: what the output must
+        match; it is the target's own output under that constraint, and ends with "stop"
+        when the constraint is complete. Stop strings are refused with a constraint (one
+        could cut its output short of valid), except a lazy one (tool calls).
         """
         self._check_open()
         check_max_tokens(max_tokens)
@@ -299,8 +311,25 @@ class Engine:
         strategy = plan.for_sampling(sampling)
         if self.draft_ctx is None and strategy.needs_draft and policy is not None:
             raise InvalidRequestError(f"policy {strategy.name!r} needs a draft model")
+        grammar = None if constraint is None else self._grammar(constraint, stop, ignore_eos)
         return self._generate(ids, regions, max_tokens, sampling, strategy, stop,
-                              ignore_eos, cancel)
+                              ignore_eos, cancel, grammar)
+
+    def _grammar(self, constraint: Constraint, stop: Sequence[str], ignore_eos: bool
+                 ) -> GrammarState:
+        """The constraint compiled for this request (the model's tokenizer is made once)."""
+        if stop and not constraint.lazy:
+            raise InvalidRequestError(
+                f"stop strings cannot be combined with a {constraint.kind} constraint: a stop "
+                "inside the output would cut it short of valid, and the constraint ends the "
+                "generation itself")
+        if ignore_eos:
+            raise InvalidRequestError("ignore_eos cannot be combined with a constraint: the "
+                                      "constraint ends the generation where it is complete")
+        with self._native:
+            self._check_open()
+            tokenizer = grammar_tokenizer(self.target_model)
+        return GrammarState(constraint, tokenizer, self.n_vocab)
 
     def complete(self, prompt: str | Sequence[int], **kwargs: object) -> Done:
         """Run `generate` to the end and return its `Done` event."""
@@ -313,15 +342,16 @@ class Engine:
 
     def _generate(self, ids: list[int], regions: Regions, max_tokens: int,
                   sampling: SamplingParams, strategy: Strategy, stops: Sequence[str],
-                  ignore_eos: bool, cancel: threading.Event | None
-                  ) -> Generator[Event, None, None]:
+                  ignore_eos: bool, cancel: threading.Event | None,
+                  grammar: GrammarState | None) -> Generator[Event, None, None]:
         if not self._busy.acquire(blocking=False):
             raise InvalidRequestError(
                 "the engine is already generating; one generation at a time. A generator that "
                 "was started and not run to its end holds the engine until it is closed: "
                 "iterate it to the end or call its close()")
         self._cancel.clear()
-        stats = GenerationStats(policy=strategy.describe(), prompt_tokens=len(ids))
+        stats = GenerationStats(policy=strategy.describe(), prompt_tokens=len(ids),
+                                constrained=grammar is not None)
         rng = np.random.default_rng(sampling.seed)
         stream, stopper = TextStream(self.target_model), StopMatcher(stops)
         seq, out, texts = list(ids), list[int](), list[str]()
@@ -349,13 +379,13 @@ class Engine:
                 with self._native:
                     self._check_open()
                     result = self._speculator.round(seq, transcript, remaining - 1, strategy,
-                                                    sampling, rng, remaining)
+                                                    sampling, rng, remaining, grammar)
                     stats.add_round(result)
                     for i, tok in enumerate(result.tokens):
                         seq.append(tok)
                         transcript.append(tok)
                         if not ignore_eos and self.target_model.is_eog(tok):
-                            finish = "eos"
+                            finish = "eos" if grammar is None else "stop"
                             break
                         from_draft = i < result.accepted
                         out.append(tok)
@@ -368,10 +398,14 @@ class Engine:
                             break
                         if len(out) >= budget:
                             break
+                    else:  # every token emitted: a finished grammar allows only the end
+                        if grammar is not None and grammar.stopped:
+                            finish = "stop"
                     stats.generated = len(out)
                     batch.append(Round(stats.rounds, len(result.proposed), result.accepted,
                                        len(batch), *self.kv_lengths(), copied=result.copied,
-                                       nodes=result.nodes))
+                                       nodes=result.nodes, forced=result.forced,
+                                       steps=result.draft_steps, catchup=result.catchup))
                 yield from batch
                 if len(out) >= budget:
                     break
@@ -387,6 +421,8 @@ class Engine:
                     self.draft_ctx.ensure_consistent()
             stats.generated = len(out)
             stats.wall_s = perf_counter() - start
+            if grammar is not None:
+                stats.mask_s, stats.masks = grammar.seconds, grammar.masks
             stats.live = strategy.report()
             if stats.live is not None:  # what it ran is known now, not when it started
                 stats.policy = strategy.describe()

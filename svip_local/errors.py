@@ -27,6 +27,11 @@ class InvalidRequestError(SvipError, ValueError):
     """A generation parameter is out of range or a policy name is unknown."""
 
 
+class ConstraintError(InvalidRequestError):
+    """A JSON Schema, regex or grammar is invalid, unsupported or unsatisfiable; the message
+    names the feature, or the line and column."""
+
+
 class DecodeError(SvipError, RuntimeError):
     """llama_decode failed; the message names the return code's meaning."""
 

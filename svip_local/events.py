@@ -25,7 +25,8 @@ class Round:
     """End of one draft-and-verify round, with both KV caches' lengths after trimming.
     `drafted` counts the tokens of the branch the round ended on and `accepted` how deep it
     got; `nodes` every token verified (more than `drafted` for a token tree); `copied`: they
-    came from the proposal source (prompt lookup), not the draft model."""
+    came from the proposal source (prompt lookup), not the draft model; `forced`, `steps`
+    and `catchup` what the round cost (the simulator prices rounds by them)."""
 
     index: int
     drafted: int
@@ -35,6 +36,9 @@ class Round:
     draft_kv: int | None
     copied: bool = False
     nodes: int = 0
+    forced: int = 0  # leading proposals the grammar forced (no draft step)
+    steps: int = 0  # draft decodes read (the length policy's verdicts)
+    catchup: int = 0  # tokens the draft decoded to catch up first
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,27 @@ class Notice:
     """Something the user should be told mid-stream (e.g. old turns dropped to fit)."""
 
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call as its tokens are accepted: `id` and `name` on the call's first
+    delta only (None after), `arguments` the new fragment of its JSON arguments."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A whole tool call once it closed: `arguments` is its JSON text (OpenAI's format)."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(slots=True)
@@ -66,6 +91,13 @@ class GenerationStats:
     node_counts: list[int] = field(default_factory=list)  # per round
     from_draft: list[bool] = field(default_factory=list)
     live: dict[str, Any] | None = None  # the live `auto`'s choices and estimates
+    # Under a constraint: tokens the grammar forced (proposed with no draft step) and how many
+    # were accepted, the seconds spent in the grammar (masks, checks) and the masks computed.
+    constrained: bool = False
+    forced: int = 0
+    forced_accepted: int = 0
+    mask_s: float = 0.0
+    masks: int = 0
 
     def add_round(self, result: RoundResult) -> None:
         """Count one round's proposal, acceptance and time."""
@@ -79,6 +111,8 @@ class GenerationStats:
         self.verify_s += result.verify_s
         self.draft_lengths.append(len(result.proposed))
         self.accepted_lengths.append(result.accepted)
+        self.forced += result.forced
+        self.forced_accepted += min(result.forced, result.accepted)
 
     @property
     def tokens_per_second(self) -> float:
@@ -120,8 +154,11 @@ class Done:
 
     text: str
     tokens: tuple[int, ...]
-    finish_reason: str  # "eos" | "stop" | "length" | "context" | "cancelled"
+    # "eos" | "stop" (a stop string, or the constraint complete) | "length" | "context" |
+    # "cancelled" | "tool_calls" (`stream_chat` with tools: the reply called them)
+    finish_reason: str
     stats: GenerationStats
+    tool_calls: tuple[ToolCall, ...] = ()  # `text` is then the reply's content without them
 
 
-Event = Token | Round | Notice | Done
+Event = Token | Round | Notice | ToolCallDelta | ToolCall | Done

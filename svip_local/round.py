@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from time import perf_counter
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +48,9 @@ from svip_local.sampling import (
 )
 from svip_local.transcript import Transcript
 from svip_local.tree import TokenTree, top_candidates
+
+if TYPE_CHECKING:
+    from svip_local.grammar import GrammarState
 
 
 class DraftStep:
@@ -79,73 +82,112 @@ class RoundBackend(Protocol):
     def catch_up(self, seq: Sequence[int], wants_hidden: bool) -> tuple[int, float]: ...
 
     def read_step(self, n: int, sampling: SamplingParams, rng: np.random.Generator,
-                  stats: bool, candidates: bool, hidden: bool) -> DraftStep: ...
+                  stats: bool, candidates: bool, hidden: bool,
+                  grammar: GrammarState | None = None) -> DraftStep: ...
 
     def decode_draft(self, token: int) -> None: ...
 
-    def verify(self, seq: Sequence[int], sampling: SamplingParams, rng: np.random.Generator
+    def verify(self, seq: Sequence[int], sampling: SamplingParams, rng: np.random.Generator,
+               grammar: GrammarState | None = None
                ) -> tuple[list[int], int, tuple[float, ...]]: ...
 
 
 def speculative_round(backend: RoundBackend, seq: Sequence[int], transcript: Transcript | None,
                       room: int, strategy: Strategy, sampling: SamplingParams,
-                      rng: np.random.Generator, remaining: int) -> RoundResult:
+                      rng: np.random.Generator, remaining: int,
+                      grammar: GrammarState | None = None) -> RoundResult:
     """One round after `seq` (everything so far; the target's cache holds all but its last
     token; `transcript` holds the same tokens after any side text), proposing at most `room`
-    tokens deep, with `remaining` tokens left in the generation's budget."""
+    tokens deep, with `remaining` tokens left in the generation's budget.
+
+    Under a constraint (`grammar`) the proposal is a chain: the tokens the grammar forces
+    first, then the plan's copy (cut where the grammar refuses it) or its draft (masked by
+    the grammar when `draft_mask`); the target's rows are masked in verification, and the
+    grammar advances only on the tokens the round emits.
+    """
     clock, tree = backend.clock, backend.tree
     t0 = clock()
     tree.clear()
-    plan = strategy.decide(transcript, room, remaining)
+    forced = grammar.forced(room) if grammar is not None and grammar.constraint.forced_tokens \
+        else []
+    if forced:  # the plan is made as if they were accepted: it proposes what follows them
+        tree.extend_chain(forced)
+        assert grammar is not None
+        grammar.advance(forced)
+        seq = [*seq, *forced]
+        if transcript is not None:
+            for token in forced:
+                transcript.append(token)
+    plan = strategy.decide(transcript, room - len(forced), remaining - len(forced))
     steps = catchup = chain = 0
     catchup_s = 0.0
     if plan.copy is not None:
-        add_copy(tree, plan.copy)
+        add_copy(tree, plan.copy, grammar)
     elif plan.draft > 0 and backend.has_draft:
+        masking = grammar if grammar is not None and grammar.constraint.draft_mask else None
+        expander = strategy.expander if grammar is None else None  # chains under a grammar
         chain, steps, catchup, catchup_s = draft_chain(backend, seq, plan, strategy.policy,
-                                                       strategy.expander, sampling, rng)
+                                                       expander, sampling, rng, masking)
+    if forced:
+        assert grammar is not None
+        grammar.rollback(len(forced))
+        seq = seq[: len(seq) - len(forced)]
+        if transcript is not None:
+            transcript.length -= len(forced)
     copied = plan.copy is not None
     # What the context can still hold (the root takes one cell) and the budget allows.
     tree.prune(backend.cells_left(), room)
     t1 = clock()
-    path, nxt, chances = backend.verify(seq, sampling, rng)
+    path, nxt, chances = backend.verify(seq, sampling, rng, grammar)
     accepted = len(path)
-    if steps:  # only the draft model's rounds say anything about its policy
-        chain = min(chain, len(tree))
-        strategy.policy.observe(chain, leading_chain(path, chain))
+    f = len(forced)
+    if steps and accepted >= f:  # only the draft model's rounds say anything about its policy
+        chain = min(chain, len(tree)) - f
+        strategy.policy.observe(chain, leading_chain(path, chain + f) - f)
     branch = tree.chain_below(path[-1] if path else -1)
     result = RoundResult(tuple(tree.tokens[i] for i in branch), accepted, nxt, copied,
-                         t1 - t0, clock() - t1, steps, catchup, catchup_s, chances, len(tree))
-    strategy.learn(plan, result)
+                         t1 - t0, clock() - t1, steps, catchup, catchup_s, chances, len(tree),
+                         f)
+    strategy.learn(plan, result.after_forced())
     return result
 
 
 def draft_chain(backend: RoundBackend, seq: Sequence[int], plan: RoundPlan,
                 policy: DraftPolicy, expander: Expander | None, sampling: SamplingParams,
-                rng: np.random.Generator) -> tuple[int, int, int, float]:
-    """Draft up to `plan.draft` tokens after `seq` into the round's tree as a chain, asking
-    the policy after each one (an exploring round keeps its first token whatever the policy
-    says), then let `expander` widen it. Returns the chain's length, the policy's verdicts,
-    and the catch-up decode's size and seconds."""
+                rng: np.random.Generator, grammar: GrammarState | None = None
+                ) -> tuple[int, int, int, float]:
+    """Draft up to `plan.draft` tokens after `seq` into the round's tree as a chain (after
+    any nodes already there), asking the policy after each one (an exploring round keeps its
+    first token whatever the policy says), then let `expander` widen it. `grammar` masks each
+    step's logits, advanced along the chain and rolled back at the end. Returns the tree's
+    length after the chain, the policy's verdicts, and the catch-up decode's size and seconds.
+    """
     tree = backend.tree
     catchup, catchup_s = backend.catch_up(seq, policy.wants_hidden)
     stats = policy.wants_entropy or policy.wants_top_prob or expander is not None
     options: list[Option] = []  # per depth, what the expander may add there
-    n = 0
-    for n in range(1, plan.draft + 1):
-        step = backend.read_step(n, sampling, rng, stats, expander is not None,
-                                 policy.wants_hidden)
-        if expander is not None and step.candidates is not None:
-            options.append((*step.candidates, expander.width(step.top_prob)))
-        verdict = policy.judge(StepStats(n, step.entropy, step.top_prob, step.hidden))
-        if verdict is Verdict.DROP and plan.explore and n == 1:
-            verdict = Verdict.STOP
-        if verdict is Verdict.DROP:
-            break
-        tree.add(step.token, len(tree) - 1, step.q)
-        if verdict is Verdict.STOP or n == plan.draft or step.eog:
-            break
-        backend.decode_draft(step.token)
+    n = advanced = 0
+    try:
+        for n in range(1, plan.draft + 1):
+            step = backend.read_step(n, sampling, rng, stats, expander is not None,
+                                     policy.wants_hidden, grammar)
+            if expander is not None and step.candidates is not None:
+                options.append((*step.candidates, expander.width(step.top_prob)))
+            verdict = policy.judge(StepStats(n, step.entropy, step.top_prob, step.hidden))
+            if verdict is Verdict.DROP and plan.explore and n == 1:
+                verdict = Verdict.STOP
+            if verdict is Verdict.DROP:
+                break
+            tree.add(step.token, len(tree) - 1, step.q)
+            if verdict is Verdict.STOP or n == plan.draft or step.eog:
+                break
+            if grammar is not None:
+                grammar.advance([step.token])
+                advanced += 1
+            backend.decode_draft(step.token)
+    finally:
+        if grammar is not None:
+            grammar.rollback(advanced)
     chain = len(tree)
     if expander is not None:
         expander.expand(tree, options)
@@ -165,11 +207,11 @@ class Speculator:
         self._step = DraftStep()
 
     def round(self, seq: list[int], transcript: Transcript, room: int, strategy: Strategy,
-              sampling: SamplingParams, rng: np.random.Generator, remaining: int
-              ) -> RoundResult:
+              sampling: SamplingParams, rng: np.random.Generator, remaining: int,
+              grammar: GrammarState | None = None) -> RoundResult:
         """`speculative_round` on the engine's contexts."""
         return speculative_round(self, seq, transcript, room, strategy, sampling, rng,
-                                 remaining)
+                                 remaining, grammar)
 
     clock = staticmethod(perf_counter)
 
@@ -190,13 +232,17 @@ class Speculator:
         return len(catchup), perf_counter() - t0
 
     def read_step(self, n: int, sampling: SamplingParams, rng: np.random.Generator,
-                  stats: bool, candidates: bool, hidden: bool) -> DraftStep:
+                  stats: bool, candidates: bool, hidden: bool,
+                  grammar: GrammarState | None = None) -> DraftStep:
         ctx, step = self.draft, self._step
         assert ctx is not None and self.draft_model is not None
         logits = ctx.logits()[: self.n_vocab]
         q = None
+        if grammar is not None and (stats or candidates or not sampling.greedy):
+            logits = grammar.masked(logits)  # the policy reads the masked entropy
+            grammar = None
         if sampling.greedy:
-            tok = int(logits.argmax())
+            tok = int(logits.argmax()) if grammar is None else grammar.greedy(logits)
         else:
             q = distribution(logits, sampling)
             tok = sample(q, rng)
@@ -215,7 +261,8 @@ class Speculator:
         assert self.draft is not None
         self.draft.decode([token], Outputs.LAST)
 
-    def verify(self, seq: Sequence[int], sampling: SamplingParams, rng: np.random.Generator
+    def verify(self, seq: Sequence[int], sampling: SamplingParams, rng: np.random.Generator,
+               grammar: GrammarState | None = None
                ) -> tuple[list[int], int, tuple[float, ...]]:
         """Score [seq[-1]] + the tree in one target decode; return the accepted path (node
         indices), the next token, and (sampling) the tested chances.
@@ -225,6 +272,8 @@ class Speculator:
         the node's children are tried in order by `verify_candidates`, which keeps exactly
         the target's distribution p at every node (Leviathan et al. 2023 for one draft
         token; a copied token or top-k alternative is a certain proposal, kept with p(x)).
+        Under `grammar` each row is masked by the state after the path so far (greedy: only
+        where the plain argmax is refused), and the state advances on every token emitted.
         """
         ctx, tree = self.target, self.tree
         depths, seqs, branches = tree.layout()
@@ -235,10 +284,10 @@ class Speculator:
         while True:
             row = ctx.logits(node + 1)[: self.n_vocab]
             if sampling.greedy:
-                nxt = int(row.argmax())
+                nxt = int(row.argmax()) if grammar is None else grammar.greedy(row)
                 child = tree.child_with(node, nxt)
             else:
-                p = distribution(row, sampling)
+                p = distribution(row if grammar is None else grammar.masked(row), sampling)
                 kids = tree.children(node)
                 if not kids:
                     nxt, child = sample(p, rng), -1
@@ -247,6 +296,8 @@ class Speculator:
                     chances.append(acceptance_chance(p, qs[0], tree.tokens[kids[0]]))
                     pick, nxt = verify_candidates(p, [tree.tokens[c] for c in kids], qs, rng)
                     child = kids[pick] if pick >= 0 else -1
+            if grammar is not None:
+                grammar.advance([nxt])
             if child < 0:
                 break
             path.append(child)
@@ -262,13 +313,19 @@ class Speculator:
         return path, nxt, tuple(chances)
 
 
-def add_copy(tree: TokenTree, copy: Copy) -> None:
-    """A plan's copy into the (empty) round tree: a chain, or a tree by its parents."""
-    if copy.parents is None:
-        tree.extend_chain(copy.tokens.tolist() if isinstance(copy.tokens, np.ndarray)
-                          else copy.tokens)
+def add_copy(tree: TokenTree, copy: Copy, grammar: GrammarState | None = None) -> None:
+    """A plan's copy into the round tree (after any forced nodes): a chain, or a tree by its
+    parents. Under `grammar`: the copy's leading chain, up to the first token it refuses."""
+    tokens = copy.tokens.tolist() if isinstance(copy.tokens, np.ndarray) else list(copy.tokens)
+    if grammar is not None:
+        chain = len(tokens)
+        if copy.parents is not None:  # a tree copy: its first chain (node i below i - 1)
+            chain = next((i for i, p in enumerate(copy.parents) if p != i - 1), chain)
+        tokens = tokens[: grammar.valid_prefix(tokens[:chain])]
+    if copy.parents is None or grammar is not None:
+        tree.extend_chain(tokens)
         return
-    for token, parent in zip(copy.tokens, copy.parents, strict=True):
+    for token, parent in zip(tokens, copy.parents, strict=True):
         tree.add(int(token), parent)
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,7 @@ class RoundResult:
     # greedy: empty, the outcomes are certain.
     chances: tuple[float, ...] = ()
     nodes: int = -1  # -1: as many as proposed (a chain)
+    forced: int = 0  # the leading proposals the grammar forced (no draft step, no copy)
 
     def __post_init__(self) -> None:
         if self.nodes < 0:
@@ -35,3 +36,12 @@ class RoundResult:
     @property
     def tokens(self) -> tuple[int, ...]:
         return (*self.proposed[: self.accepted], self.next_token)
+
+    def after_forced(self) -> RoundResult:
+        """The round as its plan's strategy saw it: the forced prefix taken off the proposal
+        (it was not the plan's), the rows and times kept (the batch priced them all)."""
+        if not self.forced:
+            return self
+        f = self.forced
+        return replace(self, proposed=self.proposed[f:], accepted=max(0, self.accepted - f),
+                       chances=self.chances[f:], forced=0)

@@ -13,3 +13,10 @@ DEFAULT_GRID: tuple[tuple[int, float], ...] = (
     *((n, 0.0) for n in (1, 2, 3, 4, 6, 8, 12, 16)),
     *((n, p) for n in (8, 16) for p in (0.3, 0.5, 0.75, 0.9)),
 )
+# The structured-output benchmark's contestants (`bench.structured`): the target alone free
+# and constrained, then each policy with the grammar's aids and without (`/bare`), auto also
+# with each aid off alone and on free text.
+STRUCTURED_CONTESTANTS = (
+    "none/free", "none/bare", "none", "constant:4", "constant:4/bare", "svip", "svip/bare",
+    "lookup", "lookup/bare", "auto", "auto/bare", "auto/no-forced", "auto/no-mask",
+    "auto/free")

@@ -107,8 +107,10 @@ class Peer:
     def binary_for(self, name: str) -> Path:
         return self.tree_binary if name.startswith(TREE_PREFIX) else self.binary
 
-    def run(self, item: BenchItem, name: str, temperature: float, seed: int,
-            repeat: int) -> RunRecord:
+    def run_text(self, prompt: str, name: str, *, max_tokens: int, temperature: float,
+                 seed: int, extra: Sequence[str] = ()) -> dict[str, Any]:
+        """One run of spec `name` on `prompt` (text): `peer_runner.run_peer`'s fields.
+        `extra`: more flags for the binary (`--ignore-eos`, `--json-schema SCHEMA`)."""
         settings: dict[str, Any]
         if name.startswith(TREE_PREFIX):
             n_parallel, p_split, n_max = parse_tree_spec(name)
@@ -116,12 +118,17 @@ class Peer:
         else:
             n_max, p_min = parse_spec(name)
             settings = {"n_max": n_max, "p_min": p_min}
-        extra = [*self._extra, *(["--ignore-eos"] if item.ignore_eos else [])]
-        args = PeerArgs(self.target, self.draft, **settings, n_predict=item.max_tokens,
+        args = PeerArgs(self.target, self.draft, **settings, n_predict=max_tokens,
                         threads=self.threads, ctx=self.n_ctx, temp=temperature, seed=seed,
-                        n_gpu_layers=self.n_gpu_layers, extra_args=tuple(extra),
+                        n_gpu_layers=self.n_gpu_layers, extra_args=(*self._extra, *extra),
                         binary=self.binary_for(name))
-        res = self._runner.run_peer(args, item.prompt.text)
+        return dict(self._runner.run_peer(args, prompt))
+
+    def run(self, item: BenchItem, name: str, temperature: float, seed: int,
+            repeat: int) -> RunRecord:
+        res = self.run_text(item.prompt.text, name, max_tokens=item.max_tokens,
+                            temperature=temperature, seed=seed,
+                            extra=["--ignore-eos"] if item.ignore_eos else [])
         wall = res["total_s"] if res["total_s"] is not None else res["decode_s"]
         return RunRecord(item.suite, item.group, item.prompt.id, temperature, item.max_tokens,
                          name, label(name), repeat,

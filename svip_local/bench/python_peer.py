@@ -8,6 +8,8 @@ who does not tune gets). They run in this process beside svip-local's policies, 
 target file, prompts, threads and context size, with the same sampling (no top-k, top-p or
 min-p truncation, where `create_completion` would otherwise apply its own defaults). Each run
 empties the cache first (`reset`), so it pays its prefill, which its time includes, as ours does.
+The structured-output benchmark holds it to a task's JSON Schema through its JSON path,
+`LlamaGrammar.from_json_schema` (`PythonPeer.complete(..., json_schema=...)`).
 
 This is the one module outside `svip_local.native` that imports llama_cpp (the import
 contracts allow it alone), since the peer *is* llama-cpp-python's own Python API.
@@ -15,7 +17,9 @@ contracts allow it alone), since the peer *is* llama-cpp-python's own Python API
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +81,25 @@ def handles(spec: str) -> bool:
     return spec == PLAIN or spec.startswith(LOOKUP)
 
 
+def label(spec: str) -> str:
+    """How a peer spec reads in a table."""
+    lookup = parse_spec(spec)
+    return "llama-cpp-python Llama" if lookup is None else (
+        f"Llama + LlamaPromptLookupDecoding(num_pred_tokens={lookup[0]}, "
+        f"max_ngram_size={lookup[1]})")
+
+
+@dataclass(frozen=True)
+class PeerCompletion:
+    """What one run of a peer wrote, how many tokens, in how long (prefill included), and
+    why it ended ("stop", "length")."""
+
+    text: str
+    generated: int
+    wall_s: float
+    finish: str
+
+
 class PythonPeer:
     """One `Llama` per distinct spec, loaded on its first run (a lookup `Llama` keeps logits
     for every position, as llama-cpp-python requires for a draft model)."""
@@ -87,33 +110,52 @@ class PythonPeer:
         self.threads, self.n_ctx, self.n_gpu_layers = threads, n_ctx, n_gpu_layers
         self._models: dict[str, Any] = {}
         self._banned: dict[int, float] = {}
+        self._grammars: dict[str, Any] = {}
 
     def handles(self, spec: str) -> bool:
         return handles(spec)
 
     def run(self, item: BenchItem, spec: str, temperature: float, seed: int,
             repeat: int) -> RunRecord:
+        out = self.complete(item.prompt.text, spec, max_tokens=item.max_tokens,
+                            temperature=temperature, seed=seed, ignore_eos=item.ignore_eos)
+        return RunRecord(item.suite, item.group, item.prompt.id, temperature, item.max_tokens,
+                         spec, label(spec), repeat, out.generated, out.wall_s,
+                         0.0, 0, 0, finish=out.finish or "peer")
+
+    def complete(self, prompt: str, spec: str, *, max_tokens: int, temperature: float,
+                 seed: int, ignore_eos: bool = False,
+                 json_schema: dict[str, Any] | None = None) -> PeerCompletion:
+        """One timed `create_completion` of `prompt` (text, special tokens parsed), held to
+        `json_schema` by `LlamaGrammar.from_json_schema` (its JSON path) where given; the
+        grammar is built before the clock starts, once per schema."""
         llm = self._model(spec)
+        grammar = None if json_schema is None else self._grammar(json_schema)
         llm.reset()  # no prefix reuse: every run pays its prefill, like the engine's
         t0 = time.perf_counter()
         out = llm.create_completion(
-            item.prompt.text, max_tokens=item.max_tokens, temperature=temperature,
-            top_k=0, top_p=1.0, min_p=0.0, seed=seed,
-            logit_bias=self._banned if item.ignore_eos else None)
+            prompt, max_tokens=max_tokens, temperature=temperature,
+            top_k=0, top_p=1.0, min_p=0.0, seed=seed, grammar=grammar,
+            logit_bias=self._banned if ignore_eos else None)
         wall = time.perf_counter() - t0
-        finish = str(out["choices"][0].get("finish_reason") or "")
-        lookup = parse_spec(spec)
-        label = "llama-cpp-python Llama" if lookup is None else (
-            f"Llama + LlamaPromptLookupDecoding(num_pred_tokens={lookup[0]}, "
-            f"max_ngram_size={lookup[1]})")
-        return RunRecord(item.suite, item.group, item.prompt.id, temperature, item.max_tokens,
-                         spec, label, repeat, int(out["usage"]["completion_tokens"]), wall,
-                         0.0, 0, 0, finish=finish or "peer")
+        choice = out["choices"][0]
+        return PeerCompletion(str(choice.get("text") or ""),
+                              int(out["usage"]["completion_tokens"]), wall,
+                              str(choice.get("finish_reason") or ""))
 
     def close(self) -> None:
         for llm in self._models.values():
             llm.close()
         self._models.clear()
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            self._grammars[key] = LlamaGrammar.from_json_schema(json.dumps(schema),
+                                                                verbose=False)
+        return self._grammars[key]
 
     def _model(self, spec: str) -> Any:
         if spec not in self._models:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +27,9 @@ from svip_local.round_result import RoundResult
 from svip_local.sampling import SamplingParams
 from svip_local.transcript import Transcript
 from svip_local.tree import TokenTree
+
+if TYPE_CHECKING:
+    from svip_local.grammar import GrammarState
 
 _MAX_LAG = 64  # the oracle's draft lags beyond this are costed as this (an optimistic bound)
 SAMPLED_DRAWS = 8  # realisations a sampled trace is replayed on
@@ -129,7 +133,8 @@ class TraceBackend:
         return st.seq_len - keep, seconds
 
     def read_step(self, n: int, sampling: SamplingParams, rng: np.random.Generator,
-                  stats: bool, candidates: bool, hidden: bool) -> DraftStep:
+                  stats: bool, candidates: bool, hidden: bool,
+                  grammar: GrammarState | None = None) -> DraftStep:
         trace, j, costs, step = self.trace, self.state.j, self.costs, _STEP
         n_pos = len(trace.target)
         pos = min(j + n - 1, n_pos - 1)  # past the end: the last known statistics
@@ -145,9 +150,11 @@ class TraceBackend:
         self.now += self.costs.draft(1, self.state.seq_len + self.decoded)
         self.decoded += 1
 
-    def verify(self, seq: Sequence[int], sampling: SamplingParams, rng: np.random.Generator
+    def verify(self, seq: Sequence[int], sampling: SamplingParams, rng: np.random.Generator,
+               grammar: GrammarState | None = None
                ) -> tuple[list[int], int, tuple[float, ...]]:
-        """The deepest path along the trace, rows read: the path's and the one after it."""
+        """The deepest path along the trace, rows read: the path's and the one after it.
+        (A trace holds the tokens each model chose; a replay runs without a grammar.)"""
         trace, st, tree = self.trace, self.state, self.tree
         path = _walk(tree, trace.target[st.j:])
         accepted = len(path)

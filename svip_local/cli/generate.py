@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from svip_local import Done, InvalidRequestError, SamplingParams, Token, load
+from svip_local import Constraint, Done, InvalidRequestError, SamplingParams, Token, load
 from svip_local.policies import policy_help
 
 if TYPE_CHECKING:
@@ -76,6 +76,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-text")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (ids, text, stats) as the last line")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--json-schema", type=Path, metavar="FILE",
+                       help="constrain the output to JSON valid under this JSON Schema")
+    shape.add_argument("--json-object", action="store_true",
+                       help="constrain the output to one JSON object")
+    shape.add_argument("--regex", metavar="RE", help="constrain the output to match RE")
+    shape.add_argument("--grammar", type=Path, metavar="FILE",
+                       help="constrain the output to a grammar: FILE.gbnf (llama.cpp's GBNF) "
+                            "or FILE.lark (llguidance's Lark)")
     p.set_defaults(func=run)
 
 
@@ -104,10 +113,48 @@ def read_prompt(args: argparse.Namespace) -> str:
             "bytes") from exc
 
 
+def read_constraint(args: argparse.Namespace) -> Constraint | None:
+    """The output constraint --json-schema, --json-object, --regex or --grammar asks for,
+    compiled (and so checked) before any model loads."""
+    if args.json_object:
+        return Constraint.json_object()
+    if args.regex is not None:
+        return Constraint.regex(args.regex)
+    if args.json_schema is not None:
+        text = _read_text(args.json_schema, "JSON Schema")
+        try:
+            schema = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequestError(f"the JSON Schema file {args.json_schema} is not JSON: "
+                                      f"{exc}") from exc
+        return Constraint.json_schema(schema)
+    if args.grammar is not None:
+        suffix = args.grammar.suffix.lower()
+        factories = {".gbnf": Constraint.gbnf, ".lark": Constraint.lark}
+        if suffix not in factories:
+            raise InvalidRequestError(
+                f"the grammar file {args.grammar} must end in .gbnf (llama.cpp's GBNF) or "
+                ".lark (Lark), to say which it is")
+        return factories[suffix](_read_text(args.grammar, "grammar"))
+    return None
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidRequestError(f"cannot read the {what} file {path}: "
+                                  f"{exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(f"the {what} file {path} is not UTF-8 text (byte "
+                                  f"{exc.start})") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                               min_p=args.min_p, seed=args.seed)
     prompt = read_prompt(args)  # bad input fails before any model loads
+    constraint = read_constraint(args)
     with open_engine(args, policy=args.policy) as engine:
         if args.chat:
             from svip_local.chat import ChatTemplate, prompt_ids as chat_prompt_ids
@@ -118,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             prompt_ids = engine.tokenize(prompt)
         events = engine.generate(prompt_ids, max_tokens=args.max_tokens, sampling=sampling,
-                                 stop=args.stop, ignore_eos=args.ignore_eos)
+                                 stop=args.stop, ignore_eos=args.ignore_eos,
+                                 constraint=constraint)
         done: Done | None = None
         try:
             for event in events:

@@ -21,6 +21,7 @@ from svip_local.native.devices import (
     supports_gpu_offload,
     supports_rpc,
 )
+from svip_local.native.grammar import grammar_tokenizer
 from svip_local.native.model import Model, TextStream
 from svip_local.native.templates import apply_builtin_chat_template, render_chat_template
 
@@ -38,6 +39,7 @@ __all__ = [
     "cpu_cores",
     "default_threads",
     "gpu_name",
+    "grammar_tokenizer",
     "render_chat_template",
     "supports_gpu_offload",
     "supports_rpc",

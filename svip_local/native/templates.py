@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Sequence
+from typing import Any
 
 import llama_cpp.llama_cpp as C
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 
-def render_chat_template(template: str, messages: Sequence[dict[str, str]], *, bos_token: str,
-                         eos_token: str, add_generation_prompt: bool = True) -> str:
+def render_chat_template(template: str, messages: Sequence[dict[str, Any]], *, bos_token: str,
+                         eos_token: str, add_generation_prompt: bool = True,
+                         tools: Sequence[dict[str, Any]] | None = None) -> str:
     """Render a GGUF's Jinja chat template exactly as llama-cpp-python does (sandboxed jinja2,
-    Transformers-compatible `tojson`, `{% generation %}` tags ignored)."""
+    Transformers-compatible `tojson`, `{% generation %}` tags ignored); `tools` in OpenAI's
+    format for a template that takes them."""
     formatter = Jinja2ChatFormatter(template, eos_token=eos_token, bos_token=bos_token,
                                     add_generation_prompt=add_generation_prompt)
-    return formatter(messages=list(messages)).prompt  # type: ignore[arg-type]
+    return formatter(messages=list(messages),  # type: ignore[arg-type]
+                     tools=list(tools) if tools else None).prompt  # type: ignore[arg-type]
 
 
 def apply_builtin_chat_template(name: str, messages: Sequence[dict[str, str]], *,

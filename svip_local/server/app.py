@@ -25,11 +25,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from svip_local import Done, Engine, Event, Notice, SvipError, Token
+from svip_local import (
+    Constraint,
+    Done,
+    Engine,
+    Event,
+    InvalidRequestError,
+    Notice,
+    SvipError,
+    Token,
+    ToolCall,
+    ToolCallDelta,
+)
 from svip_local.chat import ChatTemplate, stream_chat
 from svip_local.server.access import AccessLog
 from svip_local.server.errors import ApiError, from_engine_error, from_validation_error
-from svip_local.server.responses import Reply, sse
+from svip_local.server.responses import Reply, ToolCallChunks, sse
 from svip_local.server.schemas import ChatCompletionRequest, CompletionRequest
 from svip_local.server.worker import Generation, GenerationWorker, Job, ServerBusyError
 
@@ -114,10 +125,15 @@ class _Api:
         self._check_model(req.model)
         sampling, stops, messages = req.sampling(), req.stops(), req.template_messages()
         max_tokens = req.token_limit() or self.engine.n_ctx
+        constraint = _constraint(req, "response_format" if req.grammar is None else "grammar")
+        tools, tool_choice = req.tool_dicts(), req.tool_choice_value()
 
         def generation(cancel: threading.Event) -> Iterator[Event]:
             return stream_chat(self.engine, messages, max_tokens=max_tokens, sampling=sampling,
-                               cancel=cancel, stop=stops, template=self.template)
+                               cancel=cancel, stop=stops, template=self.template, tools=tools,
+                               tool_choice=tool_choice,
+                               parallel_tool_calls=req.parallel_tool_calls,
+                               constraint=constraint)
 
         reply = Reply.new(chat=True, model=self.model_name)
         return await self._respond(request, generation, reply, req)
@@ -127,10 +143,11 @@ class _Api:
         req = await self._parse(request, CompletionRequest)
         self._check_model(req.model)
         sampling, stops, prompt = req.sampling(), req.stops(), req.engine_prompt()
+        constraint = _constraint(req, "grammar")
 
         def generation(cancel: threading.Event) -> Iterator[Event]:
             return self.engine.generate(prompt, max_tokens=req.max_tokens, sampling=sampling,
-                                        stop=stops, cancel=cancel)
+                                        stop=stops, cancel=cancel, constraint=constraint)
 
         reply = Reply.new(chat=False, model=self.model_name)
         return await self._respond(request, generation, reply, req)
@@ -195,6 +212,16 @@ class _Api:
             raise from_validation_error(exc) from None
 
 
+def _constraint(req: ChatCompletionRequest | CompletionRequest, param: str
+                ) -> Constraint | None:
+    """The request's constraint, compiled before it queues: a bad one is a 400 naming
+    `param` even while the engine is busy."""
+    try:
+        return req.constraint()
+    except InvalidRequestError as exc:
+        raise ApiError(400, str(exc), param=param) from exc
+
+
 @asynccontextmanager
 async def _cancel_on_disconnect(request: Request, job: Job) -> AsyncIterator[None]:
     """Cancel the job if the client goes away while we wait for its events.
@@ -230,7 +257,7 @@ async def _until_done(job: Job, first: Event | None, request: Request
 
 async def _event_stream(job: Job, first: Event, reply: Reply, include_usage: bool,
                         request: Request) -> AsyncIterator[bytes]:
-    """SSE chunks: text deltas, the finish chunk, then `[DONE]`.
+    """SSE chunks: text and tool-call deltas, the finish chunk, then `[DONE]`.
 
     A client that disconnects makes Starlette cancel this generator: `finally` cancels the
     generation. An error after the first chunk cannot change the status any more, so it is
@@ -238,6 +265,7 @@ async def _event_stream(job: Job, first: Event, reply: Reply, include_usage: boo
     """
     shown = 0  # characters sent so far
     notices: list[str] = []
+    calls = ToolCallChunks(reply)
     try:
         opening = reply.opening()
         if opening is not None:
@@ -247,6 +275,9 @@ async def _event_stream(job: Job, first: Event, reply: Reply, include_usage: boo
             if isinstance(event, Token) and event.text:
                 shown += len(event.text)
                 yield sse(reply.delta(event.text))
+            elif isinstance(event, ToolCallDelta | ToolCall):
+                for chunk in calls.chunks(event):
+                    yield sse(chunk)
             elif isinstance(event, Notice):
                 notices.append(event.message)
             elif isinstance(event, Done):
@@ -254,6 +285,8 @@ async def _event_stream(job: Job, first: Event, reply: Reply, include_usage: boo
                 tail = event.text[shown:]
                 if tail:
                     yield sse(reply.delta(tail))
+                for chunk in (c for call in event.tool_calls for c in calls.chunks(call)):
+                    yield sse(chunk)
                 for chunk in reply.closing(event, notices, include_usage=include_usage):
                     yield sse(chunk)
                 _log_done(event, request)

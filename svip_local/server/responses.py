@@ -2,7 +2,9 @@
 
 Streaming sends `chat.completion.chunk` / `text_completion` objects as server-sent events; the
 chunk carrying `finish_reason` also carries `svip`, the speculative statistics of the
-generation, which OpenAI clients keep as an extra attribute and otherwise ignore.
+generation, which OpenAI clients keep as an extra attribute and otherwise ignore. Tool calls
+stream as OpenAI streams them: a call's first chunk names it (index, id, type, name, empty
+arguments), the chunks after carry only its index and argument fragments.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from svip_local import Done, GenerationStats
+from svip_local import Done, GenerationStats, ToolCall, ToolCallDelta
 
 # The engine's reasons in OpenAI's vocabulary. "cancelled" only reaches a client that is still
 # connected when the server shuts down mid-generation.
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length",
-                  "cancelled": "stop"}
-_STATS_LISTS = ("draft_lengths", "accepted_lengths", "from_draft")
+                  "cancelled": "stop", "tool_calls": "tool_calls"}
+_STATS_LISTS = ("draft_lengths", "accepted_lengths", "node_counts", "from_draft")
 
 
 def usage(stats: GenerationStats) -> dict[str, int]:
@@ -64,6 +66,15 @@ class Reply:
     def delta(self, text: str) -> dict[str, Any]:
         return self._chunk({"content": text} if self.chat else text)
 
+    def tool_call_start(self, index: int, call_id: str, name: str) -> dict[str, Any]:
+        """A call's first chunk: everything but its arguments."""
+        return self._chunk({"tool_calls": [
+            {"index": index, "id": call_id, "type": "function",
+             "function": {"name": name, "arguments": ""}}]})
+
+    def tool_call_arguments(self, index: int, fragment: str) -> dict[str, Any]:
+        return self._chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+
     def closing(self, done: Done, notices: list[str], *,
                 include_usage: bool) -> list[dict[str, Any]]:
         """The finish chunk (with `svip`), then the usage chunk when the client asked for it."""
@@ -79,6 +90,9 @@ class Reply:
                                   "finish_reason": FINISH_REASONS[done.finish_reason]}
         if self.chat:
             choice["message"] = {"role": "assistant", "content": done.text, "refusal": None}
+            if done.tool_calls:
+                choice["message"]["content"] = done.text or None
+                choice["message"]["tool_calls"] = [tool_call(c) for c in done.tool_calls]
         else:
             choice["text"] = done.text
         return {**self._envelope(streaming=False), "choices": [choice],
@@ -89,7 +103,7 @@ class Reply:
             else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def _chunk(self, delta: dict[str, str] | str,
+    def _chunk(self, delta: dict[str, Any] | str,
                finish_reason: str | None = None) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish_reason}
         if self.chat:
@@ -97,3 +111,42 @@ class Reply:
         else:
             choice["text"] = delta
         return {**self._envelope(), "choices": [choice]}
+
+
+class ToolCallChunks:
+    """A stream's tool-call chunks: each call announced once, its arguments sent once.
+
+    Calls arrive as `ToolCallDelta`s while their tokens are accepted, then as a `ToolCall` (and
+    again in `Done.tool_calls`); the closing events send only what the deltas did not.
+    """
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.sent: dict[int, str] = {}  # arguments sent so far, by call index
+
+    def chunks(self, event: ToolCallDelta | ToolCall) -> list[dict[str, Any]]:
+        i = event.index
+        out = self._start(i, event.id or "", event.name or "")
+        whole = self.sent[i] + event.arguments if isinstance(event, ToolCallDelta) \
+            else event.arguments
+        return out + self._arguments(i, whole)
+
+    def _start(self, index: int, call_id: str, name: str) -> list[dict[str, Any]]:
+        if index in self.sent:
+            return []
+        self.sent[index] = ""
+        return [self.reply.tool_call_start(index, call_id, name)]
+
+    def _arguments(self, index: int, arguments: str) -> list[dict[str, Any]]:
+        """The fragment that brings the call's sent arguments up to `arguments`."""
+        sent = self.sent[index]
+        if arguments == sent or not arguments.startswith(sent):
+            return []  # nothing new (a sent fragment cannot be taken back)
+        self.sent[index] = arguments
+        return [self.reply.tool_call_arguments(index, arguments[len(sent):])]
+
+
+def tool_call(call: ToolCall) -> dict[str, Any]:
+    """A finished call as a non-streamed message lists it."""
+    return {"id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments}}
