@@ -312,6 +312,8 @@ class Engine:
         if self.draft_ctx is None and strategy.needs_draft and policy is not None:
             raise InvalidRequestError(f"policy {strategy.name!r} needs a draft model")
         grammar = None if constraint is None else self._grammar(constraint, stop, ignore_eos)
+        if grammar is not None:
+            strategy = strategy.under_constraint()
         return self._generate(ids, regions, max_tokens, sampling, strategy, stop,
                               ignore_eos, cancel, grammar)
 

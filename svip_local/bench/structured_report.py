@@ -47,7 +47,11 @@ EXPLAIN = (
     "verification rows, draft catch-up and steps and per-round and per-token work priced "
     "by this machine's calibrated cost model (as the simulator prices a replayed round), plus "
     "the prefill and the run's measured mask seconds; the error in brackets is predicted / "
-    "measured speed − 1. Contestants: `SPEC` runs with both aids (forced tokens proposed "
+    "measured speed − 1; *predicted × constrained* divides a contestant's predicted speed by "
+    "the constrained target alone's (the simulator's speedup from the rounds run: forced-token "
+    "share, copies, drafts). *decode × free*: decoding speed (prefill excluded) over the "
+    "unconstrained target alone's: what the mask costs per generated token. Contestants: "
+    "`SPEC` runs with both aids (forced tokens proposed "
     "without a draft step; draft tokens from the draft's masked logits), `/no-forced`, "
     "`/no-mask` and `/bare` turn one or both off, `/free` has no constraint.")
 
@@ -144,9 +148,10 @@ def console_table(run: StructuredRun, temperature: float = 0.0) -> str:
 
 
 def _main_table(run: StructuredRun, rows: Sequence[StructuredSummary]) -> list[str]:
-    out = ["| contestant | tok/s | × constrained | × free | stop | valid | forced | accept "
-           "(draft) | mask ms/tok | predicted tok/s (error) |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = ["| contestant | tok/s | × constrained | predicted × constrained | × free | "
+           "decode × free | stop | valid | forced | accept (draft) | mask ms/tok | "
+           "predicted tok/s (error) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in run.contestants:
         s = find(rows, name, OVERALL, rows[0].temperature if rows else 0.0)
         if s is None:
@@ -156,7 +161,8 @@ def _main_table(run: StructuredRun, rows: Sequence[StructuredSummary]) -> list[s
             if s.prediction_error is not None else f"{s.predicted_tps:.2f}")
         draft = "" if s.draft_acceptance is None else f" ({s.draft_acceptance:.0%})"
         out.append(f"| {contestant_label(name)} | {s.mean_tps:.2f} | {_x(s.speedup)} | "
-                   f"{_x(s.speedup_free)} | {s.stop_rate:.0%} | {_pct(s.valid_rate)} | "
+                   f"{_x(s.predicted_speedup)} | {_x(s.speedup_free)} | "
+                   f"{_x(s.decode_ratio_free)} | {s.stop_rate:.0%} | {_pct(s.valid_rate)} | "
                    f"{s.forced_share:.0%} | {s.acceptance:.0%}{draft} | "
                    f"{s.mask_ms_per_token:.3f} | {pred} |")
     return out

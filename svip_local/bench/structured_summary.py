@@ -42,6 +42,11 @@ class StructuredSummary:
     mask_ms_per_token: float
     predicted_tps: float | None  # mean of per-run predicted tokens/s
     prediction_error: float | None  # predicted total time rate / measured - 1
+    # The cost model's speedup over the constrained target alone's, both predicted for the
+    # rounds they ran: what the simulator says the forced tokens, copies and drafts buy.
+    predicted_speedup: float | None
+    decode_tps: float  # mean of per-run tokens/s of decoding (prefill excluded)
+    decode_ratio_free: float | None  # decode_tps over the unconstrained target alone's
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,9 +124,40 @@ def _summary(temp: float, group: str, name: str, runs: list[StructuredRecord],
         accepted / drafted if drafted else 0.0,
         (accepted - forced_ok) / (drafted - forced) if drafted > forced else None,
         1000 * sum(r.mask_s for r in runs) / generated if generated else 0.0,
-        statistics.fmean(r.generated / p for r in predicted if (p := r.predicted_s))
-        if predicted else None,
-        measured_s / predicted_s - 1 if predicted_s > 0 else None)
+        _predicted_tps(runs), measured_s / predicted_s - 1 if predicted_s > 0 else None,
+        _predicted_speedup(runs, base), _mean_decode_tps(runs), _decode_ratio(runs, free))
+
+
+def _predicted_tps(runs: Sequence[StructuredRecord]) -> float | None:
+    rates = [r.generated / r.predicted_s for r in runs if r.predicted_s]
+    return statistics.fmean(rates) if rates else None
+
+
+def _same_runs(runs: Sequence[StructuredRecord], base: Sequence[StructuredRecord]
+               ) -> list[StructuredRecord]:
+    keys = {(r.task_id, r.repeat) for r in runs}
+    return [b for b in base if (b.task_id, b.repeat) in keys]
+
+
+def _predicted_speedup(runs: Sequence[StructuredRecord], base: Sequence[StructuredRecord]
+                       ) -> float | None:
+    mine, theirs = _predicted_tps(runs), _predicted_tps(_same_runs(runs, base))
+    return mine / theirs if mine and theirs else None
+
+
+def _decode_tps(r: StructuredRecord) -> float:
+    decode_s = r.wall_s - r.prefill_s
+    return r.generated / decode_s if decode_s > 0 else 0.0
+
+
+def _mean_decode_tps(runs: Sequence[StructuredRecord]) -> float:
+    return statistics.fmean(_decode_tps(r) for r in runs) if runs else 0.0
+
+
+def _decode_ratio(runs: Sequence[StructuredRecord], free: Sequence[StructuredRecord]
+                  ) -> float | None:
+    theirs = _mean_decode_tps(_same_runs(runs, free))
+    return _mean_decode_tps(runs) / theirs if theirs > 0 else None
 
 
 def _mean_tps(runs: Sequence[StructuredRecord]) -> float:
@@ -131,7 +167,6 @@ def _mean_tps(runs: Sequence[StructuredRecord]) -> float:
 def _speedup(runs: Sequence[StructuredRecord], base: Sequence[StructuredRecord]
              ) -> float | None:
     """Mean tokens/s over the baseline's on the same tasks and repeats (a peer skips some)."""
-    keys = {(r.task_id, r.repeat) for r in runs}
-    same = [b for b in base if (b.task_id, b.repeat) in keys]
+    same = _same_runs(runs, base)
     base_tps = _mean_tps(same)
     return _mean_tps(runs) / base_tps if same and base_tps > 0 else None

@@ -353,6 +353,9 @@ def bin_centers() -> list[float]:
     return [(lo + hi) / 2 for lo, hi in zip(edges, edges[1:], strict=False)] + [edges[-1] + 1]
 
 
+CONSTRAINED = "+grammar"  # the key suffix of acceptance learnt under a constraint
+
+
 def temperature_key(temperature: float) -> str:
     """Acceptance is learnt per temperature, to 0.1 (0 is greedy)."""
     return f"{round(max(0.0, temperature), 1):g}"
@@ -376,8 +379,15 @@ class LiveModel:
             self.costs[key] = LiveCosts.from_dict(other.to_dict())
         return self.costs[key]
 
-    def acceptance_for(self, temperature: float) -> LiveAcceptance:
+    def acceptance_for(self, temperature: float, constrained: bool = False) -> LiveAcceptance:
+        """What is known of acceptance at `temperature`; `constrained`: under a grammar, learnt
+        apart (masked drafts are accepted more often), starting from free text's."""
         key = temperature_key(temperature)
+        if constrained:
+            if key + CONSTRAINED not in self.acceptance:
+                free = self.acceptance_for(temperature)
+                self.acceptance[key + CONSTRAINED] = LiveAcceptance.from_dict(free.to_dict())
+            return self.acceptance[key + CONSTRAINED]
         if key not in self.acceptance:
             choice = None if self.calibration is None else self.calibration.choice_at(
                 temperature)

@@ -175,10 +175,11 @@ class LiveAuto(Strategy):
 
     __slots__ = ("model", "has_draft", "max_copy", "copier", "costs", "accept", "counts",
                  "emitted", "explore_loss_s", "elapsed_s", "tokens", "draft_synced", "_lag",
-                 "_seq_len", "_remaining", "_started", "_undrafted")
+                 "_seq_len", "_remaining", "_started", "_undrafted", "temperature",
+                 "constrained")
 
     def __init__(self, model: LiveModel, *, max_draft: int, max_copy: int, has_draft: bool,
-                 temperature: float = 0.0) -> None:
+                 temperature: float = 0.0, constrained: bool = False) -> None:
         super().__init__(LiveDraft(max_draft, calibrated_head(model.calibration, temperature)),
                          None,
                          calibrated_expander(model.calibration, temperature)
@@ -186,7 +187,8 @@ class LiveAuto(Strategy):
         self.model, self.has_draft, self.max_copy = model, has_draft, max_copy
         self.copier = Copier()
         self.costs = model.costs_for(temperature)
-        self.accept = model.acceptance_for(temperature)
+        self.temperature, self.constrained = temperature, constrained
+        self.accept = model.acceptance_for(temperature, constrained)
         self.counts = dict.fromkeys(ARMS, 0)  # rounds of each kind
         self.emitted = dict.fromkeys(ARMS, 0)  # tokens they emitted
         self.explore_loss_s = dict.fromkeys(EXPLORE_SHARE, 0.0)  # by kind: lookup, draft
@@ -242,6 +244,12 @@ class LiveAuto(Strategy):
         budget, counts and copy chain), learning into the shared model."""
         return type(self)(self.model, max_draft=self.policy.max_draft, max_copy=self.max_copy,
                           has_draft=self.has_draft, temperature=sampling.temperature)
+
+    def under_constraint(self) -> LiveAuto:
+        """This generation's strategy learning acceptance under a grammar apart."""
+        return type(self)(self.model, max_draft=self.policy.max_draft, max_copy=self.max_copy,
+                          has_draft=self.has_draft, temperature=self.temperature,
+                          constrained=True)
 
     def with_proposer(self, proposer: Any) -> LiveAuto:
         raise InvalidRequestError("auto chooses prompt lookup itself: use `auto` alone")

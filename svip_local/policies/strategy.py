@@ -65,6 +65,11 @@ class Strategy:
     def for_sampling(self, sampling: SamplingParams) -> Strategy:
         return self
 
+    def under_constraint(self) -> Strategy:
+        """The strategy for a constrained generation (a live one learns acceptance there
+        apart from free text's); fixed policies are the same."""
+        return self
+
     def with_proposer(self, proposer: Proposer) -> Strategy:
         """The same policy object (its learnt state included) with `proposer` instead."""
         return Strategy(self.policy, proposer, self.expander)

@@ -179,3 +179,17 @@ def test_an_abandoned_generation_leaves_the_engine_usable(engine: Engine) -> Non
                            constraint=Constraint.json_schema(SCHEMA))
     assert list(done.tokens) == reference(engine, PROMPTS[0], Constraint.json_schema(SCHEMA),
                                           MAX_TOKENS)[0]
+
+
+def test_auto_learns_acceptance_under_a_constraint_apart(engine: Engine) -> None:
+    """Masked drafts are accepted more often than free text's: `auto` keeps a second
+    acceptance estimate for constrained generations (stored with the rest), starting from
+    free text's, and a constrained reply leaves free text's untouched."""
+    live = engine.forget_live()
+    engine.complete(PROMPTS[0], max_tokens=16, policy="auto")
+    free = live.acceptance["0"].to_dict()
+    engine.complete(PROMPTS[0], max_tokens=MAX_TOKENS, policy="auto",
+                    constraint=Constraint.json_schema(SCHEMA))
+    assert live.acceptance["0"].to_dict() == free
+    assert live.acceptance["0+grammar"].to_dict() != free
+    assert "0+grammar" in live.to_dict()["acceptance"]
