@@ -20,7 +20,13 @@ from svip_local.engine import Engine
 from svip_local.errors import DecodeError
 from svip_local.events import Done, Event
 from svip_local.server import create_app
-from tests.support.server import PausableEngine, is_idle, running_server, wait_for_health
+from tests.support.server import (
+    PausableEngine,
+    fresh_engine_state,
+    is_idle,
+    running_server,
+    wait_for_health,
+)
 
 PROMPT = "The quick brown fox"
 MAX_BYTES = 4096
@@ -55,12 +61,7 @@ def base_url(paused: PausableEngine, reference: Done) -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def _fresh_engine_state(paused: PausableEngine, base_url: str) -> Iterator[None]:
-    paused.gate.set()
-    paused.delay = 0.0
-    yield
-    paused.gate.set()
-    paused.delay = 0.0
-    wait_for_health(base_url, is_idle)
+    yield from fresh_engine_state(paused, base_url)
 
 
 def assert_error(resp: httpx.Response, status: int, param: str | None = None,

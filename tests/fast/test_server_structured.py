@@ -23,7 +23,13 @@ from svip_local.chat import stream_chat
 from svip_local.engine import Engine
 from svip_local.events import Done
 from svip_local.server import create_app
-from tests.support.server import PausableEngine, is_idle, running_server, wait_for_health
+from tests.support.server import (
+    PausableEngine,
+    fresh_engine_state,
+    is_idle,
+    running_server,
+    wait_for_health,
+)
 
 NAME = "tiny-pair"
 CHAT = "/v1/chat/completions"
@@ -76,12 +82,7 @@ def base_url(paused: PausableEngine, expected: dict[str, Done]) -> Iterator[str]
 
 @pytest.fixture(autouse=True)
 def _fresh_engine_state(paused: PausableEngine, base_url: str) -> Iterator[None]:
-    paused.gate.set()
-    paused.delay = 0.0
-    yield
-    paused.gate.set()
-    paused.delay = 0.0
-    wait_for_health(base_url, is_idle)
+    yield from fresh_engine_state(paused, base_url)
 
 
 @pytest.fixture()

@@ -90,3 +90,14 @@ class PausableEngine:
                 if isinstance(event, Done):
                     self.dones.append(event)
                 yield event
+
+
+def fresh_engine_state(paused: PausableEngine, base_url: str) -> Iterator[None]:
+    """For an autouse fixture: each test starts and ends with the engine ungated, undelayed
+    and idle, whatever a test before it paused or cancelled."""
+    paused.gate.set()
+    paused.delay = 0.0
+    yield
+    paused.gate.set()
+    paused.delay = 0.0
+    wait_for_health(base_url, is_idle)
