@@ -223,6 +223,9 @@ class Copier:
         ends and the next round searches afresh."""
         if self._src < 0 or self._evidence is None:
             return
+        if emitted <= 0:  # a round's forced tokens were rejected: the copy after them was
+            self.reset()  # never tested, and the chain's place is lost
+            return
         a, n = transcript.tokens, transcript.length
         src = self._src
         same = a[src: src + emitted] == a[n - emitted: n]

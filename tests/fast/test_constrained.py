@@ -193,3 +193,20 @@ def test_auto_learns_acceptance_under_a_constraint_apart(engine: Engine) -> None
     assert live.acceptance["0"].to_dict() == free
     assert live.acceptance["0+grammar"].to_dict() != free
     assert "0+grammar" in live.to_dict()["acceptance"]
+
+
+def test_a_rejected_forced_prefix_ends_the_copy_chain() -> None:
+    """`auto` decides a round as if its forced tokens were accepted; when the target rejects
+    one, fewer tokens are emitted than the copier saw, and its chain must end (not move
+    backwards)."""
+    from svip_local.policies.lookup import Copier
+    from svip_local.transcript import Transcript
+
+    text = [5, 6, 7, 8, 9, 5, 6, 7]
+    transcript = Transcript(text, capacity=32)
+    copier = Copier()
+    copy = copier.find(transcript, 4)
+    assert copy is not None and list(copy.tokens)[:1] == [8]
+    copier.advance(transcript, -2)
+    assert copier._src == -1 and copier._evidence is None  # the chain ended
+    assert copier.find(transcript, 4) is not None  # the next round searches afresh
