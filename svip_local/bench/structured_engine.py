@@ -30,8 +30,9 @@ def prepare(engine: Engine, template: ChatTemplate, task: StructuredTask) -> Pre
     regex's, or for a tool task what `stream_chat` builds from its tools (the tools in the
     template's own tool section, or in the system prompt for a template without one; the
     lazy tool-call grammar; the end-of-turn stop a lazy grammar keeps)."""
-    from svip_local.chat import message_regions, prompt_ids, tool_request, validate_messages
+    from svip_local.chat import message_regions, prompt_ids, tool_request
     from svip_local.constraint import Constraint
+    from svip_local.messages import validate_messages
 
     messages = validate_messages(task.messages)
     calls = None

@@ -13,11 +13,11 @@ from svip_local.chat import (
     measure_target_alone,
     prompt_ids,
     stream_chat,
-    validate_messages,
 )
 from svip_local.engine import Engine
 from svip_local.errors import InvalidRequestError, PromptTooLongError
 from svip_local.events import Done, Notice, Round, Token
+from svip_local.messages import validate_messages
 from svip_local.native import common_prefix
 
 TWO_TURNS = [
