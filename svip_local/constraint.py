@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 # llguidance's JSON options (its `x-guidance`); a schema's own `x-guidance` may override them.
 JSON_FORMAT: JsonCompileOptions = {"whitespace_flexible": False, "item_separator": ", ",
                                    "key_separator": ": "}
-KINDS = ("json_schema", "json_object", "regex", "lark", "gbnf", "tools")
 
 
 @dataclass(frozen=True)
