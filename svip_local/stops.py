@@ -13,6 +13,7 @@ class StopMatcher:
         self._stops = [s for s in stops if s]
         self._held = ""
         self.hit: str | None = None
+        self.rest = ""  # after a hit: the text that came after the stop in that piece
 
     def push(self, piece: str) -> str:
         if not self._stops or self.hit is not None:
@@ -22,6 +23,7 @@ class StopMatcher:
         if first is not None:
             self.hit = first[1]
             self._held = ""
+            self.rest = text[first[0] + len(first[1]):]
             return text[: first[0]]
         keep = self._longest_stop_prefix_suffix(text)
         self._held = text[len(text) - keep:] if keep else ""

@@ -17,35 +17,27 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 from svip_local.events import Done, Event, Token, ToolCall, ToolCallDelta
+from svip_local.stops import StopMatcher
 from svip_local.tools import FENCE_ARGUMENTS, FENCE_CLOSE, FENCE_OPEN, WS, CallSyntax
 
 
 class Ending(Protocol):
-    """Finds where a call's arguments end in streamed text."""
-
-    held: str
+    """Finds where a call's arguments end in streamed text: (text safe to pass on, None), or
+    (the text before the end, the text after it)."""
 
     def push(self, piece: str) -> tuple[str, str | None]: ...
 
 
 class Marker:
-    """Finds one literal marker in streamed text, holding back a tail that may begin it."""
+    """A literal end (`}\n</tool_call>`), found as a stop string is: the tail that may begin
+    it is held back."""
 
     def __init__(self, marker: str) -> None:
-        self.marker = marker
-        self.held = ""
+        self._stop = StopMatcher([marker])
 
     def push(self, piece: str) -> tuple[str, str | None]:
-        """(text safe to pass on, None) or (text before the marker, the text after it)."""
-        text = self.held + piece
-        at = text.find(self.marker)
-        if at >= 0:
-            self.held = ""
-            return text[:at], text[at + len(self.marker):]
-        keep = next((n for n in range(min(len(self.marker) - 1, len(text)), 0, -1)
-                     if text.endswith(self.marker[:n])), 0)
-        self.held = text[len(text) - keep:]
-        return text[: len(text) - keep], None
+        text = self._stop.push(piece)
+        return text, (None if self._stop.hit is None else self._stop.rest)
 
 
 class FenceEnd:
@@ -55,17 +47,17 @@ class FenceEnd:
     _maybe = re.compile(WS + r"(?:\}" + WS + "`{0,2})?$")
 
     def __init__(self) -> None:
-        self.held = ""
+        self._held = ""
 
     def push(self, piece: str) -> tuple[str, str | None]:
-        text = self.held + piece
+        text = self._held + piece
         found = self._close.search(text)
         if found is not None:
-            self.held = ""
+            self._held = ""
             return text[: found.start()], text[found.end():]
         cut = self._maybe.search(text)
         at = cut.start() if cut is not None else len(text)
-        self.held = text[at:]
+        self._held = text[at:]
         return text[:at], None
 
 
@@ -145,6 +137,7 @@ class ToolCallStream:
         self._id = self._name = ""
         self._args: list[str] = []
         self._blank = ""  # whitespace after a call, held until text follows
+        self._tail = ""  # a Llama 3.x call's held-back closing brace
 
     def fresh(self) -> ToolCallStream:
         """A new stream for the same syntax and tools (one per generation)."""
@@ -206,9 +199,9 @@ class ToolCallStream:
     def _hold_last_brace(self, piece: str) -> str:
         """Llama 3.x calls end with the reply: the last `}` closes the call, not the
         arguments, so it is held back until more text follows."""
-        text = self._end.held + piece
+        text = self._tail + piece
         keep = len(text) - len(text.rstrip()) + 1 if text.rstrip().endswith("}") else 0
-        self._end.held = text[len(text) - keep:] if keep else ""
+        self._tail = text[len(text) - keep:] if keep else ""
         return text[: len(text) - keep]
 
     def _close(self) -> ToolCall:
