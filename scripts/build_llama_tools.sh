@@ -1,39 +1,47 @@
 #!/usr/bin/env bash
 # Build llama.cpp's own command-line tools (llama-quantize, llama-speculative-simple,
-# llama-speculative, llama-bench) and its RPC server (ggml-rpc-server) from the llama.cpp tree
-# vendored in the llama-cpp-python 0.3.36 source package, so the peer baseline and the servers a
-# target is split across run the very same llama.cpp commit (and RPC protocol) as the Python
-# bindings.
+# llama-speculative, llama-bench), its RPC server (ggml-rpc-server) and its HTTP server
+# (llama-server) from the llama.cpp tree vendored in the llama-cpp-python 0.3.36 source package,
+# so the peer baseline and the servers a target is split across run the very same llama.cpp
+# commit (and RPC protocol) as the Python bindings.
 #
 # Tooling only: nothing in the svip_local package needs these binaries. ggml-rpc-server lends
 # this machine's devices to a client over TCP without any authentication: it binds 127.0.0.1
-# unless given -H, and must never face an untrusted network.
+# unless given -H, and must never face an untrusted network. llama-server likewise binds
+# 127.0.0.1 unless given --host.
+#
+# llama-server is built without its web UI (API only, fully offline): LLAMA_BUILD_UI=OFF runs no
+# npm, LLAMA_USE_PREBUILT_UI=OFF downloads nothing from Hugging Face, and tools/ui/ then only
+# supplies its CMakeLists.txt and the ui.h.in/ui.cpp.in templates of an empty asset table.
 #
 # Steps (each skipped when already done):
 #   1. pip download the sdist          -> $TOOLS_DIR/dl/llama_cpp_python-0.3.36.tar.gz
 #   2. unpack it                       -> $TOOLS_DIR/src/llama_cpp_python-0.3.36
 #   3. cmake configure vendor/llama.cpp-> $TOOLS_DIR/build-cpu (or build-cuda-ARCH)
-#   4. build the five targets          -> <build>/bin/
+#   4. build the six targets           -> <build>/bin/ (five with --no-server)
 # On a machine without network use --source-dir (an unpacked sdist, or its vendor/llama.cpp)
 # or --sdist (the .tar.gz); --pack-source writes a stripped re-packed sdist (~48 MB) to carry.
 set -euo pipefail
 
 LCP_VERSION="0.3.36"
 TARGETS=(llama-quantize llama-speculative-simple llama-speculative llama-bench ggml-rpc-server)
+SERVER_TARGET=llama-server        # added to TARGETS unless --no-server
 
 usage() {
     cat <<EOF
 usage: $(basename "$0") [--cuda ARCH] [--source-dir DIR | --sdist FILE] [--tools-dir DIR]
                         [--build-dir DIR] [--pack-source OUT.tar.gz] [--print-bin-dir]
-                        [--force] [-- EXTRA_CMAKE_ARGS...]
+                        [--no-server] [--force] [-- EXTRA_CMAKE_ARGS...]
 
   --cuda ARCH        build with CUDA: -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=ARCH (H100: 90)
   --source-dir DIR   use an already unpacked llama-cpp-python sdist (or its vendor/llama.cpp)
   --sdist FILE       unpack this llama_cpp_python-$LCP_VERSION.tar.gz instead of downloading
   --tools-dir DIR    cache dir (default: \${SVIP_LOCAL_TOOLS_DIR:-\$HOME/.cache/svip-local/tools})
   --build-dir DIR    build dir (default: TOOLS_DIR/build-cpu or TOOLS_DIR/build-cuda-ARCH)
-  --pack-source OUT  also write a stripped copy of the sdist (no models/docs/tests/web UI)
+  --pack-source OUT  also write a stripped copy of the sdist (no models/docs/tests/web UI
+                     sources; tools/ui keeps the CMake files llama-server's build needs)
   --print-bin-dir    print only the binaries' directory on stdout (logs go to stderr)
+  --no-server        leave llama-server out (-DLLAMA_BUILD_SERVER=OFF; a shorter build)
   --force            reconfigure and rebuild even if the binaries are up to date
   -- ARGS            extra arguments for the cmake configure step (e.g. -DGGML_NATIVE=OFF)
 Environment: PYTHON (default python3), SVIP_LOCAL_TOOLS_DIR, JOBS (default: nproc).
@@ -51,6 +59,7 @@ BUILD_DIR=""
 PACK_OUT=""
 PRINT_BIN_DIR=0
 FORCE=0
+SERVER=1
 EXTRA_CMAKE=()
 
 while [[ $# -gt 0 ]]; do
@@ -62,6 +71,7 @@ while [[ $# -gt 0 ]]; do
         --build-dir) [[ $# -ge 2 ]] || die "--build-dir needs a directory"; BUILD_DIR="$2"; shift 2 ;;
         --pack-source) [[ $# -ge 2 ]] || die "--pack-source needs a file"; PACK_OUT="$2"; shift 2 ;;
         --print-bin-dir) PRINT_BIN_DIR=1; shift ;;
+        --no-server) SERVER=0; shift ;;
         --force) FORCE=1; shift ;;
         -h|--help) usage; exit 0 ;;
         --) shift; EXTRA_CMAKE=("$@"); break ;;
@@ -70,6 +80,11 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ -z "$SOURCE_DIR" || -z "$SDIST" ]] || die "give --source-dir or --sdist, not both"
+SERVER_CMAKE=OFF
+if [[ "$SERVER" -eq 1 ]]; then
+    TARGETS+=("$SERVER_TARGET")
+    SERVER_CMAKE=ON
+fi
 
 PYTHON="${PYTHON:-python3}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python
@@ -151,6 +166,11 @@ for t in "${TARGETS[@]}"; do
     grep -rqs --include=CMakeLists.txt -e "set(TARGET $t)" "$LLAMA_SRC/examples" "$LLAMA_SRC/tools" \
         || die "target $t not defined in $LLAMA_SRC (unexpected llama.cpp version)"
 done
+if [[ "$SERVER" -eq 1 ]]; then
+    for f in tools/ui/CMakeLists.txt tools/ui/ui.h.in tools/ui/ui.cpp.in scripts/ui-assets.cmake; do
+        [[ -f "$LLAMA_SRC/$f" ]] || die "$LLAMA_SRC/$f missing: llama-server needs it (or use --no-server)"
+    done
+fi
 
 if [[ -n "$PACK_OUT" ]]; then
     [[ -n "$SDIST_ROOT" ]] || die "--pack-source needs a full sdist, not a bare llama.cpp tree"
@@ -168,8 +188,13 @@ if [[ -n "$PACK_OUT" ]]; then
             --exclude="$base/vendor/llama.cpp/benches" \
             --exclude="$base/vendor/llama.cpp/media" \
             --exclude="$base/vendor/llama.cpp/.github" \
-            --exclude="$base/vendor/llama.cpp/tools/ui" \
+            --exclude="$base/vendor/llama.cpp/tools/ui/src" \
+            --exclude="$base/vendor/llama.cpp/tools/ui/static" \
+            --exclude="$base/vendor/llama.cpp/tools/ui/tests" \
+            --exclude="$base/vendor/llama.cpp/tools/ui/scripts" \
+            --exclude="$base/vendor/llama.cpp/tools/ui/package-lock.json" \
             --exclude="$base/vendor/llama.cpp/tools/server/public*" \
+            --exclude="$base/vendor/llama.cpp/tools/server/tests" \
             "$base"
         mv "$PACK_OUT.partial" "$PACK_OUT"
         log "packed $(du -h "$PACK_OUT" | cut -f1) -> $PACK_OUT"
@@ -202,8 +227,10 @@ CMAKE_ARGS_LIST=(
     -DLLAMA_BUILD_EXAMPLES=ON        # llama-speculative-simple, llama-speculative
     -DLLAMA_BUILD_TOOLS=ON           # llama-quantize, llama-bench
     -DLLAMA_BUILD_TESTS=OFF
-    -DLLAMA_BUILD_SERVER=OFF
-    -DLLAMA_BUILD_APP=OFF            # the unified 'llama' binary needs the server
+    "-DLLAMA_BUILD_SERVER=$SERVER_CMAKE"  # llama-server (OFF with --no-server)
+    -DLLAMA_BUILD_UI=OFF             # no npm build of the web UI: llama-server serves the API only
+    -DLLAMA_USE_PREBUILT_UI=OFF      # and no download of the prebuilt UI (offline, reproducible)
+    -DLLAMA_BUILD_APP=OFF            # the unified 'llama' binary: not needed
     -DLLAMA_CURL=OFF
     -DLLAMA_OPENSSL=OFF
     -DGGML_RPC=ON                    # ggml-rpc-server; the tools can take --rpc too

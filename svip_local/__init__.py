@@ -3,6 +3,7 @@
     engine = svip_local.load("qwen2.5-coder-1.5b")      # or load(target="t.gguf", draft=...)
     for event in engine.generate("def fib(n):", max_tokens=64): ...
     for event in svip_local.stream_chat(engine, [{"role": "user", "content": "Hi"}]): ...
+    async for event in svip_local.astream_chat(engine, messages): ...  # asyncio
 
 This is the public API: the TUI and the server use nothing else (plus `chat`, `conversation`
 and `registry`). Importing it is cheap: names resolve on first use, so
@@ -15,7 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from svip_local.chat import stream_chat as stream_chat
+    from svip_local.chat import astream_chat as astream_chat, stream_chat as stream_chat
     from svip_local.constraint import Constraint as Constraint
     from svip_local.engine import Engine as Engine
     from svip_local.errors import (
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
 # makes of one, and the largest seed a request may carry. The rest (EngineConfig, policy
 # classes, parse_policy, policy_help...) is imported from its own module.
 _EXPORTS = {
-    "svip_local.chat": ("stream_chat",),
+    "svip_local.chat": ("astream_chat", "stream_chat"),
     "svip_local.constraint": ("Constraint",),
     "svip_local.engine": ("Engine",),
     "svip_local.errors": ("ConstraintError", "ContextFullError", "DecodeError", "EngineClosedError",

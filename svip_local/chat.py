@@ -16,7 +16,7 @@ import codecs
 import functools
 import itertools
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from svip_local.native import (
     render_chat_template,
     supports_gpu_offload,
 )
+from svip_local.off_loop import iterate_off_loop
 from svip_local.sampling import SamplingParams
 from svip_local.tool_stream import ToolCallStream
 from svip_local.tools import (
@@ -176,7 +177,20 @@ def prompt_ids(engine: Engine, text: str) -> list[int]:
     special = model.special
     head = [special.bos] if special.add_bos and special.bos >= 0 \
         and not text.startswith(_special_text(model, special.bos)) else []
-    cached = engine.target_ctx.tokens
+    # The slot whose tokens spell most of the text: the engine gives the request that slot.
+    cached, n_keep, pos = [], len(head), 0
+    for tokens in engine.cached_prompts():
+        n, at = _spelled(model, tokens, text, head)
+        if at > pos:
+            cached, n_keep, pos = tokens, n, at
+    rest = text[pos:]
+    return head + cached[len(head):n_keep] + (
+        model.tokenize(rest, add_special=False, parse_special=True) if rest else [])
+
+
+def _spelled(model: Model, cached: list[int], text: str, head: list[int]) -> tuple[int, int]:
+    """How many of `cached` tokens spell the start of `text`, and how many characters they
+    spell (cut where no UTF-8 character is left half done)."""
     n_keep, pos = len(head), 0
     if cached[:len(head)] == head:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -188,9 +202,7 @@ def prompt_ids(engine: Engine, text: str) -> list[int]:
             end += len(piece)
             if not decoder.getstate()[0]:
                 n_keep, pos = i + 1, end
-    rest = text[pos:]
-    return head + cached[len(head):n_keep] + (
-        model.tokenize(rest, add_special=False, parse_special=True) if rest else [])
+    return n_keep, pos
 
 
 @dataclass(frozen=True)
@@ -362,6 +374,17 @@ def stream_chat(engine: Engine, messages: Messages, *, max_tokens: int = 512,
 # -- what a chat UI shows next to the reply ------------------------------------------------------
 
 
+async def astream_chat(engine: Engine, messages: Messages, **kwargs: Any
+                       ) -> AsyncIterator[Event]:
+    """`stream_chat` for asyncio: the same events and arguments, the blocking work off the
+    event loop. Cancelling the task that iterates it cancels the reply (and returns once
+    the engine's slot is consistent)."""
+    cancel = kwargs.pop("cancel", None) or threading.Event()
+    events = stream_chat(engine, messages, cancel=cancel, **kwargs)
+    async for event in iterate_off_loop(events, cancel.set):
+        yield event
+
+
 def decode_rate(stats: GenerationStats) -> float:
     """Generated tokens per second of decoding, prompt prefill excluded (tok/s)."""
     decode_s = stats.wall_s - stats.prefill_s
@@ -379,7 +402,7 @@ def measure_target_alone(engine: Engine, tokens: int = 8,
     the extra tokens. Call it between generations; None when there is no draft to compare
     with, no conversation yet, or no room left.
     """
-    ids = list(engine.target_ctx.tokens)
+    ids = max(engine.cached_prompts(), key=len)  # the conversation's slot
     if engine.draft_model is None or not ids or len(ids) + tokens >= engine.n_ctx:
         return None
     done = engine.complete(ids, max_tokens=tokens, policy="none", ignore_eos=True,

@@ -17,14 +17,19 @@ DEFAULT_MAX_COPY = 64
 # The smallest context: a tree-verifying target context holds `native.MAX_BRANCHES` (64)
 # sequences, and llama.cpp aborts the process when its batch (at most n_ctx) is smaller.
 MIN_CTX = 64
+# Slots: each takes a 64-branch share of llama.cpp's 256 sequences (trees verify on them).
+MAX_PARALLEL = 4
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     """GPU offload is per model: a laptop may fit the draft fully and the target partly."""
 
-    n_ctx: int = 4096
+    n_ctx: int = 4096  # per slot
     n_batch: int = 512
+    # Requests generating at once, each in its own slot of n_ctx tokens (more wait for one).
+    # None: as many as fit this machine's memory, at most 4 (`engine.default_parallel`).
+    parallel: int | None = None
     n_gpu_layers: int = -1  # -1: all layers (no effect on a CPU-only build)
     draft_n_gpu_layers: int | None = None  # None: same as the target
     n_threads: int | None = None  # None: native.default_threads()
@@ -46,6 +51,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.n_ctx < MIN_CTX:
             raise InvalidRequestError(f"n_ctx must be at least {MIN_CTX}, got {self.n_ctx}")
+        if self.parallel is not None and not 1 <= self.parallel <= MAX_PARALLEL:
+            raise InvalidRequestError(f"parallel must be 1..{MAX_PARALLEL}, got {self.parallel}")
         if self.max_draft < 1:
             raise InvalidRequestError(f"max_draft must be >= 1, got {self.max_draft}")
         if not 1 <= self.max_copy < self.n_batch:
@@ -83,6 +90,7 @@ class EngineSettings(TypedDict, total=False):
 
     n_ctx: int | None
     n_batch: int | None
+    parallel: int | None
     n_gpu_layers: int | None
     draft_n_gpu_layers: int | None
     n_threads: int | None

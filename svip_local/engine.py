@@ -1,12 +1,13 @@
-"""The engine: a target (and optional draft) llama.cpp context, and the generator that streams
-a reply round by round.
+"""The engine: a target (and optional draft) llama.cpp context with a slot per concurrent
+request, and `generate`, which streams a reply round by round.
 
-The round itself (plan, propose, verify, accept, trim) is `svip_local.round`; here it is
-repeated until the budget, an end token or a stop string, and turned into events: text, stops
-and statistics. Both contexts keep the exact list of tokens in their cache, so a new prompt
-that shares a prefix with the last one (the next chat turn, a regenerated reply) decodes only
-what is new. What a new prompt drops of the cached tokens (turns that no longer fit, the
-previous version of a regenerated reply) stays searchable for copies (`transcript`).
+A request is a `sequence.Sequence` (prefill, then rounds, `svip_local.round`, turned into
+events: text, stops, statistics); the `scheduler` runs every request in flight side by side,
+their decodes in shared batches, in a thread of its own. Each slot keeps the exact list of
+tokens in its cache, so a new prompt that shares a prefix with a slot's (the next chat turn, a
+regenerated reply) decodes only what is new. What a new prompt drops of the cached tokens
+(turns that no longer fit, the previous version of a regenerated reply) stays searchable for
+copies (`transcript`). `agenerate` is the same stream for asyncio.
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from contextlib import ExitStack
-from time import perf_counter
 from typing import Unpack
-
-import numpy as np
 
 from svip_local import native
 from svip_local.calibration import (
@@ -31,29 +29,21 @@ from svip_local.calibration import (
 )
 from svip_local.calibration.live import LiveModel
 from svip_local.compat import check_pair
-from svip_local.config import EngineConfig, EngineSettings
+from svip_local.config import MAX_PARALLEL, EngineConfig, EngineSettings
 from svip_local.constraint import Constraint
 from svip_local.errors import (
     EngineClosedError,
     InvalidRequestError,
     PromptTooLongError,
-    RemoteServerError,
 )
-from svip_local.events import Done, Event, GenerationStats, Round, Token
+from svip_local.events import Done, Event
 from svip_local.grammar import GrammarState
-from svip_local.native import (
-    MAX_BRANCHES,
-    Context,
-    Model,
-    Outputs,
-    TextStream,
-    grammar_tokenizer,
-)
+from svip_local.native import MAX_BRANCHES, Context, Model, grammar_tokenizer
+from svip_local.off_loop import iterate_off_loop
 from svip_local.policies import (
     DraftPolicy,
     Plan,
     PolicyContext,
-    Strategy,
     as_plan,
     check_spec,
     parse_policy,
@@ -62,8 +52,9 @@ from svip_local.policies.live import prior_model
 from svip_local.probe import probe_costs
 from svip_local.round import Speculator
 from svip_local.sampling import SamplingParams
-from svip_local.stops import StopMatcher
-from svip_local.transcript import Regions, Transcript, check_regions
+from svip_local.scheduler import Scheduler
+from svip_local.sequence import Sequence as Request, events_of
+from svip_local.transcript import Regions, check_regions
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +62,8 @@ GREEDY = SamplingParams()
 # Ordinary text for the probe's decodes (any real tokens do; cycled to the length needed).
 _PROBE_TEXT = ("Speculative decoding drafts a few tokens with a small model and lets the large "
                "model check them all in one batch, so a reply comes faster at no loss. ")
-SIDE_TOKENS = 8192  # the most tokens of earlier text kept searchable for copies
 PolicyLike = str | DraftPolicy | Plan
+KV_SHARE = 0.25  # the most of this machine's memory the default slots' KV caches may take
 
 
 def check_max_tokens(max_tokens: int) -> None:
@@ -85,9 +76,10 @@ class Engine:
     """Target (and optional draft) GGUF, loaded once; `generate` streams events.
 
     `settings` are `EngineConfig` fields set over `config` (default: `EngineConfig()`); None
-    leaves one unset. One generation runs at a time. `cancel()` may be called from any
-    thread: the running generation stops at the next round and both KV caches stay
-    consistent.
+    leaves one unset. `generate` may be called from several threads at once: up to
+    `parallel` requests generate together, the others wait for a slot. `cancel()` may be
+    called from any thread: every running generation stops at its next round and both KV
+    caches stay consistent.
     """
 
     def __init__(self, target: str | os.PathLike[str],
@@ -109,7 +101,10 @@ class Engine:
                                          rpc_servers=cfg.draft_rpc_servers)
                 stack.callback(self.draft_model.close)
                 check_pair(self.target_model, self.draft_model)
-            # The target verifies token trees: one sequence per branch (native.MAX_BRANCHES).
+            self.parallel = cfg.parallel or default_parallel(self.target_model, self.draft_model,
+                                                             cfg.n_ctx)
+            # The target verifies token trees: one sequence per branch (native.MAX_BRANCHES)
+            # in each slot; a unified cache (one cell pool), which trees need.
             self.target_ctx = self._context(self.target_model, MAX_BRANCHES)
             self.draft_ctx: Context | None = None
             if self.draft_model is not None:
@@ -127,26 +122,29 @@ class Engine:
             log.warning("n_ctx %d is longer than %s was trained for (%d tokens): replies past "
                         "that may lose quality", self.n_ctx, self.target_model.path.name,
                         self.target_model.n_ctx_train)
-        self._speculator = Speculator(self.target_ctx, self.draft_ctx, self.draft_model,
-                                      self.n_vocab)
-        self._side: list[int] = []  # tokens earlier prompts held that the cache dropped
-        self._cancel = threading.Event()
-        self._busy = threading.Lock()  # held by the one generation, suspended or running
-        self._native = threading.Lock()  # held while a generation is inside llama.cpp
+        if cfg.parallel is None:
+            log.info("%d parallel slots of %d tokens (KV caches: %.0f MiB; parallel=N sets "
+                     "it)", self.parallel, self.n_ctx, self.parallel * self.n_ctx
+                     * kv_bytes(self.target_model, self.draft_model) / 2**20)
+        self._native = threading.Lock()  # held while anything is inside llama.cpp
         self._closed = False
+        self._scheduler = Scheduler(
+            [Speculator(self.target_ctx, self.draft_ctx, self.draft_model, self.n_vocab, s)
+             for s in range(self.parallel)], self._native, self.save_live, self.close)
 
     def _context(self, model: Model, branches: int = 1) -> Context:
         cfg = self.config
         return Context(model, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_threads=cfg.n_threads,
-                       flash_attn=cfg.flash_attn, branches=branches)
+                       flash_attn=cfg.flash_attn, branches=branches, slots=self.parallel)
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Free both models. A generation running in another thread is stopped at its next
-        round first (never freed under a decode); one left suspended ends as "cancelled"
-        when resumed. Closing twice is harmless."""
-        self._cancel.set()
+        """Free both models. Every request in flight or waiting ends first, at its next
+        round (never freed under a decode), with an `EngineClosedError`. Closing twice is
+        harmless."""
+        self._scheduler.stop(EngineClosedError(
+            "the engine was closed while this request ran: load a new one to generate again"))
         with self._native:
             if self._closed:
                 return
@@ -172,16 +170,24 @@ class Engine:
 
     def reset(self) -> None:
         """Empty both KV caches and forget earlier text, so the next prompt pays its whole
-        prefill and copies only from itself (benchmarks)."""
-        self._check_open()
-        self.target_ctx.clear()
-        self._side.clear()
-        if self.draft_ctx is not None:
-            self.draft_ctx.clear()
+        prefill and copies only from itself (benchmarks). Between generations only."""
+        with self._native:
+            self._check_open()
+            if self._scheduler.load() != (0, 0):
+                raise InvalidRequestError("reset() while requests are generating")
+            self.target_ctx.clear()
+            for side in self._scheduler.sides:
+                side.clear()
+            if self.draft_ctx is not None:
+                self.draft_ctx.clear()
 
     def cancel(self) -> None:
-        """Stop the running generation at its next round (thread-safe)."""
-        self._cancel.set()
+        """Stop every running and waiting generation at its next round (thread-safe)."""
+        self._scheduler.cancel_all()
+
+    def load(self) -> tuple[int, int]:
+        """(requests generating, requests waiting for a slot)."""
+        return self._scheduler.load()
 
     # -- policies and this machine -------------------------------------------------------
 
@@ -265,10 +271,20 @@ class Engine:
         return self.target_model.tokenize(text, add_special=add_special,
                                           parse_special=parse_special)
 
-    def kv_lengths(self) -> tuple[int, int | None]:
-        """Tokens in each KV cache as llama.cpp reports them (target, draft or None)."""
-        d = None if self.draft_ctx is None else self.draft_ctx.pos_max() + 1
-        return self.target_ctx.pos_max() + 1, d
+    def kv_lengths(self, slot: int = 0) -> tuple[int, int | None]:
+        """Tokens a slot holds in each KV cache as llama.cpp reports them (target, draft or
+        None)."""
+        with self._native:
+            self._check_open()
+            d = None if self.draft_ctx is None else self.draft_ctx.pos_max(slot) + 1
+            return self.target_ctx.pos_max(slot) + 1, d
+
+    def cached_prompts(self) -> list[list[int]]:
+        """Each slot's cached tokens (copies), for `chat.prompt_ids`' reuse of a reply's
+        tokens."""
+        with self._native:
+            self._check_open()
+            return [list(self.target_ctx.slot_tokens(s)) for s in range(self.parallel)]
 
     # -- generation ----------------------------------------------------------------------
 
@@ -289,6 +305,18 @@ class Engine:
         when the constraint is complete. Stop strings are refused with a constraint (one
         could cut its output short of valid), except a lazy one (tool calls).
         """
+        return self._stream(self._request(
+            prompt, max_tokens=max_tokens, sampling=sampling, policy=policy, stop=stop,
+            ignore_eos=ignore_eos, cancel=cancel, parse_special=parse_special, regions=regions,
+            constraint=constraint))
+
+    def _request(self, prompt: str | Sequence[int], *, max_tokens: int = 256,
+                 sampling: SamplingParams | None = None,
+                 policy: PolicyLike | None = None, stop: Sequence[str] = (),
+                 ignore_eos: bool = False, cancel: threading.Event | None = None,
+                 parse_special: bool = False, regions: Regions = (),
+                 constraint: Constraint | None = None) -> Request:
+        """A checked request (`generate`'s arguments): bad ones raise here, before any work."""
         self._check_open()
         check_max_tokens(max_tokens)
         ids = self.tokenize(prompt, parse_special=parse_special) if isinstance(prompt, str) \
@@ -314,9 +342,38 @@ class Engine:
         grammar = None if constraint is None else self._grammar(constraint, stop, ignore_eos)
         if grammar is not None:
             strategy = strategy.under_constraint()
-        return self._generate(ids, regions, max_tokens, sampling, strategy, stop,
-                              ignore_eos, cancel, grammar)
+        return Request(ids, regions, max_tokens, sampling, strategy, stop, ignore_eos, cancel,
+                       grammar, self.target_model, self.n_ctx)
 
+    async def agenerate(self, prompt: str | Sequence[int], **kwargs: object
+                        ) -> AsyncIterator[Event]:
+        """`generate` for asyncio: the same events, the blocking work off the event loop
+        (bad arguments raise at the first `anext`). Cancelling the task that iterates it
+        cancels the generation."""
+        request = self._request(prompt, **kwargs)  # type: ignore[arg-type]
+
+        def cancel() -> None:
+            request.cancel.set()
+            self._scheduler.wake()
+
+        async for event in iterate_off_loop(self._stream(request), cancel):
+            yield event
+
+    def _stream(self, request: Request) -> Generator[Event, None, None]:
+        """The request's events as the scheduler produces them; closing this generator
+        early cancels the request and returns once its slot is consistent again."""
+        self._check_open()
+        if request.reader is not None:
+            request.reader = threading.get_ident()
+        self._scheduler.submit(request)
+        try:
+            while (event := events_of(request)) is not None:
+                yield event
+        finally:
+            if not request.finished.is_set():
+                request.cancel.set()
+                self._scheduler.wake()
+                request.finished.wait()
     def _grammar(self, constraint: Constraint, stop: Sequence[str], ignore_eos: bool
                  ) -> GrammarState:
         """The constraint compiled for this request (the model's tokenizer is made once)."""
@@ -342,118 +399,18 @@ class Engine:
         assert done is not None  # _generate always ends with Done
         return done
 
-    def _generate(self, ids: list[int], regions: Regions, max_tokens: int,
-                  sampling: SamplingParams, strategy: Strategy, stops: Sequence[str],
-                  ignore_eos: bool, cancel: threading.Event | None,
-                  grammar: GrammarState | None) -> Generator[Event, None, None]:
-        if not self._busy.acquire(blocking=False):
-            raise InvalidRequestError(
-                "the engine is already generating; one generation at a time. A generator that "
-                "was started and not run to its end holds the engine until it is closed: "
-                "iterate it to the end or call its close()")
-        self._cancel.clear()
-        stats = GenerationStats(policy=strategy.describe(), prompt_tokens=len(ids),
-                                constrained=grammar is not None)
-        rng = np.random.default_rng(sampling.seed)
-        stream, stopper = TextStream(self.target_model), StopMatcher(stops)
-        seq, out, texts = list(ids), list[int](), list[str]()
-        budget = min(max_tokens, self.n_ctx - len(ids))
-        finish = "length" if budget == max_tokens else "context"
-        start = perf_counter()
-        batch: list[Event] = []  # one round's events, reused
-        try:
-            with self._native:
-                self._check_open()
-                stats.prefill_tokens = self._prefill(ids, cancel)
-            # Both hold the reply as it grows: the list for the caches, the transcript (after
-            # the earlier text this prompt lacks) for copies.
-            transcript = Transcript(ids, capacity=self.n_ctx + 1, side=self._side,
-                                    regions=regions)
-            stats.prefill_s = perf_counter() - start
-            while finish not in ("eos", "stop"):
-                if self._cancel.is_set() or (cancel is not None and cancel.is_set()):
-                    finish = "cancelled"
-                    break
-                remaining = budget - len(out)
-                batch.clear()
-                # Everything that calls llama.cpp happens under the lock, which is free while
-                # the events are yielded: close() from another thread waits one round at most.
-                with self._native:
-                    self._check_open()
-                    result = self._speculator.round(seq, transcript, remaining - 1, strategy,
-                                                    sampling, rng, remaining, grammar)
-                    stats.add_round(result)
-                    for i, tok in enumerate(result.tokens):
-                        seq.append(tok)
-                        transcript.append(tok)
-                        if not ignore_eos and self.target_model.is_eog(tok):
-                            finish = "eos" if grammar is None else "stop"
-                            break
-                        from_draft = i < result.accepted
-                        out.append(tok)
-                        stats.from_draft.append(from_draft)
-                        piece = stopper.push(stream.push(tok))
-                        texts.append(piece)
-                        batch.append(Token(tok, piece, from_draft, stats.rounds))
-                        if stopper.hit is not None:
-                            finish = "stop"
-                            break
-                        if len(out) >= budget:
-                            break
-                    else:  # every token emitted: a finished grammar allows only the end
-                        if grammar is not None and grammar.stopped:
-                            finish = "stop"
-                    stats.generated = len(out)
-                    batch.append(Round(stats.rounds, len(result.proposed), result.accepted,
-                                       len(batch), *self.kv_lengths(), copied=result.copied,
-                                       nodes=result.nodes, forced=result.forced,
-                                       steps=result.draft_steps, catchup=result.catchup))
-                yield from batch
-                if len(out) >= budget:
-                    break
-        except RemoteServerError:
-            # The target's server is gone: this engine cannot decode again, and freeing its
-            # remote memory would abort the process (the model leaves it behind).
-            self.close()
-            raise
-        finally:
-            with self._native:
-                self.target_ctx.ensure_consistent()  # a no-op once closed
-                if self.draft_ctx is not None:
-                    self.draft_ctx.ensure_consistent()
-            stats.generated = len(out)
-            stats.wall_s = perf_counter() - start
-            if grammar is not None:
-                stats.mask_s, stats.masks = grammar.seconds, grammar.masks
-            stats.live = strategy.report()
-            if stats.live is not None:  # what it ran is known now, not when it started
-                stats.policy = strategy.describe()
-                self.save_live()
-            self._busy.release()
-        if stopper.hit is None:
-            texts.append(stopper.push(stream.flush()) + stopper.flush())
-        yield Done("".join(texts), tuple(out), finish, stats)
 
-    def _prefill(self, ids: list[int], cancel: threading.Event | None) -> int:
-        """Bring the target's cache to ids[:-1], reusing the longest cached prefix.
+def kv_bytes(target: Model, draft: Model | None) -> int:
+    """Bytes one token takes in the KV caches of both models."""
+    return target.kv_bytes_per_token + (draft.kv_bytes_per_token if draft is not None else 0)
 
-        Returns the number of prompt tokens actually decoded. The draft catches up lazily in
-        its first draft step, so a round without drafting never pays for it.
-        """
-        ctx = self.target_ctx
-        cached = list(ctx.tokens)
-        keep = ctx.keep_prefix(ids, len(ids) - 1)
-        # What the cache held past the shared prefix stays searchable for copies.
-        self._side = [*self._side, *cached[keep:]][-SIDE_TOKENS:]
-        if self.draft_ctx is not None:  # it catches up lazily, but never on stale tokens
-            self.draft_ctx.keep_prefix(ids, len(ids) - 1)
-        todo = ids[keep:-1]
-        for i in range(0, len(todo), ctx.n_batch):
-            if self._cancel.is_set() or (cancel is not None and cancel.is_set()):
-                break
-            ctx.decode(todo[i:i + ctx.n_batch], Outputs.NONE)
-        if todo:
-            # Asynchronous backends (GPUs, RPC) are still computing: without the wait, the
-            # first round's verification would pay for the prompt, and `auto` learn from it.
-            ctx.synchronize()
-        return len(ctx.tokens) - keep
+
+def default_parallel(target: Model, draft: Model | None, n_ctx: int) -> int:
+    """Slots for requests at once: at most `MAX_PARALLEL`, and their KV caches within
+    `KV_SHARE` of this machine's memory."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1
+    fits = int(memory * KV_SHARE // max(1, n_ctx * kv_bytes(target, draft)))
+    return max(1, min(MAX_PARALLEL, fits))

@@ -98,6 +98,11 @@ class GenerationStats:
     forced_accepted: int = 0
     mask_s: float = 0.0
     masks: int = 0
+    # Beside other requests: the seconds it waited for a slot, the slot, and the rows of the
+    # verification batches it joined (its own and the others'), summed over its rounds.
+    queued_s: float = 0.0
+    slot: int = 0
+    batch_rows: int = 0
 
     def add_round(self, result: RoundResult) -> None:
         """Count one round's proposal, acceptance and time."""

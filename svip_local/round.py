@@ -8,20 +8,25 @@
     verify    the target scores [last accepted token] + every node in ONE batched decode
     accept    the deepest path the target agrees with (greedy), or survives rejection
               sampling node by node (sampled), plus one token of the target's own
-    trim      both KV caches keep exactly the accepted path as sequence 0
+    trim      both KV caches keep exactly the accepted path as the slot's sequence
 
-The generator around it (`Engine.generate`) turns tokens into text, matches stop strings and
-keeps statistics. The round runs on a backend: the engine's contexts (`Speculator`), or a
-recorded trace with the cost model's times (`bench.simulate`), so it is written once; a test
-runs both side by side.
+The request around it (`svip_local.sequence`) turns tokens into text, matches stop strings
+and keeps statistics. The round runs on a backend: a slot of the engine's contexts
+(`Speculator`), or a recorded trace with the cost model's times (`bench.simulate`), so it is
+written once; a test runs both side by side.
+
+A round is a generator: where it needs a decode it queues its rows in a context's batch and
+yields that context. The scheduler (`svip_local.scheduler`) runs every request's round this
+way, so one draft decode holds a row of each drafting request and one target decode every
+request's verification; `drive` runs a round alone.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +57,20 @@ from svip_local.tree import TokenTree, top_candidates
 if TYPE_CHECKING:
     from svip_local.grammar import GrammarState
 
+T = TypeVar("T")
+Steps = Generator[Context, None, T]
+"""A round's work: each context it yields holds rows of it in its batch, which must run
+before the round goes on."""
+
+
+def drive(steps: Steps[T]) -> T:
+    """Run one request's steps alone, each batch as soon as it is queued."""
+    try:
+        while True:
+            steps.send(None).run_batch()
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
 
 class DraftStep:
     """The draft token a step read and what the policy and expander judge it by; one object
@@ -74,28 +93,30 @@ class RoundBackend(Protocol):
 
     tree: TokenTree
     has_draft: bool
+    batch_rows: int  # rows of the last verification batch (0: a batch of its own)
 
     def clock(self) -> float: ...
 
     def cells_left(self) -> int: ...
 
-    def catch_up(self, seq: Sequence[int], wants_hidden: bool) -> tuple[int, float]: ...
+    def catch_up(self, seq: Sequence[int], wants_hidden: bool) -> Steps[tuple[int, float]]:
+        ...
 
     def read_step(self, n: int, sampling: SamplingParams, rng: np.random.Generator,
                   stats: bool, candidates: bool, hidden: bool,
                   grammar: GrammarState | None = None) -> DraftStep: ...
 
-    def decode_draft(self, token: int) -> None: ...
+    def decode_draft(self, token: int) -> Steps[None]: ...
 
     def verify(self, seq: Sequence[int], sampling: SamplingParams, rng: np.random.Generator,
                grammar: GrammarState | None = None
-               ) -> tuple[list[int], int, tuple[float, ...]]: ...
+               ) -> Steps[tuple[list[int], int, tuple[float, ...]]]: ...
 
 
 def speculative_round(backend: RoundBackend, seq: Sequence[int], transcript: Transcript | None,
                       room: int, strategy: Strategy, sampling: SamplingParams,
                       rng: np.random.Generator, remaining: int,
-                      grammar: GrammarState | None = None) -> RoundResult:
+                      grammar: GrammarState | None = None) -> Steps[RoundResult]:
     """One round after `seq` (everything so far; the target's cache holds all but its last
     token; `transcript` holds the same tokens after any side text), proposing at most `room`
     tokens deep, with `remaining` tokens left in the generation's budget.
@@ -126,8 +147,8 @@ def speculative_round(backend: RoundBackend, seq: Sequence[int], transcript: Tra
     elif plan.draft > 0 and backend.has_draft:
         masking = grammar if grammar is not None and grammar.constraint.draft_mask else None
         expander = strategy.expander if grammar is None else None  # chains under a grammar
-        chain, steps, catchup, catchup_s = draft_chain(backend, seq, plan, strategy.policy,
-                                                       expander, sampling, rng, masking)
+        chain, steps, catchup, catchup_s = yield from draft_chain(
+            backend, seq, plan, strategy.policy, expander, sampling, rng, masking)
     if forced:
         assert grammar is not None
         grammar.rollback(len(forced))
@@ -138,7 +159,7 @@ def speculative_round(backend: RoundBackend, seq: Sequence[int], transcript: Tra
     # What the context can still hold (the root takes one cell) and the budget allows.
     tree.prune(backend.cells_left(), room)
     t1 = clock()
-    path, nxt, chances = backend.verify(seq, sampling, rng, grammar)
+    path, nxt, chances = yield from backend.verify(seq, sampling, rng, grammar)
     accepted = len(path)
     f = len(forced)
     if steps and accepted >= f:  # only the draft model's rounds say anything about its policy
@@ -147,7 +168,7 @@ def speculative_round(backend: RoundBackend, seq: Sequence[int], transcript: Tra
     branch = tree.chain_below(path[-1] if path else -1)
     result = RoundResult(tuple(tree.tokens[i] for i in branch), accepted, nxt, copied,
                          t1 - t0, clock() - t1, steps, catchup, catchup_s, chances, len(tree),
-                         f)
+                         f, backend.batch_rows)
     strategy.learn(plan, result.after_forced())
     return result
 
@@ -155,7 +176,7 @@ def speculative_round(backend: RoundBackend, seq: Sequence[int], transcript: Tra
 def draft_chain(backend: RoundBackend, seq: Sequence[int], plan: RoundPlan,
                 policy: DraftPolicy, expander: Expander | None, sampling: SamplingParams,
                 rng: np.random.Generator, grammar: GrammarState | None = None
-                ) -> tuple[int, int, int, float]:
+                ) -> Steps[tuple[int, int, int, float]]:
     """Draft up to `plan.draft` tokens after `seq` into the round's tree as a chain (after
     any nodes already there), asking the policy after each one (an exploring round keeps its
     first token whatever the policy says), then let `expander` widen it. `grammar` masks each
@@ -163,7 +184,7 @@ def draft_chain(backend: RoundBackend, seq: Sequence[int], plan: RoundPlan,
     length after the chain, the policy's verdicts, and the catch-up decode's size and seconds.
     """
     tree = backend.tree
-    catchup, catchup_s = backend.catch_up(seq, policy.wants_hidden)
+    catchup, catchup_s = yield from backend.catch_up(seq, policy.wants_hidden)
     stats = policy.wants_entropy or policy.wants_top_prob or expander is not None
     options: list[Option] = []  # per depth, what the expander may add there
     n = advanced = 0
@@ -184,7 +205,7 @@ def draft_chain(backend: RoundBackend, seq: Sequence[int], plan: RoundPlan,
             if grammar is not None:
                 grammar.advance([step.token])
                 advanced += 1
-            backend.decode_draft(step.token)
+            yield from backend.decode_draft(step.token)
     finally:
         if grammar is not None:
             grammar.rollback(advanced)
@@ -195,48 +216,64 @@ def draft_chain(backend: RoundBackend, seq: Sequence[int], plan: RoundPlan,
 
 
 class Speculator:
-    """The engine's round backend: both contexts, and the buffers every round reuses."""
+    """The engine's round backend for one slot of its contexts, with the buffers every round
+    of that slot reuses. Decodes are queued in the contexts' batches (shared with the other
+    slots' rounds) and yielded; `clock` is the request's own (the scheduler's accounting of
+    its share of every batch it joined)."""
 
     def __init__(self, target: Context, draft: Context | None, draft_model: Model | None,
-                 n_vocab: int) -> None:
+                 n_vocab: int, slot: int = 0,
+                 clock: Callable[[], float] = perf_counter) -> None:
         self.target, self.draft, self.draft_model = target, draft, draft_model
         self.has_draft = draft is not None and draft_model is not None
-        self.n_vocab = n_vocab
+        self.n_vocab, self.slot, self.clock = n_vocab, slot, clock
         self._scratch = entropy_scratch(n_vocab)
         self.tree = TokenTree()
         self._step = DraftStep()
+        self._draft_row = -1  # the draft batch's row of this slot's last token
+        self.batch_rows = 0  # rows of the last verification batch this slot joined
 
     def round(self, seq: list[int], transcript: Transcript, room: int, strategy: Strategy,
               sampling: SamplingParams, rng: np.random.Generator, remaining: int,
               grammar: GrammarState | None = None) -> RoundResult:
-        """`speculative_round` on the engine's contexts."""
-        return speculative_round(self, seq, transcript, room, strategy, sampling, rng,
-                                 remaining, grammar)
-
-    clock = staticmethod(perf_counter)
+        """`speculative_round` on the engine's contexts, alone."""
+        return drive(speculative_round(self, seq, transcript, room, strategy, sampling, rng,
+                                       remaining, grammar))
 
     def cells_left(self) -> int:
-        return self.target.n_ctx - len(self.target.tokens) - 1
+        """What the slot's cache and the target's batch can still take, the root's row and
+        cell aside."""
+        t = self.target
+        return min(t.n_ctx - len(t.slot_tokens(self.slot)), t.rows_free) - 1
 
-    def catch_up(self, seq: Sequence[int], wants_hidden: bool) -> tuple[int, float]:
+    def catch_up(self, seq: Sequence[int], wants_hidden: bool) -> Steps[tuple[int, float]]:
         """Usually one token (the last accepted); two after an all-accepted round, because
         the last draft token was never decoded; the whole catch-up after a target-alone
-        stretch."""
+        stretch (in as many batches as it takes)."""
         ctx = self.draft
         assert ctx is not None
-        t0 = perf_counter()
+        t0 = self.clock()
         ctx.output_hidden(wants_hidden)
-        catchup = seq[ctx.keep_prefix(seq, len(seq) - 1):]
-        ctx.decode(catchup, Outputs.LAST)
-        ctx.synchronize()  # its own time, not the first draft step's (GPUs, RPC)
-        return len(catchup), perf_counter() - t0
+        catchup = seq[ctx.keep_prefix(seq, len(seq) - 1, self.slot):]
+        done = 0
+        while done < len(catchup):
+            if ctx.rows_free == 0:
+                yield ctx
+            n = min(len(catchup) - done, ctx.rows_free)
+            last = done + n == len(catchup)
+            row = ctx.add_chain(catchup[done:done + n], Outputs.LAST if last else Outputs.NONE,
+                                self.slot)
+            done += n
+            yield ctx
+        self._draft_row = row + n - 1
+        return len(catchup), self.clock() - t0
 
     def read_step(self, n: int, sampling: SamplingParams, rng: np.random.Generator,
                   stats: bool, candidates: bool, hidden: bool,
                   grammar: GrammarState | None = None) -> DraftStep:
         ctx, step = self.draft, self._step
         assert ctx is not None and self.draft_model is not None
-        logits = ctx.logits()[: self.n_vocab]
+        logits = ctx.logits(self._draft_row)[: self.n_vocab]
         q = None
         if grammar is not None and (stats or candidates or not sampling.greedy):
             logits = grammar.masked(logits)  # the policy reads the masked entropy
@@ -253,19 +290,24 @@ class Speculator:
             probs = np.exp(logits[ids] - logits[ids[0]]) * p1 if q is None else q[ids]
             step.candidates = (ids, probs)
         step.token, step.q, step.entropy, step.top_prob = tok, q, h, p1
-        step.hidden = ctx.hidden() if hidden else None
+        step.hidden = ctx.hidden(self._draft_row) if hidden else None
         step.eog = self.draft_model.is_eog(tok)
         return step
 
-    def decode_draft(self, token: int) -> None:
-        assert self.draft is not None
-        self.draft.decode([token], Outputs.LAST)
+    def decode_draft(self, token: int) -> Steps[None]:
+        ctx = self.draft
+        assert ctx is not None
+        if ctx.rows_free == 0:
+            yield ctx
+        self._draft_row = ctx.add_chain((token,), Outputs.LAST, self.slot)
+        yield ctx
 
     def verify(self, seq: Sequence[int], sampling: SamplingParams, rng: np.random.Generator,
                grammar: GrammarState | None = None
-               ) -> tuple[list[int], int, tuple[float, ...]]:
-        """Score [seq[-1]] + the tree in one target decode; return the accepted path (node
-        indices), the next token, and (sampling) the tested chances.
+               ) -> Steps[tuple[list[int], int, tuple[float, ...]]]:
+        """Score [seq[-1]] + the tree in one target decode (shared with the other slots'
+        verifications); return the accepted path (node indices), the next token, and
+        (sampling) the tested chances.
 
         From the root down: greedy, step to the child holding the target's argmax at this
         node, else that argmax is the next token (after a leaf: the bonus token). Sampling:
@@ -277,12 +319,16 @@ class Speculator:
         """
         ctx, tree = self.target, self.tree
         depths, seqs, branches = tree.layout()
-        ctx.decode_tree([seq[-1], *tree.tokens], depths, seqs, branches)
+        while ctx.rows_free < len(tree) + 1:  # the batch is full: the next one
+            yield ctx
+        root = ctx.add_tree([seq[-1], *tree.tokens], depths, seqs, branches, self.slot)
+        yield ctx
+        self.batch_rows = ctx.last_rows
         path: list[int] = []
         chances: list[float] = []
         node = -1
         while True:
-            row = ctx.logits(node + 1)[: self.n_vocab]
+            row = ctx.logits(root + node + 1)[: self.n_vocab]
             if sampling.greedy:
                 nxt = int(row.argmax()) if grammar is None else grammar.greedy(row)
                 child = tree.child_with(node, nxt)
@@ -307,9 +353,9 @@ class Speculator:
         # short; after an accepted alternative leaf it holds the chain's token there, which
         # its next catch-up (`keep_prefix`) trims.
         ctx.keep_branch(seqs[node + 1][0], [seq[-1], *(tree.tokens[i] for i in path)],
-                        branches)
+                        branches, self.slot)
         if self.draft is not None:
-            self.draft.truncate(len(seq) + len(path))
+            self.draft.truncate(len(seq) + len(path), self.slot)
         return path, nxt, tuple(chances)
 
 

@@ -28,6 +28,7 @@ class RoundResult:
     chances: tuple[float, ...] = ()
     nodes: int = -1  # -1: as many as proposed (a chain)
     forced: int = 0  # the leading proposals the grammar forced (no draft step, no copy)
+    batch_rows: int = 0  # rows of the verification batch it shared with other requests
 
     def __post_init__(self) -> None:
         if self.nodes < 0:

@@ -72,7 +72,7 @@ class EngineSlot:
         # Loading (and pulling) happens outside the lock: closing the app must not wait for a
         # download; an engine that finishes loading after the app closed is closed at once.
         engine = load(source.pair, target=source.target, draft=source.draft, pull=source.pull,
-                      progress=progress, n_ctx=settings.n_ctx,
+                      progress=progress, n_ctx=settings.n_ctx, parallel=1,  # one chat
                       n_gpu_layers=settings.n_gpu_layers, n_threads=settings.n_threads,
                       rpc_servers=settings.rpc_servers,
                       policy=settings.policy)

@@ -22,7 +22,7 @@ from svip_local.bench.traces import PromptTrace, copy_walk
 from svip_local.calibration import CostModel
 from svip_local.config import DEFAULT_MAX_COPY, DEFAULT_MAX_DRAFT
 from svip_local.policies import DraftPolicy, Plan, Strategy, as_plan
-from svip_local.round import DraftStep, leading_chain, speculative_round
+from svip_local.round import DraftStep, Steps, drive, leading_chain, speculative_round
 from svip_local.round_result import RoundResult
 from svip_local.sampling import SamplingParams
 from svip_local.transcript import Transcript
@@ -92,8 +92,8 @@ def replay_round(trace: PromptTrace, transcript: Transcript | None, state: Repla
     to this round (None: a trace without its prompt, which copies nothing)."""
     if transcript is not None:
         transcript.length = transcript.side + state.seq_len
-    return speculative_round(TraceBackend(trace, state, costs), (), transcript, room,
-                             strategy, _REPLAY, _RNG, remaining)
+    return drive(speculative_round(TraceBackend(trace, state, costs), (), transcript, room,
+                                   strategy, _REPLAY, _RNG, remaining))
 
 
 _TREE = TokenTree()  # the replay's round tree, reused as the engine's is
@@ -108,6 +108,7 @@ class TraceBackend:
     follows what the draft's cache would hold."""
 
     has_draft = True
+    batch_rows = 0  # a replay runs alone
 
     def __init__(self, trace: PromptTrace, state: ReplayState, costs: CostModel) -> None:
         self.trace, self.state, self.costs = trace, state, costs
@@ -122,9 +123,10 @@ class TraceBackend:
     def cells_left(self) -> int:
         return 1 << 30  # a trace's context never fills
 
-    def catch_up(self, seq: Sequence[int], wants_hidden: bool) -> tuple[int, float]:
+    def catch_up(self, seq: Sequence[int], wants_hidden: bool) -> Steps[tuple[int, float]]:
         """What the draft has not seen: the last accepted token; two after an all-accepted
-        round; the whole prompt first."""
+        round; the whole prompt first. (A trace has no batch to wait for: nothing yields.)"""
+        yield from ()
         st = self.state
         keep = min(st.draft_ok, st.seq_len - 1)
         seconds = self.costs.draft(st.seq_len - keep, keep)
@@ -146,15 +148,17 @@ class TraceBackend:
         step.eog = bool(trace.draft_eog[pos])
         return step
 
-    def decode_draft(self, token: int) -> None:
+    def decode_draft(self, token: int) -> Steps[None]:
+        yield from ()
         self.now += self.costs.draft(1, self.state.seq_len + self.decoded)
         self.decoded += 1
 
     def verify(self, seq: Sequence[int], sampling: SamplingParams, rng: np.random.Generator,
                grammar: GrammarState | None = None
-               ) -> tuple[list[int], int, tuple[float, ...]]:
+               ) -> Steps[tuple[list[int], int, tuple[float, ...]]]:
         """The deepest path along the trace, rows read: the path's and the one after it.
         (A trace holds the tokens each model chose; a replay runs without a grammar.)"""
+        yield from ()
         trace, st, tree = self.trace, self.state, self.tree
         path = _walk(tree, trace.target[st.j:])
         accepted = len(path)

@@ -167,6 +167,41 @@ MAX_SECONDS = 600.0  # no decode takes longer: a stored time beyond it is corrup
 MAX_GAIN = 1e4  # tokens a round gains or loses, far beyond any real one
 
 
+class BatchPrices:
+    """`LiveCosts` as one request sees them in a batch shared with others: its rows cost what
+    they add to the `others` rows the other requests bring, verify(m + b) - verify(m), so
+    drafting shrinks when the batch is already full and grows when the request is alone
+    (m = 0: verify(b)). The curve it reads is learnt from whole batches, every row in them."""
+
+    def __init__(self, costs: LiveCosts) -> None:
+        self.costs = costs
+        self.others = 0
+
+    @property
+    def step(self) -> float:
+        return self.costs.step
+
+    @property
+    def catchup(self) -> float:
+        return self.costs.catchup
+
+    def verify_at(self, b: int) -> float:
+        m = self.others
+        return self.costs.verify_at(m + b) - (self.costs.verify_at(m) if m else 0.0)
+
+    def table(self, n: int) -> list[float]:
+        m = self.others
+        if not m:
+            return self.costs.table(n)
+        full = self.costs.table(m + n)
+        return [x - full[m - 1] for x in full[m:]]
+
+    def array(self, n: int) -> npt.NDArray[np.float64]:
+        m = self.others
+        full = self.costs.array(m + n)
+        return full[m:] - full[m] if m else full
+
+
 def _check(what: str, values: Sequence[float], low: float, high: float) -> None:
     """Refuse stored estimates that are not finite or out of [low, high]."""
     for v in values:

@@ -32,6 +32,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft-rpc", metavar="HOST:PORT[,...]", default=None,
                         help="RPC servers for the draft (rarely useful: it is small)")
     parser.add_argument("--n-ctx", type=int, default=None, help="context size in tokens")
+    parser.add_argument("--parallel", type=int, default=None, metavar="N",
+                        help="requests generated at once, each in a slot of --n-ctx tokens "
+                             "(default 1; serve: chosen for this machine's memory, at most 4)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per model")
     parser.add_argument("--pull", action="store_true",
                         help="download the registry pair first if it is missing")
@@ -40,15 +43,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "no record of (it then starts from defaults and learns)")
 
 
-def open_engine(args: argparse.Namespace, *, policy: str | None = None) -> Engine:
-    """The engine a command asked for (registry name or --target/--draft), through `load`."""
+def open_engine(args: argparse.Namespace, *, policy: str | None = None,
+                parallel: int | None = 1) -> Engine:
+    """The engine a command asked for (registry name or --target/--draft), through `load`;
+    `parallel`: its slots unless --parallel says (None: chosen for the machine)."""
     if args.name and args.target:
         raise InvalidRequestError("give a registry name or --target, not both")
     if not args.name and not args.target:
         raise InvalidRequestError("name a registry pair or give --target (see --help)")
     return load(args.name, target=args.target, draft=args.draft, pull=args.pull,
-                n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers,
-                draft_n_gpu_layers=args.draft_n_gpu_layers, n_threads=args.threads,
+                n_ctx=args.n_ctx, parallel=args.parallel or parallel,
+                n_gpu_layers=args.n_gpu_layers, draft_n_gpu_layers=args.draft_n_gpu_layers,
+                n_threads=args.threads,
                 rpc_servers=args.rpc, draft_rpc_servers=args.draft_rpc,
                 policy=policy, probe=False if args.no_probe else None)
 

@@ -33,7 +33,8 @@ def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
 # LM head on every extra row from about here on a CPU.
 _HIDDEN_SPLIT = 8
 
-MAX_BRANCHES = 64  # sequences a tree-verifying context is made for (llama.cpp allows 256)
+MAX_BRANCHES = 64  # sequences a tree-verifying slot is made for
+MAX_SEQUENCES = 256  # llama.cpp's limit on a context's sequences (LLAMA_MAX_SEQ)
 
 
 class Outputs(Enum):
@@ -51,31 +52,37 @@ _DECODE_ERRORS = {
 
 
 class Context:
-    """A llama.cpp context on one sequence, which knows exactly which tokens its KV cache holds.
+    """A llama.cpp context of `slots` sequences, which knows exactly which tokens each holds.
 
-    `tokens[i]` is the token at KV position i. Keeping that list next to the cache is what lets
-    the engine reuse prompt prefixes and trim rejected draft tokens with one `seq_rm`.
+    `slot_tokens(s)[i]` is the token at KV position i of slot s (`tokens`: slot 0's). Keeping
+    those lists next to the cache is what lets the engine reuse prompt prefixes and trim
+    rejected draft tokens with one `seq_rm`. Each slot holds up to `n_ctx` tokens.
 
-    With `branches` > 1 it also verifies token trees (`decode_tree`): between rounds the cache
-    still holds sequence 0 alone, and during one the tree's branches are sequences 0..b-1 of
-    a unified cache (`kv_unified`: one cell pool shared by all sequences, so the shared prefix
-    is only tagged with every branch's id, never copied, and no sequence is limited to
-    n_ctx / branches cells).
+    Rows of several slots go into one decode (`add_chain`, `add_tree`, `run_batch`): that is
+    how concurrent requests share a verification. With `branches` > 1 it also verifies token
+    trees: slot s owns sequence ids s*branches .. (s+1)*branches-1; between rounds it holds
+    the first alone, during one the tree's branches are the others. The cache is unified
+    (`kv_unified`: one cell pool shared by all sequences, so a shared prefix is only tagged
+    with every branch's id, never copied, and a row may lie on several sequences, which
+    per-sequence streams forbid) whenever it holds more than one sequence.
     """
 
     def __init__(self, model: Model, *, n_ctx: int, n_batch: int = 512, n_ubatch: int = 512,
                  n_threads: int | None = None, n_threads_batch: int | None = None,
-                 flash_attn: bool | None = None, branches: int = 1) -> None:
+                 flash_attn: bool | None = None, branches: int = 1, slots: int = 1) -> None:
         self.model = model
         threads = n_threads or default_threads()
         params = C.llama_context_default_params()
-        params.n_ctx = n_ctx
+        params.n_ctx = n_ctx * slots
         params.n_batch = n_batch
         params.n_ubatch = min(n_ubatch, n_batch)
         if not 1 <= branches <= MAX_BRANCHES:
             raise ValueError(f"branches must be 1..{MAX_BRANCHES}, got {branches}")
-        params.n_seq_max = branches
-        params.kv_unified = branches > 1
+        if not 1 <= slots * branches <= MAX_SEQUENCES:
+            raise ValueError(f"{slots} slots of {branches} branches exceed llama.cpp's "
+                             f"{MAX_SEQUENCES} sequences")
+        params.n_seq_max = slots * branches
+        params.kv_unified = slots * branches > 1
         params.n_threads = threads
         params.n_threads_batch = n_threads_batch or threads
         warn_oversubscribed(model.path, max(params.n_threads, params.n_threads_batch))
@@ -96,10 +103,10 @@ class Context:
         # stack closes this one first, because the native context must go before its model.
         self._stack.callback(C.llama_free, ptr)
         self.ptr = ptr
-        self.n_ctx: int = C.llama_n_ctx(ptr)
+        self.n_ctx: int = C.llama_n_ctx(ptr) // slots  # what one slot may hold
         self.n_batch: int = C.llama_n_batch(ptr)
         self._mem = C.llama_get_memory(ptr)
-        self.branches = branches
+        self.branches, self.slots = branches, slots
         self._batch = C.llama_batch_init(self.n_batch, 0, branches)
         self._stack.callback(C.llama_batch_free, self._batch)
         n = self.n_batch
@@ -116,7 +123,13 @@ class Context:
         self._n_vocab = model.n_vocab
         self._n_embd = model.n_embd
         self.embeddings = False  # whether decodes also output last hidden states
-        self.tokens: list[int] = []
+        self._tokens: list[list[int]] = [[] for _ in range(slots)]
+        self._rows = 0  # rows in the batch being built
+        self.last_rows = 0  # rows of the last batch decoded (what shared it)
+        # The batch being built: (slot, tokens to append on success) per chain; trees
+        # (slot, cells before it, branches) are kept with `keep_branch`.
+        self._chains: list[tuple[int, Sequence[int]]] = []
+        self._trees: list[tuple[int, int, int]] = []
         self.n_decoded = 0  # tokens decoded over the context's life: prefix reuse shows here
         self._closed = False
         model.on_close(self.close)
@@ -141,8 +154,18 @@ class Context:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def decode(self, tokens: Sequence[int], outputs: Outputs = Outputs.LAST) -> None:
-        """Append `tokens` at the end of the cache, in chunks of n_batch.
+    @property
+    def tokens(self) -> list[int]:
+        """Slot 0's tokens (a context of one slot: its tokens)."""
+        return self._tokens[0]
+
+    def slot_tokens(self, slot: int) -> list[int]:
+        """The tokens slot `slot` holds, position by position (the list itself: read only)."""
+        return self._tokens[slot]
+
+    def decode(self, tokens: Sequence[int], outputs: Outputs = Outputs.LAST,
+               slot: int = 0) -> None:
+        """Append `tokens` at the end of the slot's cache, in chunks of n_batch, alone.
 
         With LAST only the final token gets logits; ALL (one chunk at most) gives every row.
         """
@@ -157,38 +180,125 @@ class Context:
             head = tokens if outputs is Outputs.NONE else tokens[:-1]
             self.output_hidden(False)
             try:
-                self.decode(head, Outputs.NONE)
+                self.decode(head, Outputs.NONE, slot)
             finally:
                 self.output_hidden(True)
             if outputs is Outputs.LAST:
-                self.decode(tokens[-1:], Outputs.LAST)
+                self.decode(tokens[-1:], Outputs.LAST, slot)
             return
         if outputs is Outputs.ALL and len(tokens) > self.n_batch:
             raise ValueError(f"{len(tokens)} tokens with all logits exceed n_batch {self.n_batch}")
-        if len(self.tokens) + len(tokens) > self.n_ctx:
-            raise ContextFullError(
-                f"the context holds {self.n_ctx} tokens; {len(self.tokens)} are used and "
-                f"{len(tokens)} more do not fit")
+        self._check_room(slot, len(tokens), "")
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start:start + self.n_batch]
-            n = len(chunk)
-            p0 = len(self.tokens)
-            self._tok[:n] = chunk
-            self._pos[:n] = np.arange(p0, p0 + n, dtype=np.int32)
-            self._out[:n] = 1 if outputs is Outputs.ALL else 0
-            if outputs is Outputs.LAST and start + n == len(tokens):
-                self._out[n - 1] = 1
-            self._batch.n_tokens = n
+            last = outputs is Outputs.LAST and start + len(chunk) == len(tokens)
+            self.add_chain(chunk, Outputs.LAST if last else
+                           Outputs.ALL if outputs is Outputs.ALL else Outputs.NONE, slot)
+            self.run_batch()
+
+    # -- one batch for several slots ------------------------------------------------------
+
+    @property
+    def rows_free(self) -> int:
+        """Rows the batch being built can still take."""
+        return self.n_batch - self._rows
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows in the batch being built."""
+        return self._rows
+
+    def add_chain(self, tokens: Sequence[int], outputs: Outputs, slot: int) -> int:
+        """Queue `tokens` after slot `slot`'s cache in the batch being built; return the
+        first one's row (its logits' index once `run_batch` ran). They must fit the batch."""
+        n, r = len(tokens), self._rows
+        if n > self.n_batch - r:
+            raise ValueError(f"{n} rows do not fit the batch ({self.n_batch - r} free)")
+        self._check_room(slot, n + sum(len(t) for s, t in self._chains if s == slot), "")
+        p0 = len(self._tokens[slot]) + sum(len(t) for s, t in self._chains if s == slot)
+        self._tok[r:r + n] = tokens
+        self._pos[r:r + n] = np.arange(p0, p0 + n, dtype=np.int32)
+        self._out[r:r + n] = 1 if outputs is Outputs.ALL else 0
+        if outputs is Outputs.LAST:
+            self._out[r + n - 1] = 1
+        base = slot * self.branches
+        for i in range(r, r + n):
+            self._seq_ids[i][0] = base
+        self._rows += n
+        self._chains.append((slot, tokens))
+        return r
+
+    def add_tree(self, tokens: Sequence[int], depths: Sequence[int],
+                 seqs: Sequence[Sequence[int]], n_branches: int, slot: int) -> int:
+        """Queue a token tree after slot `slot`'s cache, every row with logits; return its
+        root's row.
+
+        Row i is `tokens[i]` at position len(slot's tokens) + depths[i], in the slot's
+        branches `seqs[i]` (those of every branch through it; row 0, the root, lies on all of
+        them). llama.cpp lets a row attend to the cells of its first sequence, so each row
+        sees the prefix and its own ancestors only. Rows come parents first. `keep_branch`
+        must follow: until then the cache holds the whole tree and the slot does not list it.
+        """
+        self.check_open()
+        n, r = len(tokens), self._rows
+        if n_branches > self.branches:
+            raise ValueError(f"a tree of {n_branches} branches needs a context made for as "
+                             f"many (this one: {self.branches})")
+        if n > self.n_batch - r:
+            raise ValueError(f"a tree of {n} rows exceeds the batch's {self.n_batch - r} "
+                             "free rows")
+        p0 = len(self._tokens[slot])
+        self._check_room(slot, n, "a tree of ")
+        self.model.check_remote()
+        base = slot * self.branches
+        for b in range(1, n_branches):  # the prefix is every branch's (a tag, not a copy)
+            C.llama_memory_seq_cp(self._mem, base, base + b, -1, -1)
+        self._tok[r:r + n] = tokens
+        self._pos[r:r + n] = depths
+        self._pos[r:r + n] += p0
+        self._out[r:r + n] = 1
+        for i, ids in enumerate(seqs, r):
+            self._n_seq[i] = len(ids)
+            self._seq_ids[i][: len(ids)] = ids
+            self._seq_ids[i][: len(ids)] += base
+        self._rows += n
+        self._trees.append((slot, p0, n_branches))
+        return r
+
+    def run_batch(self) -> None:
+        """Decode the batch being built. On failure every chain in it is undone to what
+        llama.cpp holds and every tree dropped, and the error raised."""
+        n, chains, trees = self._rows, self._chains, self._trees
+        if n == 0:
+            return
+        self._rows, self._chains, self._trees = 0, [], []
+        try:
+            self.check_open()
             self.model.check_remote()
+            self._batch.n_tokens = n
             rc = C.llama_decode(self.ptr, self._batch)
-            if rc != 0:
-                self.ensure_consistent()
-                if rc == 1:
-                    raise ContextFullError("no KV cache slot for the batch (context full)")
-                raise DecodeError(f"llama_decode returned {rc}: "
-                                  f"{_DECODE_ERRORS.get(rc, 'unknown error')}")
-            self.tokens.extend(chunk)
-            self.n_decoded += n
+        finally:
+            if trees:  # back to what `add_chain` assumes: one sequence per row
+                self._n_seq[:n] = 1
+        if rc != 0:
+            for slot, p0, _ in trees:
+                self._drop_branches(slot, p0)
+            self.ensure_consistent()
+            if rc == 1:
+                raise ContextFullError("no KV cache slot for the batch (context full)")
+            raise DecodeError(f"llama_decode returned {rc}: "
+                              f"{_DECODE_ERRORS.get(rc, 'unknown error')}")
+        for slot, tokens in chains:
+            self._tokens[slot].extend(tokens)
+        self.n_decoded += n
+        self.last_rows = n
+
+    def _check_room(self, slot: int, n: int, what: str) -> None:
+        used = len(self._tokens[slot])
+        if used + n > self.n_ctx:
+            raise ContextFullError(
+                f"the context holds {self.n_ctx} tokens; {used} are used and {what}{n} "
+                "more do not fit")
 
     def synchronize(self) -> None:
         """Wait until the last decode has run. On asynchronous backends (GPUs, RPC servers)
@@ -229,81 +339,48 @@ class Context:
                               f"{'on' if self.embeddings else 'off'})")
         return np.ctypeslib.as_array(ptr, shape=(self._n_embd,))
 
-    def truncate(self, n_keep: int) -> None:
-        """Drop every cached token from position n_keep on (rejected drafts, edited turns)."""
+    def truncate(self, n_keep: int, slot: int = 0) -> None:
+        """Drop every token the slot holds from position n_keep on (rejected drafts, edited
+        turns)."""
         self.check_open()
-        if n_keep >= len(self.tokens):
+        tokens = self._tokens[slot]
+        if n_keep >= len(tokens):
             return
-        if not C.llama_memory_seq_rm(self._mem, 0, n_keep, -1):
+        if not C.llama_memory_seq_rm(self._mem, slot * self.branches, n_keep, -1):
             # Only recurrent models refuse partial removal: start over rather than corrupt.
-            C.llama_memory_clear(self._mem, True)
-            self.tokens.clear()
+            C.llama_memory_seq_rm(self._mem, slot * self.branches, -1, -1)
+            tokens.clear()
             return
-        del self.tokens[n_keep:]
+        del tokens[n_keep:]
 
     def decode_tree(self, tokens: Sequence[int], depths: Sequence[int],
-                    seqs: Sequence[Sequence[int]], n_branches: int) -> None:
-        """Decode a token tree after the cache in ONE batch, every row with logits.
+                    seqs: Sequence[Sequence[int]], n_branches: int, slot: int = 0) -> None:
+        """A token tree in a batch of its own (`add_tree`)."""
+        self.add_tree(tokens, depths, seqs, n_branches, slot)
+        self.run_batch()
 
-        Row i is `tokens[i]` at position len(self.tokens) + depths[i], in the sequences
-        `seqs[i]` (those of every branch through it; row 0, the root, lies on all of them).
-        llama.cpp lets a row attend to the cells of its first sequence, so each row sees the
-        prefix and its own ancestors only. Rows come parents first. `keep_branch` must follow:
-        until then the cache holds the whole tree and `tokens` does not list it.
-        """
+    def keep_branch(self, branch: int, path: Sequence[int], n_branches: int,
+                    slot: int = 0) -> None:
+        """After a tree's batch: keep the prefix and `path` (the tree's root and the accepted
+        tokens, all on `branch`) as the slot's sequence, and nothing else in its branches."""
         self.check_open()
-        n = len(tokens)
-        if n_branches > self.branches:
-            raise ValueError(f"a tree of {n_branches} branches needs a context made for as "
-                             f"many (this one: {self.branches})")
-        if n > self.n_batch:
-            raise ValueError(f"a tree of {n} rows exceeds n_batch {self.n_batch}")
-        p0 = len(self.tokens)
-        if p0 + n > self.n_ctx:
-            raise ContextFullError(
-                f"the context holds {self.n_ctx} tokens; {p0} are used and a tree of {n} "
-                "more does not fit")
-        self.model.check_remote()
-        for b in range(1, n_branches):  # the prefix is every branch's (a tag, not a copy)
-            C.llama_memory_seq_cp(self._mem, 0, b, -1, -1)
-        self._tok[:n] = tokens
-        self._pos[:n] = depths
-        self._pos[:n] += p0
-        self._out[:n] = 1
-        for i, ids in enumerate(seqs):
-            self._n_seq[i] = len(ids)
-            self._seq_ids[i][: len(ids)] = ids
-        self._batch.n_tokens = n
-        rc = C.llama_decode(self.ptr, self._batch)
-        self._n_seq[:n] = 1  # back to what `decode` assumes: one sequence, 0
-        for i in range(n):
-            self._seq_ids[i][0] = 0
-        if rc != 0:
-            self._drop_branches(p0)
-            if rc == 1:
-                raise ContextFullError("no KV cache slot for the tree (context full)")
-            raise DecodeError(f"llama_decode returned {rc}: "
-                              f"{_DECODE_ERRORS.get(rc, 'unknown error')}")
-        self.n_decoded += n
-
-    def keep_branch(self, branch: int, path: Sequence[int], n_branches: int) -> None:
-        """After `decode_tree`: keep the prefix and `path` (the tree's root and the accepted
-        tokens, all on `branch`) as sequence 0, and nothing else in any sequence."""
-        self.check_open()
-        p0 = len(self.tokens)
+        tokens, base = self._tokens[slot], slot * self.branches
+        p0 = len(tokens)
         if n_branches > 1:
-            C.llama_memory_seq_keep(self._mem, branch)  # every cell off that branch goes
             if branch != 0:
-                C.llama_memory_seq_cp(self._mem, branch, 0, -1, -1)
-                C.llama_memory_seq_rm(self._mem, branch, -1, -1)
-        C.llama_memory_seq_rm(self._mem, 0, p0 + len(path), -1)
-        self.tokens.extend(path)
+                C.llama_memory_seq_rm(self._mem, base, p0, -1)
+                C.llama_memory_seq_cp(self._mem, base + branch, base, p0, -1)
+            for b in range(1, n_branches):
+                C.llama_memory_seq_rm(self._mem, base + b, -1, -1)
+        C.llama_memory_seq_rm(self._mem, base, p0 + len(path), -1)
+        tokens.extend(path)
 
-    def _drop_branches(self, p0: int) -> None:
-        """Undo a failed tree: every sequence but 0 emptied, sequence 0 back to p0 cells."""
+    def _drop_branches(self, slot: int, p0: int) -> None:
+        """Undo a failed tree: the slot's branches emptied, its sequence back to p0 cells."""
+        base = slot * self.branches
         for b in range(1, self.branches):
-            C.llama_memory_seq_rm(self._mem, b, -1, -1)
-        C.llama_memory_seq_rm(self._mem, 0, p0, -1)
+            C.llama_memory_seq_rm(self._mem, base + b, -1, -1)
+        C.llama_memory_seq_rm(self._mem, base, p0, -1)
 
     def seq_cells(self, seq_id: int) -> tuple[int, int]:
         """(lowest, highest) position sequence `seq_id` holds, (-1, -1) when it holds none:
@@ -312,34 +389,42 @@ class Context:
         return (int(C.llama_memory_seq_pos_min(self._mem, seq_id)),
                 int(C.llama_memory_seq_pos_max(self._mem, seq_id)))
 
-    def keep_prefix(self, tokens: Sequence[int], limit: int) -> int:
-        """Trim the cache to its longest common prefix with `tokens` (at most `limit`
+    def keep_prefix(self, tokens: Sequence[int], limit: int, slot: int = 0) -> int:
+        """Trim the slot to its longest common prefix with `tokens` (at most `limit`
         tokens) and return that length: what a new sequence can reuse of the cached one."""
-        keep = common_prefix(self.tokens, tokens, limit)
-        self.truncate(keep)
+        keep = common_prefix(self._tokens[slot], tokens, limit)
+        self.truncate(keep, slot)
         return keep
 
     def clear(self) -> None:
+        """Empty every slot."""
         self.check_open()
         self.model.check_remote()  # clearing remote buffers writes to the servers
         C.llama_memory_clear(self._mem, True)
-        self.tokens.clear()
+        for tokens in self._tokens:
+            tokens.clear()
 
-    def pos_max(self) -> int:
-        """Highest position in the KV cache (-1 when empty), straight from llama.cpp."""
+    def pos_max(self, slot: int = 0) -> int:
+        """Highest position in the slot's sequence (-1 when empty), straight from llama.cpp."""
         self.check_open()
-        return int(C.llama_memory_seq_pos_max(self._mem, 0))
+        return int(C.llama_memory_seq_pos_max(self._mem, slot * self.branches))
 
-    def ensure_consistent(self) -> None:
-        """Make `tokens` and the KV cache agree again after a failed or interrupted decode.
+    def ensure_consistent(self, slot: int | None = None) -> None:
+        """Make the slot's (every slot's) token list and the KV cache agree again after a
+        failed or interrupted decode.
 
-        Some ubatches of a failed batch may have landed; llama.cpp's own position is the truth.
-        A closed context has nothing left to agree with.
+        Some ubatches of a failed batch may have landed; llama.cpp's own position is the truth,
+        and no branch of a tree outlives its round. A closed context has nothing left to agree
+        with.
         """
         if self.closed:
             return
-        n = self.pos_max() + 1
-        if n < len(self.tokens):
-            del self.tokens[n:]
-        elif n > len(self.tokens):
-            C.llama_memory_seq_rm(self._mem, 0, len(self.tokens), -1)
+        for s in range(self.slots) if slot is None else (slot,):
+            for b in range(1, self.branches):  # a tree left behind by an interrupted round
+                C.llama_memory_seq_rm(self._mem, s * self.branches + b, -1, -1)
+            tokens = self._tokens[s]
+            n = self.pos_max(s) + 1
+            if n < len(tokens):
+                del tokens[n:]
+            elif n > len(tokens):
+                C.llama_memory_seq_rm(self._mem, s * self.branches, len(tokens), -1)

@@ -49,7 +49,13 @@ import numpy as np
 from svip_local.calibration import AcceptanceHead, Calibration
 from svip_local.calibration.copies import FEATURES
 from svip_local.calibration.costs import MAX_TREE_VERIFY
-from svip_local.calibration.live import LiveCosts, LiveModel, default_costs, outcome
+from svip_local.calibration.live import (
+    BatchPrices,
+    LiveCosts,
+    LiveModel,
+    default_costs,
+    outcome,
+)
 from svip_local.errors import InvalidRequestError
 from svip_local.policies.auto import choice_spec
 from svip_local.policies.base import DraftPolicy, Expander, StepStats, Verdict
@@ -173,7 +179,7 @@ class LiveAuto(Strategy):
     the engine's `LiveModel`. Each round `decide` returns its `RoundPlan`, and `learn` takes
     what the round paid and got."""
 
-    __slots__ = ("model", "has_draft", "max_copy", "copier", "costs", "accept", "counts",
+    __slots__ = ("model", "has_draft", "max_copy", "copier", "costs", "prices", "accept", "counts",
                  "emitted", "explore_loss_s", "elapsed_s", "tokens", "draft_synced", "_lag",
                  "_seq_len", "_remaining", "_started", "_undrafted", "temperature",
                  "constrained")
@@ -187,6 +193,7 @@ class LiveAuto(Strategy):
         self.model, self.has_draft, self.max_copy = model, has_draft, max_copy
         self.copier = Copier()
         self.costs = model.costs_for(temperature)
+        self.prices = BatchPrices(self.costs)  # what this request's rows cost, shared
         self.temperature, self.constrained = temperature, constrained
         self.accept = model.acceptance_for(temperature, constrained)
         self.counts = dict.fromkeys(ARMS, 0)  # rounds of each kind
@@ -271,7 +278,7 @@ class LiveAuto(Strategy):
             copy = self.copier.find(transcript, min(room, self.max_copy))
         if room <= 0:
             return ALONE
-        t1 = self.costs.verify_at(1)
+        t1 = self.prices.verify_at(1)
         copy_len, copy_gain = self._best_copy(copy, t1) if copy is not None else (0, 0.0)
         draft_gain = self._draft_gain(t1, room) if self.has_draft else -math.inf
         if copy is not None and copy_len and copy_gain >= max(0.0, draft_gain):
@@ -281,7 +288,7 @@ class LiveAuto(Strategy):
             return self._drafting(room, t1, f"draft: +{draft_gain:.2f} tokens")
         if copy is not None:
             n = min(len(copy.tokens), EXPLORE_TOKENS["lookup"])
-            if self._may_explore("lookup", self.costs.verify_at(n + 1) - t1, t1):
+            if self._may_explore("lookup", self.prices.verify_at(n + 1) - t1, t1):
                 return RoundPlan("lookup", _cut(copy, n), explore=True,
                                  why=f"explore: copy {n} (+{copy_gain:.2f} predicted)")
         n = min(room, EXPLORE_TOKENS["draft"])
@@ -299,9 +306,9 @@ class LiveAuto(Strategy):
         rate = self._rate(t1)
         tree = self.expander if isinstance(self.expander, LiveCape) else None
         # One table prices the chain's rule and a live tree's leaves alike.
-        table = self.costs.table(policy.max_draft + 2 if tree is None
+        table = self.prices.table(policy.max_draft + 2 if tree is None
                                  else max(policy.max_draft + 2, MAX_TREE_VERIFY))
-        policy.set_prices(table, self.costs.step, self.accept.acceptance_map(), rate)
+        policy.set_prices(table, self.prices.step, self.accept.acceptance_map(), rate)
         if tree is not None:
             tree.price(table, rate)
         return RoundPlan("draft", draft=min(cap, policy.max_draft), explore=explore, why=why)
@@ -322,7 +329,7 @@ class LiveAuto(Strategy):
         if n == 0 or t1 <= 0 or copy.evidence is None:
             return 0, 0.0
         expected = np.cumsum(np.cumprod(self.accept.copies.chances(copy.evidence, n)))
-        extra = self.costs.array(n + 1)[2:] - t1  # verify(m + 1) - verify(1)
+        extra = self.prices.array(n + 1)[2:] - t1  # verify(m + 1) - verify(1)
         m = int(np.argmax(expected - self._rate(t1) * extra))
         gain = float(expected[m] - extra[m] / t1)
         return (m + 1 if gain > 0 else 0), gain
@@ -333,7 +340,7 @@ class LiveAuto(Strategy):
         realised gain of recent drafting rounds as they accumulate (n / (n + TRUST_ROUNDS),
         less as the reply moves on without drafting); less this round's share of the
         catch-up a switch to drafting costs, spread over the rounds the reply has left."""
-        accept, costs = self.accept, self.costs
+        accept, costs = self.accept, self.prices
         first, then = accept.mean_accept(), accept.mean_accept_next()
         predicted, expected, p, best_expected = -math.inf, 0.0, 1.0, 0.0
         for k in range(1, min(room, self.policy.max_draft) + 1):
@@ -356,13 +363,13 @@ class LiveAuto(Strategy):
         if self._lag <= 2:
             return 0.0
         rounds_left = max(1.0, self._remaining / per_round)
-        return self._lag * self.costs.catchup / rounds_left
+        return self._lag * self.prices.catchup / rounds_left
 
     def _explore_draft_cost(self, n: int, t1: float) -> float:
         """Seconds an exploring draft of n tokens costs beyond a target-alone round: its
         steps and verification rows, and the draft's catch-up of what it has not seen (all
         of it: where drafting loses, exploring pays it each time)."""
-        costs = self.costs
+        costs = self.prices
         return n * costs.step + costs.verify_at(n + 1) - t1 + self._lag * costs.catchup
 
     def _may_explore(self, kind: str, cost: float, t1: float) -> bool:
@@ -386,7 +393,10 @@ class LiveAuto(Strategy):
         if not first:
             # The reply's first verification also pays for leaving the prompt's batch shape
             # (over RPC 3-30x a steady one; a graph capture on GPUs): not a price to learn.
-            costs.observe_verify(result.nodes + 1, result.verify_s)  # a tree's every row
+            # A tree's every row, and those of the requests that shared its batch.
+            costs.observe_verify(max(result.batch_rows, result.nodes + 1), result.verify_s)
+        # The next round's rows join about as many of the others' as this one's did.
+        self.prices.others = max(0, result.batch_rows - result.nodes - 1)
         t1 = costs.verify_at(1)
         if plan.copy is not None and plan.copy.evidence is not None:
             tested = min(len(result.proposed), result.accepted + 1)

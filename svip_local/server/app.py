@@ -1,10 +1,16 @@
 """The ASGI application: OpenAI's chat and text completion endpoints around one Engine.
 
-Requests are parsed and validated on the event loop, then queued to the worker (one generation
-at a time). A request answers only once its generation has produced its first event, so that
-errors found there (a prompt too long for the context, a chat template that refuses the
-messages) are proper 400s even for streaming requests. Prompt-prefix reuse between turns of a
-conversation needs nothing here: the engine keeps the longest common prefix in its KV caches.
+Requests are parsed and validated on the event loop, then queued to the worker (as many
+generations at once as the engine has slots). A request answers only once its generation has
+produced its first event, so that errors found there (a prompt too long for the context, a
+chat template that refuses the messages) are proper 400s even for streaming requests.
+Prompt-prefix reuse between turns of a conversation needs nothing here: the engine puts a
+request in the slot whose KV cache shares the longest prefix with it.
+
+Shutdown starts with `ServerApp.shutdown()`, which the server calls as soon as it is asked to
+stop: every generation is cancelled (the engine stops it within a round), so each stream still
+ends with its finish chunk and `[DONE]`, a non-streamed request that was cut gets a 503, and
+none of them is left for the server's graceful-shutdown timeout to kill.
 """
 
 from __future__ import annotations
@@ -38,11 +44,17 @@ from svip_local import (
     ToolCallDelta,
 )
 from svip_local.chat import ChatTemplate, stream_chat
-from svip_local.server.access import AccessLog
+from svip_local.server.access import AccessLog, ASGIApp
 from svip_local.server.errors import ApiError, from_engine_error, from_validation_error
 from svip_local.server.responses import Reply, ToolCallChunks, sse
 from svip_local.server.schemas import ChatCompletionRequest, CompletionRequest
-from svip_local.server.worker import Generation, GenerationWorker, Job, ServerBusyError
+from svip_local.server.worker import (
+    Generation,
+    GenerationWorker,
+    Job,
+    ServerBusyError,
+    ServerShuttingDownError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +66,13 @@ _R = TypeVar("_R", bound=BaseModel)
 
 def create_app(engine: Engine, *, model_name: str, api_key: str | None = None,
                aliases: Sequence[str] = (), max_queue: int = DEFAULT_MAX_QUEUE,
-               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> AccessLog:
+               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> ServerApp:
     """The server for one loaded pair, answering to `model_name` and `aliases` (any other
     `model` gets OpenAI's 404 model_not_found). `api_key`: when set, /v1 requires it as a
-    Bearer token (/health stays open for supervisors). Every request is logged (`access`)."""
-    api = _Api(engine, model_name, tuple(aliases), api_key, GenerationWorker(max_queue),
-               max_request_bytes)
+    Bearer token (/health stays open for supervisors). Every request is logged (`access`).
+    `engine.parallel` requests generate at once; `max_queue` more may wait for them."""
+    worker = GenerationWorker(max_queue, slots=engine.parallel)
+    api = _Api(engine, model_name, tuple(aliases), api_key, worker, max_request_bytes)
     routes = [
         Route("/health", api.health, methods=["GET"]),
         Route("/v1/models", api.list_models, methods=["GET"]),
@@ -69,8 +82,23 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None,
     ]
     handlers: dict[Any, Any] = {ApiError: _api_error, SvipError: _svip_error,
                                 HTTPException: _http_error, Exception: _internal_error}
-    return AccessLog(Starlette(routes=routes, exception_handlers=handlers,
-                               lifespan=api.lifespan))
+    return ServerApp(Starlette(routes=routes, exception_handlers=handlers,
+                               lifespan=api.lifespan), worker)
+
+
+class ServerApp(AccessLog):
+    """The ASGI application, and the hook its server calls when it begins to shut down."""
+
+    def __init__(self, app: ASGIApp, worker: GenerationWorker) -> None:
+        super().__init__(app)
+        self._worker = worker
+
+    def shutdown(self) -> None:
+        """End every request's generation now, each with a proper answer, and refuse new ones
+        (503): uvicorn runs the lifespan shutdown only once the connections have closed, or
+        its timeout has cut them with a bare 500. Any thread, never blocks (but it takes a
+        lock: not from a signal handler)."""
+        self._worker.shutdown()
 
 
 class _Api:
@@ -94,7 +122,8 @@ class _Api:
 
     async def health(self, _request: Request) -> Response:
         running, waiting = self.worker.load()
-        return JSONResponse({"status": "ok", "model": self.model_name, "generating": running,
+        return JSONResponse({"status": "ok", "model": self.model_name,
+                             "slots": self.worker.slots, "generating": running,
                              "queued": waiting, "max_queue": self.worker.max_queue})
 
     async def list_models(self, request: Request) -> Response:
@@ -159,6 +188,8 @@ class _Api:
         except ServerBusyError as exc:
             raise ApiError(503, str(exc), kind="server_error", code="server_busy",
                            headers={"Retry-After": "1"}) from None
+        except ServerShuttingDownError:
+            raise _shutting_down() from None
         try:
             async with _cancel_on_disconnect(request, job):
                 try:
@@ -166,11 +197,15 @@ class _Api:
                 except SvipError as exc:
                     prompt = "messages" if reply.chat else "prompt"
                     raise from_engine_error(exc, prompt) from exc
+                except ServerShuttingDownError:
+                    raise _shutting_down() from None
                 if not req.stream:
                     done, notices = await _until_done(job, first, request)
                     if done is None:
                         return _client_gone()
-                    return JSONResponse(reply.complete(done, notices))
+                    if done.finish_reason == "cancelled" and job.shut_down:
+                        raise _shutting_down()  # not a complete reply: the client may retry
+                    return JSONResponse(reply.complete(done, notices, queued_s=job.queued_s))
         except BaseException:
             job.cancel()
             raise
@@ -287,7 +322,8 @@ async def _event_stream(job: Job, first: Event, reply: Reply, include_usage: boo
                     yield sse(reply.delta(tail))
                 for chunk in (c for call in event.tool_calls for c in calls.chunks(call)):
                     yield sse(chunk)
-                for chunk in reply.closing(event, notices, include_usage=include_usage):
+                for chunk in reply.closing(event, notices, include_usage=include_usage,
+                                           queued_s=job.queued_s):
                     yield sse(chunk)
                 _log_done(event, request)
                 break
@@ -310,6 +346,12 @@ def _log_done(done: Done, request: Request) -> None:
     log.info("%s: %d+%d tokens (%d from cache), %.1f tok/s, acceptance %.0f%%",
              done.finish_reason, s.prompt_tokens, s.generated, s.prompt_tokens - s.prefill_tokens,
              s.tokens_per_second, 100 * s.acceptance_rate)
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down; retry this request later (or on "
+                         "another server)", kind="server_error", code="server_shutting_down",
+                    headers={"Retry-After": "1"})
 
 
 def _client_gone() -> Response:

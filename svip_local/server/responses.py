@@ -1,8 +1,10 @@
-"""Response objects of the OpenAI API (chat and text completions), plus our `svip` field.
+"""Response objects of the OpenAI API (chat and text completions), plus `timings` and `svip`.
 
 Streaming sends `chat.completion.chunk` / `text_completion` objects as server-sent events; the
 chunk carrying `finish_reason` also carries `svip`, the speculative statistics of the
-generation, which OpenAI clients keep as an extra attribute and otherwise ignore. Tool calls
+generation, which OpenAI clients keep as an extra attribute and otherwise ignore. `timings` is
+llama-server's per-request object (what tools written for llama.cpp read), on the whole
+response, or on a stream's last chunk (the usage chunk, else the finish chunk). Tool calls
 stream as OpenAI streams them: a call's first chunk names it (index, id, type, name, empty
 arguments), the chunks after carry only its index and argument fragments.
 """
@@ -17,8 +19,8 @@ from typing import Any
 
 from svip_local import Done, GenerationStats, ToolCall, ToolCallDelta
 
-# The engine's reasons in OpenAI's vocabulary. "cancelled" only reaches a client that is still
-# connected when the server shuts down mid-generation.
+# The engine's reasons in OpenAI's vocabulary. "cancelled" only reaches a stream that is still
+# connected when the server shuts down mid-generation (a non-streamed reply cut so is a 503).
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length",
                   "cancelled": "stop", "tool_calls": "tool_calls"}
 _STATS_LISTS = ("draft_lengths", "accepted_lengths", "node_counts", "from_draft")
@@ -27,6 +29,28 @@ _STATS_LISTS = ("draft_lengths", "accepted_lengths", "node_counts", "from_draft"
 def usage(stats: GenerationStats) -> dict[str, int]:
     return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.generated,
             "total_tokens": stats.prompt_tokens + stats.generated}
+
+
+def timings(stats: GenerationStats, queued_s: float = 0.0) -> dict[str, Any]:
+    """llama-server's `timings`: the prompt's share (only the tokens decoded: `cache_n` came
+    from the KV cache), the reply's, the draft's, and our `queued_ms`: the wait for a slot
+    (`queued_s` in the server's queue plus the engine's own)."""
+    prompt_ms = 1000 * stats.prefill_s
+    predicted_ms = 1000 * max(0.0, stats.wall_s - stats.prefill_s)
+    return {"cache_n": stats.prompt_tokens - stats.prefill_tokens,
+            "prompt_n": stats.prefill_tokens, "prompt_ms": prompt_ms,
+            "prompt_per_token_ms": _per(prompt_ms, stats.prefill_tokens),
+            "prompt_per_second": _per(1000 * stats.prefill_tokens, prompt_ms),
+            "predicted_n": stats.generated, "predicted_ms": predicted_ms,
+            "predicted_per_token_ms": _per(predicted_ms, stats.generated),
+            "predicted_per_second": _per(1000 * stats.generated, predicted_ms),
+            "draft_n": stats.drafted, "draft_n_accepted": stats.accepted,
+            "queued_ms": 1000 * (queued_s + stats.queued_s)}
+
+
+def _per(amount: float, count: float) -> float:
+    """A rate that is 0 rather than infinite or NaN (neither is valid JSON) for no count."""
+    return amount / count if count > 0 else 0.0
 
 
 def svip_stats(stats: GenerationStats, notices: list[str]) -> dict[str, Any]:
@@ -75,17 +99,21 @@ class Reply:
     def tool_call_arguments(self, index: int, fragment: str) -> dict[str, Any]:
         return self._chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
 
-    def closing(self, done: Done, notices: list[str], *,
-                include_usage: bool) -> list[dict[str, Any]]:
-        """The finish chunk (with `svip`), then the usage chunk when the client asked for it."""
+    def closing(self, done: Done, notices: list[str], *, include_usage: bool,
+                queued_s: float = 0.0) -> list[dict[str, Any]]:
+        """The finish chunk (with `svip`), then the usage chunk when the client asked for it;
+        the last of them carries `timings` (`queued_s`: the wait in the server's queue)."""
         last = self._chunk({} if self.chat else "", FINISH_REASONS[done.finish_reason])
         last["svip"] = svip_stats(done.stats, notices)
-        if not include_usage:
-            return [last]
-        return [last, {**self._envelope(), "choices": [], "usage": usage(done.stats)}]
+        chunks = [last]
+        if include_usage:
+            chunks.append({**self._envelope(), "choices": [], "usage": usage(done.stats)})
+        chunks[-1]["timings"] = timings(done.stats, queued_s)
+        return chunks
 
-    def complete(self, done: Done, notices: list[str]) -> dict[str, Any]:
-        """The whole non-streaming response."""
+    def complete(self, done: Done, notices: list[str], *,
+                 queued_s: float = 0.0) -> dict[str, Any]:
+        """The whole non-streaming response (`queued_s`: the wait in the server's queue)."""
         choice: dict[str, Any] = {"index": 0, "logprobs": None,
                                   "finish_reason": FINISH_REASONS[done.finish_reason]}
         if self.chat:
@@ -96,7 +124,8 @@ class Reply:
         else:
             choice["text"] = done.text
         return {**self._envelope(streaming=False), "choices": [choice],
-                "usage": usage(done.stats), "svip": svip_stats(done.stats, notices)}
+                "usage": usage(done.stats), "timings": timings(done.stats, queued_s),
+                "svip": svip_stats(done.stats, notices)}
 
     def _envelope(self, *, streaming: bool = True) -> dict[str, Any]:
         kind = ("chat.completion.chunk" if streaming else "chat.completion") if self.chat \

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from svip_local import (
-    Done,
     Engine,
     EngineClosedError,
     InvalidRequestError,
@@ -30,7 +29,8 @@ PROMPT = "The quick brown fox"
 
 @pytest.fixture
 def engine(tiny_target: Path, tiny_draft_noisy: Path) -> Iterator[Engine]:
-    with Engine(tiny_target, tiny_draft_noisy, n_ctx=256, n_threads=1, policy="none") as eng:
+    with Engine(tiny_target, tiny_draft_noisy, n_ctx=256, n_threads=1, policy="none",
+                parallel=2) as eng:
         yield eng
 
 
@@ -42,9 +42,13 @@ def closed_then(action: Callable[[Engine], object]) -> Callable[[Engine], object
     return run
 
 
-def a_second_generation_while_one_is_suspended(engine: Engine) -> object:
-    events = engine.generate(PROMPT, max_tokens=20, ignore_eos=True)
-    next(events)
+def more_generations_than_slots_left_suspended(engine: Engine) -> object:
+    """Every slot held by a generator this thread started and left suspended: the next one
+    would wait for a slot forever."""
+    held = [engine.generate(PROMPT, max_tokens=20, ignore_eos=True)
+            for _ in range(engine.parallel)]
+    for events in held:
+        next(events)
     return list(engine.generate(PROMPT, max_tokens=4))
 
 
@@ -61,8 +65,8 @@ API_CASES: list[tuple[str, Callable[[Engine], object], type[SvipError], str]] = 
      EngineClosedError, "is closed"),
     ("closed: a context", closed_then(lambda e: e.target_ctx.decode([1, 2])),
      EngineClosedError, "is closed"),
-    ("a generator left suspended", a_second_generation_while_one_is_suspended,
-     InvalidRequestError, r"already generating.*call its close\(\)"),
+    ("every slot held by suspended generators", more_generations_than_slots_left_suspended,
+     InvalidRequestError, r"all 2 slots are held by generations this thread.*its close\(\)"),
     ("seed -1", lambda e: SamplingParams(temperature=1.0, seed=-1), InvalidRequestError,
      "seed must be a whole number from 0 to 2\\*\\*64 - 1"),
     ("seed 2**64", lambda e: SamplingParams(seed=2**64), InvalidRequestError, "seed must be"),
@@ -83,12 +87,12 @@ def test_the_library_raises_a_specific_error(engine: Engine, action: Callable[[E
         assert engine.complete(PROMPT, max_tokens=4).stats.generated == 4
 
 
-def test_closing_under_a_suspended_generator_cancels_it(engine: Engine) -> None:
+def test_closing_under_a_suspended_generator_ends_it_with_an_error(engine: Engine) -> None:
     events = engine.generate(PROMPT, max_tokens=20, policy="constant:2", ignore_eos=True)
     next(events)
-    engine.close()  # does not wait for the generator: it holds nothing of llama.cpp's
-    done = list(events)[-1]
-    assert isinstance(done, Done) and done.finish_reason == "cancelled"
+    engine.close()  # does not wait for the reader: its request ends with an error
+    with pytest.raises(EngineClosedError, match="closed while this request ran"):
+        list(events)
     with pytest.raises(EngineClosedError):
         engine.complete(PROMPT, max_tokens=2)
 

@@ -66,7 +66,7 @@ def test_mismatched_vocabularies(tiny_target: Path, tiny_mismatched: Path) -> No
 
 @pytest.fixture(scope="module")
 def engine(tiny_target: Path, tiny_draft_noisy: Path) -> Engine:
-    with Engine(tiny_target, tiny_draft_noisy, n_ctx=64, n_threads=1) as eng:
+    with Engine(tiny_target, tiny_draft_noisy, n_ctx=64, n_threads=1, parallel=1) as eng:
         yield eng
 
 

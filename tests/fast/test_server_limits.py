@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -37,7 +38,10 @@ USER = [{"role": "user", "content": "Hello"}]
 
 @pytest.fixture(scope="module")
 def engine(tiny_target: Path, tiny_draft_noisy: Path) -> Iterator[Engine]:
-    with Engine(tiny_target, tiny_draft_noisy, n_ctx=512, policy="svip:0.3") as eng:
+    # One slot: the queue tests count on one running generation (test_server_concurrency.py
+    # has the slots).
+    with Engine(tiny_target, tiny_draft_noisy, n_ctx=512, parallel=1,
+                policy="svip:0.3") as eng:
         yield eng
 
 
@@ -144,6 +148,10 @@ def test_only_the_served_model_and_its_aliases_answer(base_url: str, path: str,
         assert resp.status_code == 200, resp.text
 
 
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "svip_local.server.access"]
+
+
 def test_every_request_is_logged_with_status_tokens_and_time(
         base_url: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="svip_local.server.access"):
@@ -154,8 +162,12 @@ def test_every_request_is_logged_with_status_tokens_and_time(
                                                          "temperature": 0, "stream": True},
                               timeout=30)
         missing = httpx.get(f"{base_url}/v1/nowhere")
+        # A request is logged once its response has gone out: the client may see it first.
+        deadline = time.monotonic() + 2
+        while len(access_lines(caplog)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
     assert (ok.status_code, streamed.status_code, missing.status_code) == (200, 200, 404)
-    lines = [r.getMessage() for r in caplog.records if r.name == "svip_local.server.access"]
+    lines = access_lines(caplog)
     assert re.fullmatch(r"POST /v1/completions 200 5 tokens \d+\.\d{3}s", lines[0]), lines
     assert re.fullmatch(r"POST /v1/completions 200 4 tokens \d+\.\d{3}s", lines[1]), lines
     assert re.fullmatch(r"GET /v1/nowhere 404 - \d+\.\d{3}s", lines[2]), lines

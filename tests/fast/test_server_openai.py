@@ -49,14 +49,14 @@ def client(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=30)
 
 
-def test_models_and_health(client: openai.OpenAI, base_url: str) -> None:
+def test_models_and_health(client: openai.OpenAI, base_url: str, engine: Engine) -> None:
     assert [m.id for m in client.models.list()] == [NAME]
     assert client.models.retrieve(NAME).owned_by == "svip-local"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4o")
     health = httpx.get(f"{base_url}/health").json()
-    assert health == {"status": "ok", "model": NAME, "generating": False, "queued": 0,
-                      "max_queue": 8}
+    assert health == {"status": "ok", "model": NAME, "slots": engine.parallel, "generating": 0,
+                      "queued": 0, "max_queue": 8}
 
 
 def test_chat_matches_the_library(client: openai.OpenAI, expected: dict[str, Done]) -> None:

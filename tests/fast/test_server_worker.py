@@ -1,5 +1,5 @@
-"""The generation worker alone: one job at a time in order, a bounded queue, errors and
-cancellation delivered across the thread boundary."""
+"""The generation worker alone: one job at a time in order (or `slots` at once), a bounded
+queue, errors, cancellation and shutdown delivered across the thread boundary."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from svip_local.events import Done, Event, GenerationStats, Notice, Token
-from svip_local.server.worker import GenerationWorker, Job, ServerBusyError
+from svip_local.server.worker import (
+    GenerationWorker,
+    Job,
+    ServerBusyError,
+    ServerShuttingDownError,
+)
 
 
 def done(reason: str = "eos") -> Done:
@@ -108,6 +113,60 @@ def test_stop_cancels_the_running_generation() -> None:
         await asyncio.to_thread(worker.stop)
         assert time.monotonic() - t0 < 2
         assert await drain(job) == [done("cancelled")]
+        assert job.shut_down
+        with pytest.raises(ServerShuttingDownError):  # skipped, and told why
+            await skipped.next_event()
         assert await drain(skipped) == []
+
+    asyncio.run(main())
+
+
+def test_slots_run_together_and_bound_the_queue() -> None:
+    release = threading.Event()
+    running = threading.Semaphore(0)
+
+    def blocking(_cancel: threading.Event) -> Iterator[Event]:
+        running.release()
+        release.wait(5)
+        yield done()
+
+    async def main() -> None:
+        worker = GenerationWorker(max_queue=1, slots=3)
+        jobs = [worker.submit(blocking) for _ in range(4)]
+        for _ in range(3):
+            assert await asyncio.to_thread(running.acquire, True, 5)
+        assert worker.load() == (3, 1)
+        with pytest.raises(ServerBusyError):
+            worker.submit(blocking)
+        release.set()
+        for job in jobs:
+            assert await drain(job) == [done()]
+        assert worker.load() == (0, 0)
+        worker.stop()
+
+    asyncio.run(main())
+
+
+def test_shutdown_cancels_everything_and_refuses_new_jobs() -> None:
+    started = threading.Event()
+
+    def until_cancelled(cancel: threading.Event) -> Iterator[Event]:
+        started.set()
+        cancel.wait(5)
+        yield done("cancelled" if cancel.is_set() else "length")
+
+    async def main() -> None:
+        worker = GenerationWorker(max_queue=1, slots=1)
+        job, queued = worker.submit(until_cancelled), worker.submit(until_cancelled)
+        await asyncio.to_thread(started.wait, 5)
+        worker.shutdown()  # on the event loop: it must not block
+        with pytest.raises(ServerShuttingDownError):
+            worker.submit(until_cancelled)
+        assert await drain(job) == [done("cancelled")] and job.shut_down
+        with pytest.raises(ServerShuttingDownError):
+            await queued.next_event()
+        await asyncio.to_thread(worker.stop)
+        assert await drain(worker.submit(lambda _c: iter([done()]))) == [done()]  # reusable
+        worker.stop()
 
     asyncio.run(main())
