@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -186,14 +187,30 @@ def tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text[-lines:])
 
 
+def calibration_without_live(dest: Path) -> Path:
+    """A copy of this machine's calibrations without `auto`'s stored live estimates: every
+    contestant of ours starts from the same knowledge (each run stores what it learnt, which
+    would otherwise carry over to the next contestant)."""
+    env = os.environ.get("SVIP_LOCAL_CALIBRATION_DIR")
+    src = Path(env) if env else Path.home() / ".cache" / "svip-local" / "calibration"
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in src.glob("*"):
+        if f.is_file() and not f.name.endswith(".live.json"):
+            shutil.copy2(f, dest / f.name)
+    return dest
+
+
 @contextmanager
 def running(contestant: Contestant, log_dir: Path) -> Iterator[str]:
     """Start the server, wait for /health to answer 200, yield its URL; always stop it."""
     port = free_port()
     log = log_dir / f"server-{port}.log"  # a file, not a pipe: a full pipe would stall it
+    env = {**os.environ, **contestant.env}
+    if "PYTHONPATH" in contestant.env:  # ours: `auto` starts from the calibration alone
+        env["SVIP_LOCAL_CALIBRATION_DIR"] = str(calibration_without_live(log_dir / f"cal-{port}"))
     with log.open("wb") as out:
         proc = subprocess.Popen(contestant.argv(port), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env={**os.environ, **contestant.env})
+                                stdin=subprocess.DEVNULL, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + HEALTH_TIMEOUT_S

@@ -184,19 +184,22 @@ class Scheduler:
         return joined
 
     def _pump(self, seqs: list[Sequence]) -> None:
-        """Run each to its next decode; those that end leave their slot."""
+        """Run each to its next decode (through the end of a round, when its reader lets it
+        go on: else a request one step out of phase with the others would never share their
+        batches); those that end leave their slot."""
         for seq in seqs:
-            if seq.slot not in self._active or self._active[seq.slot] is not seq:
-                continue  # ended by a failed batch
-            try:
-                alive = seq.resume()
-            except RemoteServerError:
-                raise
-            except Exception as exc:
-                self._finish(seq, exc)
-                continue
-            if not alive:
-                self._finish(seq, None)
+            while self._active.get(seq.slot) is seq:  # not ended (by a failed batch)
+                try:
+                    alive = seq.resume()
+                except RemoteServerError:
+                    raise
+                except Exception as exc:
+                    self._finish(seq, exc)
+                    break
+                if not alive:
+                    self._finish(seq, None)
+                elif seq.waiting_on is not None or not seq.ready(self._lag):
+                    break
 
     def _finish(self, seq: Sequence, error: BaseException | None) -> None:
         seq.close_steps()

@@ -506,3 +506,20 @@ def test_a_bad_live_file_is_named_moved_aside_and_never_trusted(
     assert re.search(f"ignoring live estimates {re.escape(str(path))} \\(.*{why}", caplog.text)
     assert path.with_name(path.name + ".bad").is_file()
     assert json.loads(path.read_text())["format"] == 2  # this session's, valid again
+
+
+def test_rows_are_priced_by_the_batch_they_join() -> None:
+    """A machine where the first rows of a batch are nearly free and the rows past 8 each
+    cost a decode's worth: alone, `auto` drafts; in a batch already holding 12 rows of
+    other requests, every extra row is dear and it drafts no more than an exploring round's
+    few tokens."""
+    curve = [0.010 + 0.0005 * min(b - 1, 7) + 0.008 * max(0, b - 8) for b in range(1, 66)]
+    costs = LiveCosts.from_probe(range(1, 66), curve, 0.001, 0.0001)
+    strategy = auto(LiveModel.start(costs, "test")).for_sampling(SamplingParams())
+    alone = first_plan(strategy, None, 16, 200)
+    strategy.prices.others = 12
+    shared = first_plan(strategy, None, 16, 200)
+    assert alone.arm == "draft" and not alone.explore and alone.draft >= 8
+    assert shared.arm == "none" or shared.explore
+    assert shared.draft < alone.draft
+    assert strategy.prices.verify_at(1) == pytest.approx(curve[12] - curve[11])
