@@ -66,6 +66,7 @@ class Contestant:
     label: str
     cmd: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None  # ours: its source tree (a `python -c` imports from the cwd first)
 
     def argv(self, port: int) -> list[str]:
         return [a.replace(PORT, str(port)) for a in self.cmd]
@@ -157,7 +158,7 @@ def ours(label: str, src: Path, target: str, draft: str, *, parallel: int | None
         cmd += ["--policy", policy]
     if threads:
         cmd += ["--threads", str(threads)]
-    return Contestant(label, cmd + shlex.split(extra), {"PYTHONPATH": str(src)})
+    return Contestant(label, cmd + shlex.split(extra), {"PYTHONPATH": str(src)}, str(src))
 
 
 def llama_server(label: str, binary: str, target: str, draft: str | None, *, n_max: int | None,
@@ -210,7 +211,7 @@ def running(contestant: Contestant, log_dir: Path) -> Iterator[str]:
         env["SVIP_LOCAL_CALIBRATION_DIR"] = str(calibration_without_live(log_dir / f"cal-{port}"))
     with log.open("wb") as out:
         proc = subprocess.Popen(contestant.argv(port), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env)
+                                stdin=subprocess.DEVNULL, env=env, cwd=contestant.cwd)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + HEALTH_TIMEOUT_S

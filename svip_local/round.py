@@ -94,6 +94,8 @@ class RoundBackend(Protocol):
     tree: TokenTree
     has_draft: bool
     batch_rows: int  # rows of the last verification batch (0: a batch of its own)
+    shared_rows: int  # the rows of the other requests' verifications in it
+    shared_with: int  # those requests
 
     def clock(self) -> float: ...
 
@@ -168,7 +170,7 @@ def speculative_round(backend: RoundBackend, seq: Sequence[int], transcript: Tra
     branch = tree.chain_below(path[-1] if path else -1)
     result = RoundResult(tuple(tree.tokens[i] for i in branch), accepted, nxt, copied,
                          t1 - t0, clock() - t1, steps, catchup, catchup_s, chances, len(tree),
-                         f, backend.batch_rows)
+                         f, backend.batch_rows, backend.shared_rows, backend.shared_with)
     strategy.learn(plan, result.after_forced())
     return result
 
@@ -232,6 +234,7 @@ class Speculator:
         self._step = DraftStep()
         self._draft_row = -1  # the draft batch's row of this slot's last token
         self.batch_rows = 0  # rows of the last verification batch this slot joined
+        self.shared_rows = self.shared_with = 0  # other requests' verifications in it
 
     def round(self, seq: list[int], transcript: Transcript, room: int, strategy: Strategy,
               sampling: SamplingParams, rng: np.random.Generator, remaining: int,
@@ -324,6 +327,8 @@ class Speculator:
         root = ctx.add_tree([seq[-1], *tree.tokens], depths, seqs, branches, self.slot)
         yield ctx
         self.batch_rows = ctx.last_rows
+        self.shared_rows = ctx.last_tree_rows - len(tree) - 1
+        self.shared_with = ctx.last_trees - 1
         path: list[int] = []
         chances: list[float] = []
         node = -1

@@ -28,7 +28,11 @@ class RoundResult:
     chances: tuple[float, ...] = ()
     nodes: int = -1  # -1: as many as proposed (a chain)
     forced: int = 0  # the leading proposals the grammar forced (no draft step, no copy)
-    batch_rows: int = 0  # rows of the verification batch it shared with other requests
+    # Beside other requests: every row of the batch its verification joined (their prefills'
+    # included), the rows of the others' verifications in it, and how many they were.
+    batch_rows: int = 0
+    shared_rows: int = 0
+    shared_with: int = 0
 
     def __post_init__(self) -> None:
         if self.nodes < 0:

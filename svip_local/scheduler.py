@@ -113,14 +113,14 @@ class Scheduler:
                 self._admit()
                 try:
                     self._step()
+                    continue
                 except RemoteServerError as exc:
                     # The target's server is gone: this engine cannot decode again.
                     self._fail_all(exc)
                     with self._cond:
                         self._closing = exc
-                        self._thread = None
-                    self._on_fatal()
-                    return
+            self._on_fatal()  # closes the engine, which takes the lock
+            return
 
     def _can_step(self) -> bool:
         return bool(self._waiting and len(self._active) < self.slots) or any(

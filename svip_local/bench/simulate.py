@@ -108,7 +108,7 @@ class TraceBackend:
     follows what the draft's cache would hold."""
 
     has_draft = True
-    batch_rows = 0  # a replay runs alone
+    batch_rows = shared_rows = shared_with = 0  # a replay runs alone
 
     def __init__(self, trace: PromptTrace, state: ReplayState, costs: CostModel) -> None:
         self.trace, self.state, self.costs = trace, state, costs

@@ -169,17 +169,19 @@ MAX_GAIN = 1e4  # tokens a round gains or loses, far beyond any real one
 
 class BatchPrices:
     """`LiveCosts` as one request sees them in a batch shared with others: its rows cost what
-    they add to the `others` rows the other requests bring, verify(m + b) - verify(m), so
-    drafting shrinks when the batch is already full and grows when the request is alone
-    (m = 0: verify(b)). The curve it reads is learnt from whole batches, every row in them."""
+    they add to the `others` rows the other requests bring, verify(m + b) - verify(m), and a
+    draft step holds up the `waiting` other requests as well as its own, so drafting shrinks
+    when the batch is already full and grows when the request is alone (m = 0: verify(b)).
+    The curve it reads is learnt from whole batches, every row in them."""
 
     def __init__(self, costs: LiveCosts) -> None:
         self.costs = costs
         self.others = 0
+        self.waiting = 0
 
     @property
     def step(self) -> float:
-        return self.costs.step
+        return self.costs.step * (1 + self.waiting)
 
     @property
     def catchup(self) -> float:

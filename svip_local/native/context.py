@@ -125,11 +125,12 @@ class Context:
         self.embeddings = False  # whether decodes also output last hidden states
         self._tokens: list[list[int]] = [[] for _ in range(slots)]
         self._rows = 0  # rows in the batch being built
-        self.last_rows = 0  # rows of the last batch decoded (what shared it)
+        self.last_rows = 0  # rows of the last batch decoded
+        self.last_trees = self.last_tree_rows = 0  # the trees (verifications) in it, their rows
         # The batch being built: (slot, tokens to append on success) per chain; trees
-        # (slot, cells before it, branches) are kept with `keep_branch`.
+        # (slot, cells before it, branches, rows) are kept with `keep_branch`.
         self._chains: list[tuple[int, Sequence[int]]] = []
-        self._trees: list[tuple[int, int, int]] = []
+        self._trees: list[tuple[int, int, int, int]] = []
         self.n_decoded = 0  # tokens decoded over the context's life: prefix reuse shows here
         self._closed = False
         model.on_close(self.close)
@@ -262,7 +263,7 @@ class Context:
             self._seq_ids[i][: len(ids)] = ids
             self._seq_ids[i][: len(ids)] += base
         self._rows += n
-        self._trees.append((slot, p0, n_branches))
+        self._trees.append((slot, p0, n_branches, n))
         return r
 
     def run_batch(self) -> None:
@@ -281,7 +282,7 @@ class Context:
             if trees:  # back to what `add_chain` assumes: one sequence per row
                 self._n_seq[:n] = 1
         if rc != 0:
-            for slot, p0, _ in trees:
+            for slot, p0, _, _ in trees:
                 self._drop_branches(slot, p0)
             self.ensure_consistent()
             if rc == 1:
@@ -292,6 +293,7 @@ class Context:
             self._tokens[slot].extend(tokens)
         self.n_decoded += n
         self.last_rows = n
+        self.last_trees, self.last_tree_rows = len(trees), sum(t[3] for t in trees)
 
     def _check_room(self, slot: int, n: int, what: str) -> None:
         used = len(self._tokens[slot])

@@ -395,8 +395,9 @@ class LiveAuto(Strategy):
             # (over RPC 3-30x a steady one; a graph capture on GPUs): not a price to learn.
             # A tree's every row, and those of the requests that shared its batch.
             costs.observe_verify(max(result.batch_rows, result.nodes + 1), result.verify_s)
-        # The next round's rows join about as many of the others' as this one's did.
-        self.prices.others = max(0, result.batch_rows - result.nodes - 1)
+        # The next round's rows join about as many of the others' as this one's did (their
+        # verifications: a prefill that shared this batch is gone by then).
+        self.prices.others, self.prices.waiting = result.shared_rows, result.shared_with
         t1 = costs.verify_at(1)
         if plan.copy is not None and plan.copy.evidence is not None:
             tested = min(len(result.proposed), result.accepted + 1)

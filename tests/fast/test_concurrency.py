@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,13 @@ def run_together(engine: Engine, requests: list[tuple[str, int, str]],
             raise r
     assert all(isinstance(r, Done) for r in results)
     return results  # type: ignore[return-value]
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def assert_slots_exact(engine: Engine) -> None:
@@ -187,7 +195,7 @@ def test_every_exit_leaves_the_slots_exact(engine: Engine, how: str) -> None:
 
 
 def test_a_thread_holding_every_slot_gets_an_error_not_a_hang(engine: Engine) -> None:
-    held = [engine.generate(PROMPTS[0], max_tokens=50, ignore_eos=True)
+    held = [engine.generate(PROMPTS[0], max_tokens=100, ignore_eos=True, policy="none")
             for _ in range(engine.parallel)]
     for g in held:
         next(g)
@@ -259,8 +267,7 @@ def test_close_with_requests_in_flight_ends_each_with_an_error(tiny_target: Path
         t.start()
     started.wait(10)
     threads[2].start()  # it waits for a slot
-    while engine.load() != (2, 1):
-        threading.Event().wait(0.01)
+    wait_for(lambda: engine.load() == (2, 1))
     engine.close()
     for t in threads:
         t.join(30)
@@ -285,7 +292,7 @@ def test_astream_chat_streams_and_a_request_cancelled_while_queued_ends_at_once(
 
     done = asyncio.run(chat())
     assert done is not None and done.text == blocking[0].text
-    held = [engine.generate(PROMPTS[0], max_tokens=50, ignore_eos=True)
+    held = [engine.generate(PROMPTS[0], max_tokens=100, ignore_eos=True, policy="none")
             for _ in range(engine.parallel)]
     for g in held:
         next(g)
@@ -294,8 +301,7 @@ def test_astream_chat_streams_and_a_request_cancelled_while_queued_ends_at_once(
     waiter = threading.Thread(target=lambda: result.append(
         engine.complete(PROMPTS[1], max_tokens=8, cancel=cancel)))
     waiter.start()
-    while engine.load() != (engine.parallel, 1):
-        threading.Event().wait(0.01)
+    wait_for(lambda: engine.load() == (engine.parallel, 1))
     cancel.set()
     waiter.join(10)
     assert result and result[0].finish_reason == "cancelled" and result[0].tokens == ()

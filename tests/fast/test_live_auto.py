@@ -523,3 +523,5 @@ def test_rows_are_priced_by_the_batch_they_join() -> None:
     assert shared.arm == "none" or shared.explore
     assert shared.draft < alone.draft
     assert strategy.prices.verify_at(1) == pytest.approx(curve[12] - curve[11])
+    strategy.prices.waiting = 3  # a draft step holds up three other requests too
+    assert strategy.prices.step == pytest.approx(4 * strategy.costs.step)
