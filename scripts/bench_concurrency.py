@@ -297,9 +297,10 @@ def send(http: httpx.Client, record: RequestRecord, prompt: Prompt, max_tokens: 
 
 
 def run_phase(url: str, phase: str, prompts: list[Prompt], *, clients: int, per_client: int,
-              max_tokens: int, timeout: float) -> list[RequestRecord]:
+              max_tokens: int, timeout: float, first: int = 0) -> list[RequestRecord]:
     """Closed loop: every client warms up, they all start together, each sends its requests
-    one after the other. Returns warm-ups and measured requests (marked)."""
+    (prompts `first` + i, + i + C, ...) one after the other. Returns warm-ups and measured
+    requests (marked)."""
     t0 = [0.0]
 
     def release() -> None:  # run once, when the last warm-up is done, before anyone goes on
@@ -312,13 +313,14 @@ def run_phase(url: str, phase: str, prompts: list[Prompt], *, clients: int, per_
         http = httpx.Client(base_url=url, timeout=httpx.Timeout(timeout, connect=10.0))
         with http:
             # the warm-up takes a prompt past the measured ones: no prefix cache hit later
-            warm = RequestRecord(phase, i, (clients * per_client + i) % len(prompts), True)
+            warm = RequestRecord(phase, i, (first + clients * per_client + i) % len(prompts),
+                                 True)
             send(http, warm, prompts[warm.prompt_index], min(max_tokens, WARMUP_MAX_TOKENS),
                  time.monotonic())
             per_thread[i].append(warm)
             barrier.wait()
             for k in range(per_client):
-                index = (i + k * clients) % len(prompts)
+                index = (first + i + k * clients) % len(prompts)
                 record = RequestRecord(phase, i, index, False)
                 send(http, record, prompts[index], max_tokens, t0[0])
                 per_thread[i].append(record)
@@ -486,7 +488,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 with running(c, Path(logs)) as url:
                     for phase, clients in phases:
-                        got = run_phase(url, phase, prompts, clients=clients,
+                        # The one-client phase takes prompts of its own: the same ones again
+                        # would be copied from the earlier replies (or a prompt cache).
+                        first = 0 if phase == "concurrent" else \
+                            args.clients * (args.prompts_per_client + 1)
+                        got = run_phase(url, phase, prompts, clients=clients, first=first,
                                         per_client=args.prompts_per_client,
                                         max_tokens=args.max_tokens, timeout=args.request_timeout)
                         s = summarize(c.label, phase, clients, got)
@@ -507,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
               "ours_src_git": git_state(args.ours_src),
               "baseline_src_git": git_state(args.baseline_src) if args.baseline_src else None,
               "prompts": [asdict(pr) | {"text": pr.text[:80]} for pr in prompts[
-                  :args.clients * args.prompts_per_client + args.clients]],
+                  :(args.clients + 1) * (args.prompts_per_client + 1)]],
               "contestants": results, "summaries": [asdict(s) for s in summaries]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "concurrency.json").write_text(json.dumps(report, indent=2) + "\n")
