@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -45,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from svip_local.calibration.machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "spec_bench_dev.jsonl"
@@ -390,14 +391,6 @@ def cell(x: float | None, digits: int) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_state(src: Path) -> str | None:
@@ -508,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     summaries.sort(key=lambda s: order[s.phase])  # stable: contestants keep their order
     table = markdown(summaries)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    report = {"config": config, "cpu": cpu_name(), "cores": os.cpu_count(),
+    report = {"config": config, "cpu": cpu_model(), "cores": os.cpu_count(),
               "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "ours_src_git": git_state(args.ours_src),
               "baseline_src_git": git_state(args.baseline_src) if args.baseline_src else None,

@@ -96,13 +96,20 @@ def test_errors_and_events_cross_the_thread() -> None:
     asyncio.run(main())
 
 
-def test_stop_cancels_the_running_generation() -> None:
-    started = threading.Event()
-
+def generation_until_cancelled(started: threading.Event
+                               ) -> Callable[[threading.Event], Iterator[Event]]:
+    """A generation that sets `started`, then waits for its cancel (5 s at most)."""
     def until_cancelled(cancel: threading.Event) -> Iterator[Event]:
         started.set()
         cancel.wait(5)
         yield done("cancelled" if cancel.is_set() else "length")
+
+    return until_cancelled
+
+
+def test_stop_cancels_the_running_generation() -> None:
+    started = threading.Event()
+    until_cancelled = generation_until_cancelled(started)
 
     async def main() -> None:
         worker = GenerationWorker(max_queue=1)
@@ -149,11 +156,7 @@ def test_slots_run_together_and_bound_the_queue() -> None:
 
 def test_shutdown_cancels_everything_and_refuses_new_jobs() -> None:
     started = threading.Event()
-
-    def until_cancelled(cancel: threading.Event) -> Iterator[Event]:
-        started.set()
-        cancel.wait(5)
-        yield done("cancelled" if cancel.is_set() else "length")
+    until_cancelled = generation_until_cancelled(started)
 
     async def main() -> None:
         worker = GenerationWorker(max_queue=1, slots=1)
