@@ -100,9 +100,6 @@ class Model:
         self.n_ctx_train: int = C.llama_model_n_ctx_train(ptr)
         self.n_layer: int = C.llama_model_n_layer(ptr)
         self.n_embd: int = C.llama_model_n_embd(ptr)  # width of the last hidden state
-        head = self.n_embd // max(1, C.llama_model_n_head(ptr))
-        # An F16 K and V cell per layer and KV head: what one cached token costs.
-        self.kv_bytes_per_token: int = 4 * self.n_layer * C.llama_model_n_head_kv(ptr) * head
         self.vocab_type = VocabType(C.llama_vocab_type(self.vocab))
         self.special = SpecialTokens(
             bos=C.llama_vocab_bos(self.vocab), eos=C.llama_vocab_eos(self.vocab),
@@ -110,6 +107,14 @@ class Model:
             add_eos=bool(C.llama_vocab_get_add_eos(self.vocab)),
         )
         self._pieces: dict[int, bytes] = {}
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """What one cached token costs: an F16 K and V cell per layer and KV head. (Asked
+        only of a model with weights: llama.cpp aborts on a vocabulary-only one.)"""
+        self.check_open()
+        head = self.n_embd // max(1, C.llama_model_n_head(self.ptr))
+        return 4 * self.n_layer * int(C.llama_model_n_head_kv(self.ptr)) * head
 
     def close(self) -> None:
         if self.links is not None:
