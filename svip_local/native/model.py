@@ -113,7 +113,7 @@ class Model:
         """What one cached token costs: an F16 K and V cell per layer and KV head. (Asked
         only of a model with weights: llama.cpp aborts on a vocabulary-only one.)"""
         self.check_open()
-        head = self.n_embd // max(1, C.llama_model_n_head(self.ptr))
+        head: int = self.n_embd // max(1, int(C.llama_model_n_head(self.ptr)))
         return 4 * self.n_layer * int(C.llama_model_n_head_kv(self.ptr)) * head
 
     def close(self) -> None:
