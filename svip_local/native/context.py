@@ -215,8 +215,9 @@ class Context:
         n, r = len(tokens), self._rows
         if n > self.n_batch - r:
             raise ValueError(f"{n} rows do not fit the batch ({self.n_batch - r} free)")
-        self._check_room(slot, n + sum(len(t) for s, t in self._chains if s == slot), "")
-        p0 = len(self._tokens[slot]) + sum(len(t) for s, t in self._chains if s == slot)
+        queued = sum(len(t) for s, t in self._chains if s == slot)  # earlier in this batch
+        self._check_room(slot, n + queued, "")
+        p0 = len(self._tokens[slot]) + queued
         self._tok[r:r + n] = tokens
         self._pos[r:r + n] = np.arange(p0, p0 + n, dtype=np.int32)
         self._out[r:r + n] = 1 if outputs is Outputs.ALL else 0
